@@ -1,0 +1,221 @@
+"""Typed frames: the only things that travel between stages.
+
+Two tiers, as in Pipecat: *system* frames (interruptions, errors, cancellation) overtake queued data frames and are
+never dropped by an interruption; *data* frames travel strictly in order. Every frame carries the id of the turn it
+belongs to (0 = no turn yet) and a monotonic timestamp, so latency can be measured end to end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "Frame",
+    "SystemFrame",
+    "DataFrame",
+    "AudioFrame",
+    "SpeechStartedFrame",
+    "SpeechEndedFrame",
+    "UserAudioFrame",
+    "TranscriptFrame",
+    "LLMTokenFrame",
+    "LLMResponseEndFrame",
+    "TextChunkFrame",
+    "TTSAudioFrame",
+    "PlaybackFrame",
+    "EndOfTurnFrame",
+    "InterruptionFrame",
+    "ErrorFrame",
+    "MetricsFrame",
+    "EndFrame",
+    "CancelFrame",
+]
+
+
+@dataclass(kw_only=True)
+class Frame:
+    """Base of every frame. ``turn_id`` ties the frame to a user turn; ``timestamp`` is ``time.monotonic()``."""
+
+    turn_id: int = 0
+    timestamp: float = field(default_factory=time.monotonic)
+
+    @property
+    def is_system(self) -> bool:
+        return isinstance(self, SystemFrame)
+
+
+@dataclass(kw_only=True)
+class SystemFrame(Frame):
+    """Overtakes queued data frames; survives interruptions."""
+
+
+@dataclass(kw_only=True)
+class DataFrame(Frame):
+    """Travels in order; queued data frames of an interrupted turn are dropped."""
+
+
+# --- audio ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AudioFrame(DataFrame):
+    """A block of input audio. ``pcm`` is float32 in [-1, 1], shape (samples,) for mono or (samples, channels)."""
+
+    pcm: np.ndarray
+    sample_rate: int
+
+    @property
+    def num_channels(self) -> int:
+        return 1 if self.pcm.ndim == 1 else int(self.pcm.shape[1])
+
+    @property
+    def duration(self) -> float:
+        return len(self.pcm) / float(self.sample_rate)
+
+
+@dataclass
+class SpeechStartedFrame(DataFrame):
+    """The VAD heard the user start speaking. ``audio_time`` is the stream position in seconds."""
+
+    audio_time: float = 0.0
+
+
+@dataclass
+class SpeechEndedFrame(DataFrame):
+    """The VAD confirmed the end of the user's speech (after the hangover).
+
+    ``audio_time`` is the stream position of the last voiced sample; ``speech_end_timestamp`` is the monotonic time at
+    which that sample arrived, the zero point of voice-to-voice latency.
+    """
+
+    audio_time: float = 0.0
+    speech_end_timestamp: float | None = None
+
+
+@dataclass
+class UserAudioFrame(DataFrame):
+    """One segment of user speech (mono float32), with its position in the input stream.
+
+    ``final`` is False for a provisional segment sent when a pause begins (early transcription); a final segment for
+    the same turn supersedes it.
+    """
+
+    pcm: np.ndarray
+    sample_rate: int
+    start_time: float = 0.0
+    end_time: float = 0.0
+    final: bool = True
+
+    @property
+    def duration(self) -> float:
+        return len(self.pcm) / float(self.sample_rate)
+
+
+@dataclass
+class TranscriptFrame(DataFrame):
+    """Text recognised from the user. Interim transcripts (``final=False``) may be revised; a final one starts a reply."""
+
+    text: str
+    final: bool = True
+    language: str | None = None
+
+
+# --- reply ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LLMTokenFrame(DataFrame):
+    """A piece of the assistant's reply as it streams (never splits a UTF-8 character; think text excluded)."""
+
+    text: str
+
+
+@dataclass
+class LLMResponseEndFrame(DataFrame):
+    """The LLM finished (or stopped) its reply for this turn. ``text`` is the whole reply it produced."""
+
+    text: str = ""
+    interrupted: bool = False
+
+
+@dataclass
+class TextChunkFrame(DataFrame):
+    """A speakable piece of the reply (a clause or sentence), cleaned of markdown and think text."""
+
+    text: str
+    index: int = 0
+
+
+@dataclass
+class TTSAudioFrame(DataFrame):
+    """Synthesized reply audio (mono float32). ``chunk_index``/``char_end`` say which text this block speaks."""
+
+    pcm: np.ndarray
+    sample_rate: int
+    chunk_index: int = 0
+    chunk_text: str = ""
+    char_start: int = 0
+    char_end: int = 0
+
+    @property
+    def duration(self) -> float:
+        return len(self.pcm) / float(self.sample_rate)
+
+
+@dataclass
+class PlaybackFrame(SystemFrame):
+    """Sent upstream by a sink: this much of the reply has actually been played (so history keeps only what was heard).
+
+    ``text`` is the reply text heard so far in this turn; ``finished`` is True once the whole turn's audio is out.
+    """
+
+    text: str = ""
+    finished: bool = False
+
+
+@dataclass
+class EndOfTurnFrame(DataFrame):
+    """Everything of this turn has passed the stage that sends it (the sink sends it once its audio is out)."""
+
+    interrupted: bool = False
+
+
+# --- system ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InterruptionFrame(SystemFrame):
+    """The user barged in: stop what you are doing for the current reply and drop its queued data."""
+
+    reason: str = "user speech"
+
+
+@dataclass
+class ErrorFrame(SystemFrame):
+    """A stage failed. ``fatal`` stops the pipeline; otherwise only the turn failed and the pipeline goes on."""
+
+    message: str
+    stage: str = ""
+    fatal: bool = False
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class MetricsFrame(SystemFrame):
+    """Measurements a stage reports (``name`` -> value), attributed to the turn."""
+
+    stage: str = ""
+    values: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class CancelFrame(SystemFrame):
+    """Stop now (Ctrl-C or a fatal error): stages drop everything and shut down."""
+
+
+@dataclass
+class EndFrame(DataFrame):
+    """End of input: every stage flushes, forwards it, and stops. Never dropped by an interruption."""
