@@ -80,8 +80,17 @@ class Stage:
     # -- the one method to override ------------------------------------------------------------------------------
 
     async def process(self, frame: Frame) -> None:
-        """Handle one frame. The default forwards it unchanged; subclasses forward what they do not handle."""
+        """Handle one frame travelling downstream. The default forwards it; subclasses forward what they do not handle.
+
+        Data frames are processed one at a time, in order. System frames are processed as soon as they arrive, possibly
+        while a data frame is still in ``process`` (an interruption first cancels that call if it belongs to the
+        interrupted turn), so a stage's handling of system frames must be quick and must not assume exclusivity.
+        """
         await self.push(frame)
+
+    async def process_upstream(self, frame: Frame) -> None:
+        """Handle a frame travelling upstream (e.g. a sink's ``PlaybackFrame``). The default forwards it upstream."""
+        await self.push(frame, Direction.UPSTREAM)
 
     # -- helpers -------------------------------------------------------------------------------------------------
 

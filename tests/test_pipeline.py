@@ -1,0 +1,232 @@
+"""The pipeline core: ordering, interruption overtaking data, error isolation, shutdown, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from voicepipe.frames import EndFrame, ErrorFrame, Frame, InterruptionFrame, TextChunkFrame, TranscriptFrame
+from voicepipe.pipeline import FrameQueue, PipelineError, VoicePipeline
+from voicepipe.stage import Sink, Source, Stage
+from voicepipe.testing.harness import ListSource, Pause, run_pipeline, run_stage
+
+
+class Upper(Stage):
+    async def process(self, frame: Frame) -> None:
+        if isinstance(frame, TranscriptFrame):
+            await self.push(TextChunkFrame(text=frame.text.upper(), turn_id=frame.turn_id))
+        else:
+            await self.push(frame)
+
+
+class Slow(Stage):
+    """Takes ``delay`` seconds per transcript; records what it saw and what was cancelled."""
+
+    def __init__(self, delay: float, **kw) -> None:
+        super().__init__(**kw)
+        self.delay = delay
+        self.seen: list[str] = []
+        self.cancelled: list[str] = []
+        self.interruptions = 0
+
+    async def process(self, frame: Frame) -> None:
+        if isinstance(frame, TranscriptFrame):
+            self.seen.append(frame.text)
+            try:
+                await asyncio.sleep(self.delay)
+            except asyncio.CancelledError:
+                self.cancelled.append(frame.text)
+                raise
+            await self.push(frame)
+        else:
+            if isinstance(frame, InterruptionFrame):
+                self.interruptions += 1
+            await self.push(frame)
+
+
+class Boom(Stage):
+    async def process(self, frame: Frame) -> None:
+        if isinstance(frame, TranscriptFrame) and frame.text == "bad":
+            raise RuntimeError("engine exploded")
+        await self.push(frame)
+
+
+async def test_frames_pass_in_order_and_unknown_frames_pass_through():
+    frames = [TranscriptFrame(text=f"t{i}", turn_id=i) for i in range(20)]
+    out = await run_stage(Upper(), frames)
+    assert [f.text for f in out] == [f"T{i}" for i in range(20)]
+    assert [f.turn_id for f in out] == list(range(20))
+
+
+async def test_interruption_overtakes_queued_data_and_cancels_in_flight():
+    slow = Slow(0.5)
+    items = [
+        TranscriptFrame(text="old-1", turn_id=1),
+        TranscriptFrame(text="old-2", turn_id=1),
+        TranscriptFrame(text="old-3", turn_id=1),
+        Pause(0.1),
+        InterruptionFrame(turn_id=1),
+        TranscriptFrame(text="new", turn_id=2),
+    ]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    out = await run_stage(slow, items)
+    elapsed = loop.time() - started
+    texts = [f.text for f in out if isinstance(f, TranscriptFrame)]
+    assert texts == ["new"], "queued frames of the interrupted turn must be dropped, the new turn's kept"
+    assert slow.cancelled == ["old-1"], "the frame in flight must be cancelled"
+    assert slow.seen == ["old-1", "new"]
+    assert any(isinstance(f, InterruptionFrame) for f in out)
+    assert elapsed < 1.4, f"three queued 0.5 s frames were not skipped ({elapsed:.2f} s)"
+
+
+async def test_a_raising_stage_fails_the_turn_not_the_pipeline():
+    frames = [
+        TranscriptFrame(text="ok-1", turn_id=1),
+        TranscriptFrame(text="bad", turn_id=2),
+        TranscriptFrame(text="ok-3", turn_id=3),
+    ]
+    out = await run_stage(Boom(), frames)
+    errors = [f for f in out if isinstance(f, ErrorFrame)]
+    assert len(errors) == 1 and errors[0].turn_id == 2 and "engine exploded" in errors[0].message
+    assert errors[0].stage == "Boom" and not errors[0].fatal
+    assert [f.text for f in out if isinstance(f, TranscriptFrame)] == ["ok-1", "ok-3"]
+
+
+async def test_clean_shutdown_leaves_no_task_and_cleans_every_stage():
+    cleaned: list[str] = []
+
+    class Tracked(Stage):
+        async def cleanup(self) -> None:
+            cleaned.append(self.name)
+
+    before = asyncio.all_tasks()
+    await run_pipeline([Tracked(name="a"), Tracked(name="b")], [TranscriptFrame(text="x")])
+    await asyncio.sleep(0)
+    assert asyncio.all_tasks() - before == set()
+    assert sorted(cleaned) == ["a", "b"]
+
+
+async def test_cancellation_like_ctrl_c_tears_down_without_leftover_tasks():
+    cleaned: list[str] = []
+
+    class Forever(Source):
+        async def frames(self):
+            while True:
+                await asyncio.sleep(0.01)
+                yield TranscriptFrame(text="tick")
+
+        async def cleanup(self) -> None:
+            cleaned.append("source")
+
+    pipeline = VoicePipeline([Forever(), Upper()])
+    before = asyncio.all_tasks()
+    task = asyncio.create_task(pipeline.run())
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)
+    assert asyncio.all_tasks() - before == set()
+    assert cleaned == ["source"]
+
+
+async def test_backpressure_bounds_memory_when_the_sink_is_slow():
+    class CountingSink(Sink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+
+        async def process(self, frame: Frame) -> None:
+            if isinstance(frame, TranscriptFrame):
+                await asyncio.sleep(0.002)
+                self.count += 1
+            await self.push(frame)
+
+    produced = 0
+
+    class Fast(Source):
+        async def frames(self):
+            nonlocal produced
+            for i in range(200):
+                produced += 1
+                yield TranscriptFrame(text=str(i))
+
+    sink = CountingSink()
+    pipeline = VoicePipeline([Fast(), Stage(name="mid"), sink], queue_size=4)
+    gaps: list[int] = []
+
+    async def watch():
+        while True:
+            gaps.append(produced - sink.count)
+            await asyncio.sleep(0.001)
+
+    watcher = asyncio.create_task(watch())
+    await pipeline.run()
+    watcher.cancel()
+    assert sink.count == 200
+    assert max(gaps) <= 4 * 2 + 3, f"producer ran {max(gaps)} frames ahead of a slow sink"
+
+
+async def test_a_stage_that_swallows_end_frame_does_not_hang_the_pipeline():
+    class Swallow(Stage):
+        async def process(self, frame: Frame) -> None:
+            if not isinstance(frame, EndFrame):
+                await self.push(frame)
+
+    out = await run_pipeline([Swallow(), Upper()], [TranscriptFrame(text="a")], timeout=5, keep_end=True)
+    assert isinstance(out[-1], EndFrame)
+
+
+async def test_a_failing_source_stops_the_pipeline_with_a_pipeline_error():
+    class Broken(Source):
+        async def frames(self):
+            yield TranscriptFrame(text="first")
+            raise OSError("device disappeared")
+
+    with pytest.raises(PipelineError, match="device disappeared"):
+        await VoicePipeline([Broken(), Upper()]).run()
+
+
+async def test_upstream_frames_reach_earlier_stages():
+    from voicepipe.frames import PlaybackFrame
+    from voicepipe.stage import Direction
+
+    heard: list[str] = []
+
+    class Listener(Stage):
+        async def process_upstream(self, frame: Frame) -> None:
+            if isinstance(frame, PlaybackFrame):
+                heard.append(frame.text)
+            await super().process_upstream(frame)
+
+    class Reporter(Sink):
+        async def process(self, frame: Frame) -> None:
+            if isinstance(frame, TranscriptFrame):
+                await self.push(PlaybackFrame(text=frame.text, finished=True), Direction.UPSTREAM)
+            await self.push(frame)
+
+    await run_pipeline([Listener(), Stage(name="mid"), Reporter()], [TranscriptFrame(text="hello")])
+    assert heard == ["hello"]
+
+
+async def test_frame_queue_system_lane_overtakes_and_drop_keeps_end_frame():
+    q = FrameQueue(8)
+    await q.put(TranscriptFrame(text="a"))
+    await q.put(EndFrame())
+    await q.put(InterruptionFrame())
+    seq, _, frame = await q.get_system()
+    assert isinstance(frame, InterruptionFrame)
+    assert await q.drop_data_before(seq) == 1
+    _, _, remaining = await q.get_data()
+    assert isinstance(remaining, EndFrame)
+
+
+def test_duplicate_stage_names_are_rejected():
+    with pytest.raises(ValueError, match="unique"):
+        VoicePipeline([Stage(name="x"), Stage(name="x")])
+
+
+async def test_list_source_is_a_source():
+    assert isinstance(ListSource([]), Source)
