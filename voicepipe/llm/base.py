@@ -1,0 +1,560 @@
+"""The Qwen3.5 chat API shared by every engine (MLX, llama.cpp, CoreML): ``ChatModel`` and ``ChatSamplingConfig``.
+
+``ChatModel`` holds all engine-independent logic once: the chat template, the thinking cap, keeping think text out of
+results, stopping at ``<|im_end|>``, UTF-8-safe streaming, the async twin, cancellation, and the multi-turn prompt-cache
+policy (``voicepipe.llm.prompt_cache``). An engine subclass implements only the token-level hooks below.
+
+Engine hooks (all called on the model's one dedicated thread, only while the weights are loaded unless noted):
+
+=========================================  ========================================================================
+``_load_weights() -> None``                 Load the weights; afterwards the live state is empty.
+``_unload_weights() -> None``               Free the weights and the live state (snapshots live outside the engine).
+``_weights_nbytes() -> int``                Bytes of resident weights (may be called from any thread; only when loaded).
+``_tokenize(text) -> list[int]``            Token ids of ``text``; special tokens written in the text (``<|im_end|>``)
+                                            become their ids; no BOS is added.
+``_token_bytes(token) -> bytes``            The raw bytes of one token (byte-level BPE: possibly part of a UTF-8
+                                            character); ``b""`` for control tokens.
+``_reset_engine() -> None``                 Make the live state empty (position 0).
+``_forward(tokens) -> None``                Append ``tokens`` to the live state (prefill or one decode step); the next
+                                            ``_sample`` draws from the logits after the last of them.
+``_start_sampling(sampling, context)``       Set up the sampler for one reply (seed, temperature 0 = greedy, top-k,
+                                            top-p, repetition penalty), e.g. with mlx-lm's or llama.cpp's samplers.
+                                            ``context`` is every token the live state holds (the prompt), for the
+                                            repetition penalty; tokens fed later arrive through ``_forward``.
+``_sample() -> int``                        Draw the next token from the current logits (does not feed it back).
+``_save_state() -> object``                 An independent copy of the live state (later ``_forward`` calls must not
+                                            change it); it must stay valid across unload/reload of the same weights.
+``_restore_state(state) -> None``           Make a saved state the live state.
+``_state_nbytes(state) -> int``             Optional: bytes a snapshot holds (for accounting; default 0).
+``_logits() -> numpy.ndarray``              Optional: the float32 logits ``_sample`` would draw from (parity tests).
+``_extra_stop_ids() -> set[int]``           Optional: more stop tokens (the engine's EOS); default none.
+=========================================  ========================================================================
+
+Engines also provide ``from_pretrained(...)`` (a classmethod returning a model; pass ``load=False`` to defer loading
+to the model's thread) and may override ``close``.
+
+Loading policy: using an unloaded model (``generate``, ``tokenize``, ...) reloads it transparently; the memory governor
+relies on that. ``unload()`` keeps the prompt-cache snapshots, so the next turn after a reload restores its snapshot
+instead of prefilling the whole conversation again.
+
+Threading: every engine call runs on one dedicated worker thread per model (created on first use, never in the
+constructor), because MLX ties generation to one thread. ``agenerate_stream`` pulls one token per step from that
+thread, so cancelling its consumer stops generation within one token, and the live state stays consistent with the
+tokens it holds.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import functools
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from voicepipe.llm.chat_format import (
+    END_OF_TEXT,
+    IM_END,
+    IM_START,
+    THINK_CLOSE,
+    THINK_OPEN,
+    ChatMessage,
+    Utf8StreamDecoder,
+    generation_prompt,
+    render_message,
+)
+from voicepipe.llm.prompt_cache import PromptCache
+
+__all__ = ["ChatMessage", "ChatSamplingConfig", "ChatModel", "GenerationStats"]
+
+log = logging.getLogger("voicepipe.llm")
+T = TypeVar("T")
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class ChatSamplingConfig:
+    """How to sample a reply. ``temperature=0`` is greedy; ``top_k=0`` and ``top_p=1`` disable those filters."""
+
+    temperature: float = 0.6
+    top_k: int = 50
+    top_p: float = 0.95
+    max_tokens: int = 512
+    repetition_penalty: float = 1.1
+    disable_thinking: bool = False
+    max_thinking_tokens: int = 100
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("temperature", self.temperature, 0.0 <= self.temperature <= 100.0, "a number in [0, 100] (0 = greedy)"),
+            ("top_k", self.top_k, isinstance(self.top_k, int) and self.top_k >= 0, "an integer >= 0 (0 = off)"),
+            ("top_p", self.top_p, 0.0 < self.top_p <= 1.0, "a number in (0, 1] (1 = off)"),
+            ("max_tokens", self.max_tokens, isinstance(self.max_tokens, int) and self.max_tokens >= 1, "an int >= 1"),
+            ("repetition_penalty", self.repetition_penalty, 0.0 < self.repetition_penalty <= 10.0, "in (0, 10]"),
+            (
+                "max_thinking_tokens",
+                self.max_thinking_tokens,
+                isinstance(self.max_thinking_tokens, int) and self.max_thinking_tokens >= 0,
+                "an integer >= 0",
+            ),
+            ("seed", self.seed, self.seed is None or (isinstance(self.seed, int) and self.seed >= 0), "None or >= 0"),
+        ]
+        for name, value, ok, valid in checks:
+            if isinstance(value, bool) or not ok:
+                raise ValueError(f"ChatSamplingConfig.{name}={value!r} is invalid: it must be {valid}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class GenerationStats:
+    """What the last reply cost. ``cached_tokens`` came from the live state or a snapshot, ``prefill_tokens`` were
+    computed; ``ttft_s`` is the time from the call to the first answer text."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    prefill_tokens: int = 0
+    generated_tokens: int = 0
+    thinking_tokens: int = 0
+    forced_think_close: bool = False
+    stop_reason: str = ""
+    prefill_s: float = 0.0
+    ttft_s: float | None = None
+    total_s: float = 0.0
+    _start: float = field(default_factory=time.perf_counter, repr=False)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        decode_s = self.total_s - self.prefill_s
+        return (self.generated_tokens - 1) / decode_s if self.generated_tokens > 1 and decode_s > 0 else 0.0
+
+
+class ChatModel(abc.ABC):
+    """Base of every Qwen3.5 chat engine. See the module docstring for the hooks a subclass implements."""
+
+    def __init__(self, *, max_snapshots: int = 4) -> None:
+        self.prompt_cache = PromptCache(max_snapshots)
+        #: Think text of the last reply (never part of the result or the stream).
+        self.last_thinking = ""
+        #: Token ids generated in the last reply (thinking included, stop token excluded).
+        self.last_tokens: list[int] = []
+        self.last_stats = GenerationStats()
+        self._loaded = False
+        self._state_tokens: list[int] | None = []  # what the live state holds; None = unknown (after an error)
+        self._executor: ThreadPoolExecutor | None = None
+        self._worker_ident: int | None = None
+        self._executor_lock = threading.Lock()
+        self._active: Iterator[str] | None = None
+        self._ids: dict[str, int | None] = {}
+        self._close_think_tokens: list[int] = []
+
+    # -- engine hooks ------------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _load_weights(self) -> None: ...
+
+    @abc.abstractmethod
+    def _unload_weights(self) -> None: ...
+
+    @abc.abstractmethod
+    def _weights_nbytes(self) -> int: ...
+
+    @abc.abstractmethod
+    def _tokenize(self, text: str) -> list[int]: ...
+
+    @abc.abstractmethod
+    def _token_bytes(self, token: int) -> bytes: ...
+
+    @abc.abstractmethod
+    def _reset_engine(self) -> None: ...
+
+    @abc.abstractmethod
+    def _forward(self, tokens: list[int]) -> None: ...
+
+    @abc.abstractmethod
+    def _start_sampling(self, sampling: ChatSamplingConfig, context: list[int]) -> None: ...
+
+    @abc.abstractmethod
+    def _sample(self) -> int: ...
+
+    @abc.abstractmethod
+    def _save_state(self) -> Any: ...
+
+    @abc.abstractmethod
+    def _restore_state(self, state: Any) -> None: ...
+
+    def _state_nbytes(self, state: Any) -> int:
+        return 0
+
+    def _logits(self) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} does not expose logits")
+
+    def _extra_stop_ids(self) -> set[int]:
+        return set()
+
+    # -- the model's thread ------------------------------------------------------------------------------------------
+
+    def _get_executor(self) -> ThreadPoolExecutor:
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix=f"voicepipe-{type(self).__name__}", initializer=self._mark_worker
+                )
+            return self._executor
+
+    def _mark_worker(self) -> None:
+        self._worker_ident = threading.get_ident()
+
+    def _call(self, fn: Callable[..., T], /, *args: Any) -> T:
+        """Run ``fn`` on the model's thread and wait for it (directly when already on that thread)."""
+        if threading.get_ident() == self._worker_ident:
+            return fn(*args)
+        return self._get_executor().submit(fn, *args).result()
+
+    async def arun(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run a blocking call on the model's thread without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._get_executor(), functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        """Unload and stop the model's thread."""
+        self.unload()
+        with self._executor_lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+                self._worker_ident = None
+
+    # -- loading -----------------------------------------------------------------------------------------------------
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded
+
+    @property
+    def memory_footprint(self) -> int:
+        """Bytes of resident weights (0 while unloaded). Prompt-cache snapshots are ``prompt_cache.nbytes``."""
+        return self._weights_nbytes() if self._loaded else 0
+
+    def load(self) -> None:
+        """Load the weights (a no-op when loaded). Using an unloaded model calls this by itself."""
+        self._call(self._ensure_loaded)
+
+    def unload(self) -> None:
+        """Free the weights. The prompt-cache snapshots are kept; the next use reloads the weights."""
+        self._call(self._do_unload)
+
+    async def aload(self) -> None:
+        await self.arun(self._ensure_loaded)
+
+    async def aunload(self) -> None:
+        await self.arun(self._do_unload)
+
+    def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        started = time.perf_counter()
+        self._load_weights()
+        self._loaded = True
+        self._state_tokens = []
+        self._ids = {
+            name: self._single_token(name) for name in (IM_START, IM_END, END_OF_TEXT, THINK_OPEN, THINK_CLOSE)
+        }
+        self._close_think_tokens = self._tokenize(THINK_CLOSE + "\n\n")
+        log.info("%s loaded in %.2f s (%d MB)", type(self).__name__, time.perf_counter() - started, self.memory_mb)
+
+    def _do_unload(self) -> None:
+        self._close_active()
+        if self._loaded:
+            self._unload_weights()
+            self._loaded = False
+            self._state_tokens = None
+            log.info("%s unloaded (prompt cache kept: %d snapshots)", type(self).__name__, len(self.prompt_cache))
+
+    @property
+    def memory_mb(self) -> int:
+        return self.memory_footprint // (1024 * 1024)
+
+    def _single_token(self, text: str) -> int | None:
+        ids = self._tokenize(text)
+        return ids[0] if len(ids) == 1 else None
+
+    # -- tokens ------------------------------------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` (special tokens parsed, no BOS)."""
+        return self._call(self._loaded_call, self._tokenize, text)
+
+    def _loaded_call(self, fn: Callable[..., T], *args: Any) -> T:
+        self._ensure_loaded()
+        return fn(*args)
+
+    def encode_chat(self, messages: Sequence[ChatMessage], *, disable_thinking: bool = False) -> list[int]:
+        """The prompt's token ids, exactly as generation feeds them."""
+        return self._call(self._loaded_call, self._encode, list(messages), disable_thinking)[1]
+
+    def _encode(self, messages: list[ChatMessage], disable_thinking: bool) -> tuple[list[int], list[int]]:
+        """(history, prompt): history ends at the last complete message (a turn boundary), prompt is all of it.
+
+        Messages are tokenized one by one: each starts with a special token, so this equals tokenizing the whole text,
+        and the history's tokens are always a prefix of the prompt's.
+        """
+        if not messages:
+            raise ValueError("messages is empty: pass at least one ChatMessage")
+        for m in messages:
+            if not isinstance(m, ChatMessage):
+                raise ValueError(f"messages must be ChatMessage objects, got {type(m).__name__}")
+        open_reply = messages[-1].role == "assistant"
+        complete = messages[:-1] if open_reply else messages
+        history: list[int] = []
+        for m in complete:
+            history += self._tokenize(render_message(m))
+        tail = render_message(messages[-1], complete=False) if open_reply else generation_prompt(disable_thinking)
+        return history, history + self._tokenize(tail)
+
+    # -- state and prompt cache --------------------------------------------------------------------------------------
+
+    def reset_state(self) -> None:
+        """Forget the conversation: drop all snapshots and empty the live state."""
+        self._call(self._do_reset)
+
+    def _do_reset(self) -> None:
+        self._close_active()
+        self.prompt_cache.clear()
+        if self._loaded:
+            self._reset_engine()
+            self._state_tokens = []
+
+    def _feed(self, tokens: list[int]) -> None:
+        if not tokens:
+            return
+        try:
+            self._forward(tokens)
+        except BaseException:
+            self._state_tokens = None  # the engine may hold part of them: never trust this state again
+            raise
+        assert self._state_tokens is not None  # noqa: S101 - internal invariant, not validation
+        self._state_tokens.extend(tokens)
+
+    def _prepare(self, history: list[int], prompt: list[int], stats: GenerationStats) -> None:
+        """Bring the live state to ``prompt`` prefilling as little as possible, snapshotting at ``history``.
+
+        Reuse the live state when it is a prefix of the prompt, else the longest snapshot that is one, else start
+        cold. At least one prompt token is always fed, so fresh logits exist.
+        """
+        limit = len(prompt) - 1 if len(prompt) > len(history) else len(prompt)
+        live = self._state_tokens
+        live_ok = live is not None and 0 < len(live) <= limit and prompt[: len(live)] == live
+        snap = self.prompt_cache.longest_prefix(prompt, max_len=limit)
+        if snap is not None and (not live_ok or len(snap.tokens) > len(live)):
+            self._restore_state(snap.state)
+            self._state_tokens = list(snap.tokens)
+        elif not live_ok:
+            self._reset_engine()
+            self._state_tokens = []
+        stats.prompt_tokens = len(prompt)
+        stats.cached_tokens = len(self._state_tokens)
+        stats.prefill_tokens = len(prompt) - stats.cached_tokens
+        if history and len(self._state_tokens) < len(history):
+            self._feed(history[len(self._state_tokens) :])
+        if history and history not in self.prompt_cache and self._state_tokens == history:
+            state = self._save_state()
+            self.prompt_cache.add(history, state, self._state_nbytes(state))
+        self._feed(prompt[len(self._state_tokens) :])
+
+    def warm(self, messages: Sequence[ChatMessage]) -> None:
+        """Prefill a finished conversation and snapshot it, so the next turn prefills only the new user message.
+
+        Call it when the reply is over (e.g. while the user is still silent); it is optional.
+        """
+        self._call(self._do_warm, list(messages))
+
+    async def awarm(self, messages: Sequence[ChatMessage]) -> None:
+        await self.arun(self._do_warm, list(messages))
+
+    def _do_warm(self, messages: list[ChatMessage]) -> None:
+        self._close_active()
+        self._ensure_loaded()
+        history, _ = self._encode(messages + [ChatMessage("user", "")], False)  # history = all given messages
+        if history and history not in self.prompt_cache:
+            self._prepare(history, history, GenerationStats())
+
+    # -- generation --------------------------------------------------------------------------------------------------
+
+    def generate(self, messages: Sequence[ChatMessage], sampling: ChatSamplingConfig | None = None) -> str:
+        """The whole reply (think text excluded; see ``last_thinking``)."""
+        return "".join(self.generate_stream(messages, sampling))
+
+    def generate_stream(
+        self, messages: Sequence[ChatMessage], sampling: ChatSamplingConfig | None = None
+    ) -> Iterator[str]:
+        """Text deltas of the reply as they are generated; none splits a UTF-8 character or contains think text."""
+        steps = self._reply_steps(list(messages), sampling or ChatSamplingConfig())
+        try:
+            while (delta := self._call(next, steps, _DONE)) is not _DONE:
+                yield delta
+        finally:
+            self._call(steps.close)
+
+    async def agenerate_stream(
+        self, messages: Sequence[ChatMessage], sampling: ChatSamplingConfig | None = None
+    ) -> AsyncIterator[str]:
+        """The async twin of ``generate_stream``: each token is computed on the model's thread.
+
+        Cancelling the consumer (or ``aclose()``) stops generation within one token. Use ``contextlib.aclosing`` when
+        breaking out of the loop early, so generation stops at once.
+        """
+        steps = self._reply_steps(list(messages), sampling or ChatSamplingConfig())
+        loop = asyncio.get_running_loop()
+        executor = self._get_executor()
+        try:
+            while (delta := await loop.run_in_executor(executor, next, steps, _DONE)) is not _DONE:
+                yield delta
+        finally:
+            await asyncio.shield(loop.run_in_executor(executor, steps.close))
+
+    def generate_tokens(self, prompt: Sequence[int], sampling: ChatSamplingConfig | None = None) -> list[int]:
+        """Raw continuation of ``prompt`` token ids (no template, no thinking logic), stopping at a stop token.
+
+        Uses the prompt cache like a chat turn (the whole prompt counts as history). For parity tests and benchmarks.
+        """
+        return self._call(self._do_generate_tokens, list(prompt), sampling or ChatSamplingConfig())
+
+    def _do_generate_tokens(self, prompt: list[int], sampling: ChatSamplingConfig) -> list[int]:
+        self._close_active()
+        self._ensure_loaded()
+        stats = GenerationStats()
+        self.last_stats = stats
+        self._prepare(prompt[:-1], prompt, stats)
+        stats.prefill_s = time.perf_counter() - stats._start
+        self._start_sampling(sampling, list(self._state_tokens or []))
+        out: list[int] = []
+        stop = self._stop_ids()
+        for _ in range(sampling.max_tokens):
+            if out:
+                self._feed(out[-1:])
+            token = self._sample()
+            if stats.ttft_s is None:
+                stats.ttft_s = time.perf_counter() - stats._start
+            if token in stop:
+                break
+            out.append(token)
+        stats.generated_tokens = len(out)
+        stats.total_s = time.perf_counter() - stats._start
+        return out
+
+    def logits_for(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits after each of ``tokens``, fed one at a time from an empty state: shape (len(tokens), vocab)."""
+        return self._call(self._do_logits_for, list(tokens))
+
+    def _do_logits_for(self, tokens: list[int]) -> np.ndarray:
+        self._close_active()
+        self._ensure_loaded()
+        self._reset_engine()
+        self._state_tokens = []
+        rows = []
+        for token in tokens:
+            self._feed([token])
+            rows.append(np.array(self._logits(), dtype=np.float32).reshape(-1))
+        return np.stack(rows)
+
+    def _stop_ids(self) -> set[int]:
+        ids = {self._ids.get(IM_END), self._ids.get(END_OF_TEXT)} | self._extra_stop_ids()
+        return {i for i in ids if i is not None}
+
+    def _close_active(self) -> None:
+        if self._active is not None:
+            self._active.close()  # a stream abandoned without close(): stop it so its state is consistent
+            self._active = None
+
+    def _reply_steps(self, messages: list[ChatMessage], sampling: ChatSamplingConfig) -> Iterator[str]:
+        """The generation loop as a generator: each ``next()`` computes one token (runs on the model's thread)."""
+        self._close_active()
+        self._ensure_loaded()
+        gen = self._reply_loop(messages, sampling)
+        self._active = gen
+        return gen
+
+    def _reply_loop(self, messages: list[ChatMessage], sampling: ChatSamplingConfig) -> Iterator[str]:
+        stats = GenerationStats()
+        self.last_stats, self.last_thinking, self.last_tokens = stats, "", []
+        think_open, think_close = self._ids.get(THINK_OPEN), self._ids.get(THINK_CLOSE)
+        stop = self._stop_ids()
+        answer, thoughts = Utf8StreamDecoder(), Utf8StreamDecoder()
+        thinking_text: list[str] = []
+        pending: list[int] = []  # sampled or forced tokens not yet fed to the engine
+        started = False  # answer text has begun
+        try:
+            history, prompt = self._encode(messages, sampling.disable_thinking)
+            self._prepare(history, prompt, stats)
+            stats.prefill_s = time.perf_counter() - stats._start
+            thinking = _opens_think(prompt, self._ids.get(IM_START), think_open, think_close)
+            self._start_sampling(sampling, list(self._state_tokens or []))
+            stats.stop_reason = "max_tokens"
+            for _ in range(sampling.max_tokens):
+                self._feed(pending)
+                pending = []
+                token = self._sample()
+                stats.generated_tokens += 1
+                if token in stop:
+                    stats.stop_reason = "eos"
+                    break
+                self.last_tokens.append(token)
+                pending.append(token)
+                if thinking:
+                    if token == think_close:
+                        thinking = False
+                        continue
+                    stats.thinking_tokens += 1
+                    thinking_text.append(thoughts.feed(self._token_bytes(token)))
+                    if stats.thinking_tokens >= sampling.max_thinking_tokens:
+                        thinking = self._force_think_close(pending, stats)
+                    continue
+                if token == think_open and not started:
+                    thinking = True
+                    if sampling.max_thinking_tokens == 0:
+                        thinking = self._force_think_close(pending, stats)
+                    continue
+                text = answer.feed(self._token_bytes(token))
+                if not started:
+                    text = text.lstrip()
+                    if not text:
+                        continue
+                    started = True
+                    stats.ttft_s = time.perf_counter() - stats._start
+                yield text
+            tail = answer.flush() if started else answer.flush().lstrip()
+            if tail:
+                yield tail
+        except GeneratorExit:
+            stats.stop_reason = "cancelled"
+            raise
+        finally:
+            self.last_thinking = "".join(thinking_text) + thoughts.flush()
+            stats.total_s = time.perf_counter() - stats._start
+
+    def _force_think_close(self, pending: list[int], stats: GenerationStats) -> bool:
+        """The thinking cap: feed ``</think>\\n\\n`` so the model goes on with the answer. Returns the new state."""
+        pending.extend(self._close_think_tokens)
+        self.last_tokens.extend(self._close_think_tokens)
+        stats.forced_think_close = True
+        return False
+
+
+def _opens_think(prompt: list[int], im_start: int | None, think_open: int | None, think_close: int | None) -> bool:
+    """True when the prompt's last message ends inside an open think block (a continued reply that began thinking)."""
+    for token in reversed(prompt):
+        if token in (think_close, im_start):
+            return False
+        if token == think_open:
+            return True
+    return False
