@@ -1,0 +1,80 @@
+"""The ``voicepipe`` command. Exit codes: 0 success, 2 a user mistake (one clear line, no traceback), 1 anything else.
+
+Each subcommand is a module ``voicepipe.cli.NAME`` exposing ``HELP``, ``configure(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+
+from voicepipe import __version__
+from voicepipe.errors import ConfigError, UserError
+
+__all__ = ["main", "COMMANDS"]
+
+COMMANDS = ("run", "validate", "plugins", "devices", "transcribe", "say")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voicepipe", description="A real-time local voice assistant pipeline.")
+    parser.add_argument("--version", action="version", version=f"voicepipe {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"voicepipe.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"voicepipe.cli.{name}":
+                continue  # that command is not part of this install
+            raise
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.configure(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def _setup_logging(verbosity: int) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = RichHandler(show_path=False, show_time=verbosity > 1, markup=False, rich_tracebacks=False)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    for noisy in ("httpx", "huggingface_hub", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args._run(args) or 0)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from voicepipe.pipeline import PipelineError
+
+        if isinstance(exc, PipelineError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        traceback.print_exc()
+        print(
+            f"internal error: {type(exc).__name__}: {exc} (please report it with the traceback above)", file=sys.stderr
+        )
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""``voicepipe run PIPELINE``: run a pipeline (talk to it), or process a WAV file with --input/--output."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+
+from voicepipe.audio.wav import WavSink, WavSinkConfig, WavSource, WavSourceConfig
+from voicepipe.config import StageSpec, load_pipeline
+from voicepipe.errors import UserError
+from voicepipe.metrics import JsonlWriter, MetricsObserver
+from voicepipe.pipeline import VoicePipeline
+from voicepipe.stage import Sink, Source
+
+HELP = "run a pipeline: talk to it, or feed it a WAV file with --input and write the reply with --output"
+log = logging.getLogger("voicepipe.run")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pipeline", help="path of the pipeline file (e.g. pipeline.yaml)")
+    parser.add_argument("--input", metavar="IN.wav", help="read the user's speech from this file instead of the mic")
+    parser.add_argument("--output", metavar="OUT.wav", help="write the replies to this WAV instead of the speaker")
+    parser.add_argument("--metrics", metavar="M.jsonl", help="write one JSON line of latencies per turn")
+    parser.add_argument("--realtime", action="store_true", help="with --input: pace the file like a live microphone")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    output.add_argument("--json", action="store_true", help="print one JSON line per event, for scripts")
+
+
+def _check_writable(path: str, what: str) -> None:
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise UserError(f"{path}: directory '{parent}' does not exist; create it or choose another {what} path")
+
+
+def apply_overrides(specs: list[StageSpec], args: argparse.Namespace) -> list[StageSpec]:
+    """Swap the pipeline's source/sink for WAV files when --input/--output are given."""
+    specs = list(specs)
+    if args.input:
+        spec = StageSpec(WavSource, WavSourceConfig(path=args.input, realtime=args.realtime), "input", "wav-source")
+        if specs and issubclass(specs[0].stage_class, Source):
+            specs[0] = spec
+        else:
+            specs.insert(0, spec)
+    if args.output:
+        _check_writable(args.output, "--output")
+        spec = StageSpec(WavSink, WavSinkConfig(path=args.output), "output", "wav-sink")
+        if specs and issubclass(specs[-1].stage_class, Sink):
+            specs[-1] = spec
+        else:
+            specs.append(spec)
+    if not specs or not issubclass(specs[0].stage_class, Source):
+        raise UserError("the pipeline's first stage must be a source (e.g. 'mic'); or pass --input FILE.wav")
+    return specs
+
+
+def run(args: argparse.Namespace) -> int:
+    from voicepipe.cli.view import make_view
+
+    loaded = load_pipeline(args.pipeline)
+    specs = apply_overrides(loaded.stages, args)
+    if args.metrics:
+        _check_writable(args.metrics, "--metrics")
+    writer = JsonlWriter(args.metrics) if args.metrics else None
+    view = make_view(quiet=args.quiet, json_lines=args.json)
+
+    def on_turn(turn):
+        if writer is not None:
+            writer(turn)
+        view.turn_finished(turn)
+
+    metrics = MetricsObserver(on_turn)
+    stages = [spec.build() for spec in specs]
+    pipeline = VoicePipeline(stages, queue_size=loaded.settings.queue_size, observers=[metrics, view])
+    try:
+        view.start(pipeline)
+        asyncio.run(pipeline.run())
+    finally:
+        metrics.flush()
+        view.stop()
+        if writer is not None:
+            writer.close()
+    return 0
