@@ -45,7 +45,9 @@ __all__ = [
     "fp32_norm_class",
     "load_mlx_model",
     "prepare_model",
+    "resolve_hf_source",
     "resolve_model_dir",
+    "weights_summary",
     "weights_nbytes",
 ]
 
@@ -450,6 +452,27 @@ def _download(repo: str, revision: str | None) -> Path:
         raise ModelLoadError(f"{repo}: download failed ({exc}); check the network and try again") from exc
 
 
+def resolve_hf_source(repo_or_path: str | Path, *, revision: str | None = None) -> Path:
+    """The local directory for ``repo_or_path``: the directory itself, or the Hugging Face repo's downloaded snapshot."""
+    target = str(repo_or_path)
+    local = Path(target).expanduser()
+    if local.is_dir():
+        if revision is not None:
+            raise UserError(f"revision={revision!r} only applies to Hugging Face repos, not the local dir {local}")
+        return local
+    if local.exists() or target.startswith((".", "/", "~")) or target.count("/") != 1:
+        raise UserError(f"{target}: not a model directory nor a Hugging Face repo id like 'org/name'; check the path")
+    return _download(target, revision)
+
+
+def weights_summary(path: str | Path) -> str:
+    """One line about a model directory: size of its weights and their quantization."""
+    path = Path(path)
+    size = sum(f.stat().st_size for f in _weight_files(path))
+    bits = _quant_bits(_read_config(path))
+    return f"{size / 1e6:.1f} MB, " + (f"INT{bits} group {GROUP_SIZE}" if bits else "not quantized")
+
+
 def resolve_model_dir(
     repo_or_path: str | Path | None = None,
     *,
@@ -461,16 +484,7 @@ def resolve_model_dir(
     ``DEFAULT_REPO``). Plain Hugging Face checkpoints are converted on first use and cached (see ``cache_root``);
     downloads go through huggingface_hub (its cache, its progress bars, ``HF_HUB_OFFLINE``)."""
     _bits_for(quantization)
-    target = str(repo_or_path) if repo_or_path is not None else DEFAULT_REPO
-    local = Path(target).expanduser()
-    if local.is_dir():
-        path = local
-        if revision is not None:
-            raise UserError(f"revision={revision!r} only applies to Hugging Face repos, not the local dir {path}")
-    elif local.exists() or target.startswith((".", "/", "~")) or target.count("/") != 1:
-        raise UserError(f"{target}: not a model directory nor a Hugging Face repo id like 'org/name'; check the path")
-    else:
-        path = _download(target, revision)
+    path = resolve_hf_source(repo_or_path if repo_or_path is not None else DEFAULT_REPO, revision=revision)
     if checkpoint_kind(path) == "hf":
         return _converted(path, quantization, progress)
     return path

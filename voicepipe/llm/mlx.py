@@ -1,0 +1,262 @@
+"""Qwen3.5 chat on MLX: ``Qwen35MLXChat``.
+
+The model code is mlx-lm's ``qwen3_5``; weights are found, converted and loaded by ``voicepipe.llm.mlx_convert``. This
+file implements only the token-level hooks of ``ChatModel`` (see ``voicepipe.llm.base``): a forward pass over mlx-lm's
+cache objects, sampling through mlx-lm's ``make_sampler`` / ``make_logits_processors``, and snapshots of the cache for
+the multi-turn prompt cache (the DeltaNet state of the linear-attention layers cannot be trimmed, so the base class
+snapshots at turn boundaries and this engine copies the cache arrays).
+
+On Apple Silicon MLX runs on Metal. On Linux it runs on the CPU, slowly (mlx-lm's gated-delta recurrence is a token
+loop without Metal kernels, and bf16/quantized matmuls do not use BLAS); fp32 matmuls speed up ~20x when Debian's
+OpenBLAS is preloaded: ``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3`` (see ``OPENBLAS``).
+
+Using an unloaded model reloads it transparently (the base class's policy); the prompt-cache snapshots survive.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voicepipe._optional import require
+from voicepipe.errors import ModelLoadError
+from voicepipe.llm.base import ChatModel, ChatSamplingConfig
+from voicepipe.llm.mlx_convert import load_mlx_model, resolve_model_dir, weights_nbytes
+
+__all__ = ["Qwen35MLXChat", "OPENBLAS"]
+
+#: Debian's OpenBLAS (apt ``libopenblas0-pthread``); preload it to make MLX's fp32 CPU matmuls fast on Linux.
+OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
+#: Prompt tokens per forward pass during prefill (bounds the activation memory of long prompts).
+PREFILL_STEP = 512
+
+
+def _byte_decoder() -> dict[str, int]:
+    """Inverse of GPT-2's byte-to-unicode table, which byte-level BPE vocabularies (Qwen's included) are written in.
+
+    Hand-written because ``tokenizers`` decodes whole sequences to ``str`` (replacing split UTF-8 characters) and
+    exposes no per-token bytes; the base class needs raw bytes to stream without splitting characters.
+    """
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+class _Tokenizer:
+    """The checkpoint's ``tokenizer.json`` through Hugging Face ``tokenizers``, with per-token raw bytes."""
+
+    def __init__(self, model_dir: Path) -> None:
+        tokenizers = require("tokenizers", extra="mlx", purpose="The MLX engine's tokenizer")
+        file = model_dir / "tokenizer.json"
+        if not file.is_file():
+            raise ModelLoadError(f"{file}: missing; the model directory needs the Qwen3.5 tokenizer.json")
+        try:
+            self._tok = tokenizers.Tokenizer.from_file(str(file))
+        except Exception as exc:  # tokenizers raises a bare Exception on malformed files
+            raise ModelLoadError(f"{file}: unreadable ({exc}); download or convert the model again") from exc
+        added = self._tok.get_added_tokens_decoder()
+        self._special = {i for i, t in added.items() if t.special}
+        self._added = {i: t.content for i, t in added.items()}
+        self._decoder = _byte_decoder()
+        self._cache: dict[int, bytes] = {}
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def token_bytes(self, token: int) -> bytes:
+        if (cached := self._cache.get(token)) is not None:
+            return cached
+        if token in self._special:
+            data = b""
+        elif token in self._added:
+            data = self._added[token].encode()
+        else:
+            piece = self._tok.id_to_token(token)
+            data = b"" if piece is None else bytes(self._decoder.get(ch, 0x3F) for ch in piece)
+        self._cache[token] = data
+        return data
+
+
+def _copy_tree(value: Any) -> Any:
+    """New array objects (and lists) for a cache state, so later in-place cache updates never reach a snapshot."""
+    mx = require("mlx.core", extra="mlx")
+    if isinstance(value, mx.array):
+        return mx.array(value)
+    if isinstance(value, list):
+        return [_copy_tree(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_copy_tree(v) for v in value)
+    return value
+
+
+def _state_arrays(value: Any) -> list[Any]:
+    if isinstance(value, list | tuple):
+        return [a for v in value for a in _state_arrays(v)]
+    return [] if value is None or isinstance(value, int | float | str) else [value]
+
+
+def _snapshot_layer(cache: Any) -> tuple[type, Any]:
+    """(cache class, copied state) for one layer; a KV cache keeps only its filled part, not its spare capacity."""
+    mx = require("mlx.core", extra="mlx")
+    kv_cache = require("mlx_lm.models.cache", extra="mlx").KVCache
+    if type(cache) is kv_cache:
+        if cache.keys is None:
+            return kv_cache, None
+        n = cache.offset
+        return kv_cache, (mx.contiguous(cache.keys[..., :n, :]), mx.contiguous(cache.values[..., :n, :]), n)
+    return type(cache), _copy_tree(cache.state)
+
+
+class Qwen35MLXChat(ChatModel):
+    """Qwen3.5 chat with mlx-lm's model code. Build it with ``from_pretrained``."""
+
+    def __init__(self, model_dir: str | Path, *, quantization: str | None = None, max_snapshots: int = 4) -> None:
+        super().__init__(max_snapshots=max_snapshots)
+        self.model_dir = Path(model_dir)
+        self.quantization = quantization
+        self.config: dict[str, Any] = {}
+        self._model: Any = None
+        self._nbytes = 0
+        self._tokenizer: _Tokenizer | None = None
+        self._cache: list[Any] | None = None
+        self._last_logits: Any = None
+        self._sampler: Any = None
+        self._processors: list[Any] = []
+        self._context: list[int] = []
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_or_path: str | Path | None = None,
+        *,
+        revision: str | None = None,
+        quantization: str | None = None,
+        load: bool = True,
+        max_snapshots: int = 4,
+        progress: bool = True,
+    ) -> Qwen35MLXChat:
+        """A chat model from a local dir (MLX weights, or a Hugging Face checkpoint converted and cached on first
+        use) or a Hugging Face repo (default ``aufklarer/Qwen3.5-0.8B-Chat-MLX``).
+
+        ``quantization``: "int4" / "int8" (group size 64) or None to keep the checkpoint's precision.
+        ``load=False`` defers loading the weights to the model's thread (first use or ``load()``).
+        """
+        path = resolve_model_dir(repo_or_path, revision=revision, quantization=quantization, progress=progress)
+        chat = cls(path, quantization=quantization, max_snapshots=max_snapshots)
+        if load:
+            chat.load()
+        return chat
+
+    # -- weights -----------------------------------------------------------------------------------------------------
+
+    def _load_weights(self) -> None:
+        if self._tokenizer is None:
+            self._tokenizer = _Tokenizer(self.model_dir)
+        self._model, self.config = load_mlx_model(self.model_dir, quantization=self.quantization)
+        self._nbytes = weights_nbytes(self._model)
+        self._reset_engine()
+
+    def _unload_weights(self) -> None:
+        mx = require("mlx.core", extra="mlx")
+        self._model = None
+        self._cache = None
+        self._last_logits = None
+        self._nbytes = 0
+        gc.collect()
+        mx.clear_cache()
+
+    def _weights_nbytes(self) -> int:
+        return self._nbytes
+
+    # -- tokens ------------------------------------------------------------------------------------------------------
+
+    def _tokenize(self, text: str) -> list[int]:
+        if self._tokenizer is None:
+            self._tokenizer = _Tokenizer(self.model_dir)
+        return self._tokenizer.encode(text)
+
+    def _token_bytes(self, token: int) -> bytes:
+        assert self._tokenizer is not None  # noqa: S101 - internal invariant: set on load
+        return self._tokenizer.token_bytes(token)
+
+    def _extra_stop_ids(self) -> set[int]:
+        ids: set[int] = set()
+        # mlx-lm's load_config already merged generation_config.json's eos_token_id into the config.
+        sources = [self.config.get("eos_token_id"), self.config.get("text_config", {}).get("eos_token_id")]
+        for value in sources:
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list):
+                ids.update(v for v in value if isinstance(v, int))
+        return ids
+
+    # -- state -------------------------------------------------------------------------------------------------------
+
+    def _reset_engine(self) -> None:
+        self._cache = self._model.make_cache()
+        self._last_logits = None
+        self._context = []
+
+    def _forward(self, tokens: list[int]) -> None:
+        mx = require("mlx.core", extra="mlx")
+        tokens = [int(t) for t in tokens]
+        for start in range(0, len(tokens), PREFILL_STEP):
+            chunk = tokens[start : start + PREFILL_STEP]
+            logits = self._model(mx.array([chunk]), cache=self._cache)[:, -1, :]
+            mx.eval(logits, [c.state for c in self._cache])
+            self._last_logits = logits
+        self._context.extend(tokens)
+
+    def _save_state(self) -> Any:
+        mx = require("mlx.core", extra="mlx")
+        layers = tuple(_snapshot_layer(c) for c in self._cache)
+        mx.eval(_state_arrays([s for _, s in layers]))
+        return layers, self._last_logits
+
+    def _restore_state(self, state: Any) -> None:
+        layers, logits = state
+        self._cache = [cls() if s is None else cls.from_state(_copy_tree(s)) for cls, s in layers]
+        self._last_logits = logits
+        self._context = []
+
+    def _state_nbytes(self, state: Any) -> int:
+        return sum(a.nbytes for a in _state_arrays([s for _, s in state[0]]))
+
+    # -- sampling ----------------------------------------------------------------------------------------------------
+
+    def _start_sampling(self, sampling: ChatSamplingConfig, context: list[int]) -> None:
+        mx = require("mlx.core", extra="mlx")
+        samplers = require("mlx_lm.sample_utils", extra="mlx")
+        if sampling.seed is not None:
+            mx.random.seed(sampling.seed)
+        self._sampler = samplers.make_sampler(
+            temp=sampling.temperature,
+            top_p=sampling.top_p if sampling.top_p < 1.0 else 0.0,
+            top_k=sampling.top_k,
+        )
+        penalty = sampling.repetition_penalty if sampling.repetition_penalty != 1.0 else None
+        self._processors = samplers.make_logits_processors(repetition_penalty=penalty)
+        self._context = [int(t) for t in context]
+
+    def _sample(self) -> int:
+        mx = require("mlx.core", extra="mlx")
+        logits = self._last_logits.astype(mx.float32)
+        if self._processors and self._context:
+            history = mx.array(self._context)
+            for processor in self._processors:
+                logits = processor(history, logits)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        return int(self._sampler(logprobs).item())
+
+    def _logits(self) -> np.ndarray:
+        mx = require("mlx.core", extra="mlx")
+        return np.array(self._last_logits.astype(mx.float32)).reshape(-1)
