@@ -39,10 +39,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbosity: int) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    handler = RichHandler(show_path=False, show_time=verbosity > 1, markup=False, rich_tracebacks=False)
+    handler = RichHandler(
+        console=Console(stderr=True), show_path=False, show_time=verbosity > 1, markup=False, rich_tracebacks=False
+    )
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
     for noisy in ("httpx", "huggingface_hub", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
