@@ -94,6 +94,7 @@ CLEAN = [
     ("> quoted text\n\n---\n\nAfter the rule.", ["quoted text", "After the rule."]),
     ("Great job 🎉🚀! Thumbs 👍🏽 up ❤️.", ["Great job!", "Thumbs up."]),
     ("Flags 🇫🇷 and families 👨‍👩‍👧 go.", ["Flags and families go."]),
+    ("Good👍job.", ["Good job."]),
     ("<think>Let me think. The user wants X.</think>\n\nParis is the capital.", ["Paris is the capital."]),
     ("Hi there.<think>secret plans", ["Hi there."]),
     ("</think>Hello.", ["Hello."]),

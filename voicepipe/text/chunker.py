@@ -42,6 +42,7 @@ _ABBREVIATIONS = {
 # Dotted abbreviations and initialisms: "e.g", "i.e", "a.m", "U.S", "Ph.D" (the final period is not part of the token).
 _DOTTED = re.compile(r"(?:[A-Za-z]{1,2}\.)+[A-Za-z]{1,2}")
 _SENTENCE_PUNCT = ".!?…"
+_LOOKAHEAD = 16  # the longest markup the cleaner must see whole ("</think>", "###### ")
 _CLOSERS = "\"')]}»”’"
 _OPENERS = "\"'([{«“‘"
 
@@ -148,7 +149,7 @@ class SpeechCleaner:
         return len(buf)
 
     def _step_text(self, buf: str, i: int, final: bool, out: list[str]) -> int | None:
-        rest = buf[i:]
+        rest = buf[i : i + _LOOKAHEAD]  # enough to decide any markup here (runs of markup are measured on buf)
         ch = rest[0]
         if ch == "<":
             if rest.startswith(_THINK_OPEN):
@@ -170,15 +171,14 @@ class SpeechCleaner:
                 return None if step is None else i + step
             self._line_start = False
         if ch in "*_-=~":  # emphasis, strikethrough, rules ("---")
-            run = len(rest) - len(rest.lstrip(ch))
-            if run == len(rest) and not final:
+            run = _run_length(buf, i, ch)
+            if i + run == len(buf) and not final:
                 return None
-            nxt = rest[run] if run < len(rest) else " "
+            nxt = buf[i + run] if i + run < len(buf) else " "
             return i + self._markup_run(ch, run, nxt, out)
         if ch == "`":  # inline code: keep the code, drop the backticks
-            run = len(rest) - len(rest.lstrip("`"))
             self._prev = "`"
-            return i + run
+            return i + _run_length(buf, i, "`")
         if ch == "[":
             self._prev = ch
             return i + 1
@@ -194,7 +194,8 @@ class SpeechCleaner:
             return None
         if ch == "!" and rest.startswith("!["):  # image: keep its alt text
             return i + 1
-        if _EMOJI.match(ch):
+        if _EMOJI.match(ch):  # dropped, but it separates words: "good👍job"
+            self._emit(out, " ")
             return i + 1
         self._emit(out, ch)
         self._prev = ch
@@ -241,7 +242,7 @@ def _could_be_line_markup(rest: str) -> bool:
 
 
 class SentenceChunker:
-    """Streaming splitter of clean-able reply text into speakable chunks.
+    """Streaming splitter of reply text into speakable chunks (cleaned by ``SpeechCleaner`` first).
 
     ``push(text)`` returns the chunks completed by ``text``; ``flush()`` returns the rest at the end of the turn and
     resets for the next one; ``reset()`` drops everything (after an interruption). The chunks are the same however
@@ -355,10 +356,10 @@ class SentenceChunker:
                 return False
             if token.isdigit() and len(token) <= 3 and self._starts_sentence(buf, token_start):
                 return False  # a numbered list item: "1. Preheat the oven."
-        nxt = buf[end:].lstrip(" \t\r")
-        if not nxt:
+        nxt = end + _run_length(buf, end, " \t\r")
+        if nxt == len(buf):
             return True if final else None
-        return not nxt[0].islower()  # "etc. and more": a lower-case word goes on the same sentence
+        return not buf[nxt].islower()  # "etc. and more": a lower-case word goes on the same sentence
 
     def _starts_sentence(self, buf: str, pos: int) -> bool:
         """Does ``buf[pos:]`` start a line or sentence? (The buffer keeps the whitespace after the last cut.)"""
