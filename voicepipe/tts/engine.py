@@ -1,0 +1,111 @@
+"""What the TTS stage needs from an engine, and an onnxruntime session whose run another thread can abort.
+
+Engines are plain blocking wrappers (no asyncio, no frames): ``load()``, ``synthesize(text) -> float32 audio``,
+``cancel()``, ``unload()``. The stage runs ``load``/``synthesize`` on its worker thread and calls ``cancel`` from the
+event loop when the user barges in.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TTSEngine", "SynthesisCancelled", "CancellableSession", "session_options"]
+
+
+class SynthesisCancelled(Exception):
+    """``cancel()`` stopped the synthesis that was running."""
+
+
+class TTSEngine(ABC):
+    """A text-to-speech engine: text in, mono float32 audio at ``sample_rate`` out."""
+
+    #: Output rate of the loaded voice (valid after ``load``).
+    sample_rate: int = 0
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the model files; raises ``ModelLoadError`` naming the file that is missing or broken."""
+
+    @abstractmethod
+    def unload(self) -> None:
+        """Free the model (``load`` brings it back)."""
+
+    @property
+    @abstractmethod
+    def is_loaded(self) -> bool: ...
+
+    @property
+    @abstractmethod
+    def memory_footprint(self) -> int:
+        """Bytes of model weights held now (0 when unloaded)."""
+
+    @abstractmethod
+    def synthesize(self, text: str) -> np.ndarray:
+        """Speak already-normalized ``text``; mono float32 in [-1, 1]. Raises ``SynthesisCancelled`` if cancelled."""
+
+    @abstractmethod
+    def cancel(self) -> None:
+        """Abort the synthesis running on another thread now (thread-safe; a no-op when idle)."""
+
+
+def session_options(threads: int) -> Any:
+    """onnxruntime options for ``threads`` intra-op threads and no inter-op pool (the graphs are sequential)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return opts
+
+
+class CancellableSession:
+    """Wraps an ``onnxruntime.InferenceSession`` so that ``cancel()`` from another thread aborts ``run()``.
+
+    onnxruntime checks ``RunOptions.terminate`` between graph nodes, so a run stops within one node's time. Engines
+    (kokoro-onnx, piper-tts) call ``session.run(...)`` themselves; they get this wrapper in place of the session, and
+    every other attribute is the wrapped session's. After ``cancel()`` every run raises ``SynthesisCancelled`` until
+    ``reset()``, so an engine that runs the graph once per sentence stops at the next one too.
+    """
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._lock = threading.Lock()
+        self._current: Any = None
+        self._cancelled = False
+
+    def run(self, output_names: Any, input_feed: Any, run_options: Any = None) -> Any:
+        import onnxruntime as ort
+
+        options = run_options or ort.RunOptions()
+        with self._lock:
+            if self._cancelled:
+                raise SynthesisCancelled("synthesis cancelled")
+            self._current = options
+        try:
+            return self._session.run(output_names, input_feed, options)
+        except Exception as exc:
+            if options.terminate:
+                raise SynthesisCancelled("synthesis cancelled") from exc
+            raise
+        finally:
+            with self._lock:
+                self._current = None
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            if self._current is not None:
+                self._current.terminate = True
+
+    def reset(self) -> None:
+        """Allow runs again (called at the start of each synthesis)."""
+        with self._lock:
+            self._cancelled = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)

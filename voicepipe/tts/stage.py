@@ -1,0 +1,240 @@
+"""The TTS stage: text chunks in, audio blocks out, one chunk at a time as they arrive, interruptible.
+
+Each ``TextChunkFrame`` is synthesized on the stage's worker thread as soon as it arrives (the chunker sends the first
+clause early), and its audio goes out in blocks of ``block_ms``, resampled to ``sample_rate``: the first chunk plays
+while the LLM still writes the next. An ``InterruptionFrame`` (handled at once, on the pipeline's system lane) aborts
+the running synthesis through onnxruntime's terminate flag and stops the blocks not yet sent; the pipeline itself
+drops the chunks queued before it, and chunks of the interrupted turn that still arrive are dropped here.
+
+Each ``TTSAudioFrame`` says which chunk it speaks and which characters of it (``char_start``/``char_end``, in
+proportion to the block's place in the chunk's audio), so a sink can report what the user actually heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from voicepipe.frames import (
+    CancelFrame,
+    Frame,
+    InterruptionFrame,
+    MetricsFrame,
+    TextChunkFrame,
+    TTSAudioFrame,
+)
+from voicepipe.stage import Stage, StageConfig
+from voicepipe.tts.engine import SynthesisCancelled, TTSEngine
+from voicepipe.tts.normalize import normalize_text
+
+__all__ = ["TTSConfig", "TTSStage", "KokoroTTS", "PiperTTS", "build_engine"]
+
+
+class TTSConfig(StageConfig):
+    """Settings of the TTS stage (``engine: kokoro`` or ``piper``)."""
+
+    engine: Literal["kokoro", "piper"] = "kokoro"
+    #: Model file: a local path or ``owner/repo/file`` on the Hugging Face hub (default: the engine's default voice).
+    model: str | None = None
+    #: Kokoro only: voices archive, a local path or ``owner/repo/file`` (default: Kokoro v1.0's voices).
+    voices: str | None = None
+    #: Kokoro: a voice of the archive (default af_heart); Piper: a speaker of a multi-speaker model.
+    voice: str | None = None
+    speed: float = Field(1.0, ge=0.5, le=2.0)
+    #: Language of the text: Kokoro's phonemizer language, and the language numbers are spelled in.
+    language: str = "en-us"
+    #: onnxruntime intra-op threads (1 was fastest here while other stages used the cores).
+    threads: int = Field(1, ge=1, le=64)
+    #: Output rate in Hz (the sink's); default: the voice's own rate (Kokoro 24000, Piper per voice).
+    sample_rate: int | None = Field(None, ge=8000, le=192_000)
+    #: Length of each audio block pushed downstream.
+    block_ms: int = Field(160, ge=20, le=1000)
+
+    @model_validator(mode="after")
+    def _voices_only_for_kokoro(self) -> TTSConfig:
+        if self.voices is not None and self.engine != "kokoro":
+            raise ValueError("'voices' is a Kokoro setting; Piper's voice is its model file: remove 'voices'")
+        return self
+
+
+def build_engine(config: TTSConfig) -> TTSEngine:
+    """Resolve the configured files (downloading them if needed) and build the engine, not yet loaded."""
+    from voicepipe.tts.files import resolve_file
+
+    if config.engine == "kokoro":
+        from voicepipe.tts import kokoro
+
+        return kokoro.KokoroEngine(
+            resolve_file(config.model or kokoro.DEFAULT_MODEL, field="model"),
+            resolve_file(config.voices or kokoro.DEFAULT_VOICES, field="voices"),
+            voice=config.voice,
+            speed=config.speed,
+            language=config.language,
+            threads=config.threads,
+        )
+    from voicepipe.tts import piper
+    from voicepipe.tts.files import is_hub_reference
+
+    ref = config.model or piper.DEFAULT_MODEL
+    model_path = resolve_file(ref, field="model")
+    config_path = resolve_file(f"{ref}.json", field="model") if is_hub_reference(ref) else None
+    return piper.PiperEngine(model_path, config_path, voice=config.voice, speed=config.speed, threads=config.threads)
+
+
+class TTSStage(Stage):
+    """Speaks ``TextChunkFrame``s as ``TTSAudioFrame`` blocks; forwards everything else in order."""
+
+    Config = TTSConfig
+    holds_model = True
+
+    def __init__(self, config: TTSConfig | None = None, *, name: str | None = None, engine: TTSEngine | None = None):
+        super().__init__(config, name=name)
+        self.config: TTSConfig
+        self.engine = engine
+        self._generation = 0  # bumped by each interruption; work of an older generation is dropped
+        self._last_turn = 0
+        self._interrupted_turn = 0
+
+    @property
+    def output_rate(self) -> int:
+        return self.config.sample_rate or (self.engine.sample_rate if self.engine else 0)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        if self.engine is None:
+            self.engine = await self.run_blocking(build_engine, self.config)
+        await self.run_blocking(self.engine.load)
+
+    async def cleanup(self) -> None:
+        if self.engine is not None:
+            self.engine.cancel()
+
+    @property
+    def memory_footprint(self) -> int:
+        return self.engine.memory_footprint if self.engine else 0
+
+    @property
+    def is_loaded(self) -> bool:
+        return bool(self.engine and self.engine.is_loaded)
+
+    async def unload(self) -> None:
+        if self.engine is not None:
+            await self.run_blocking(self.engine.unload)
+
+    async def load(self) -> None:
+        if self.engine is not None:
+            await self.run_blocking(self.engine.load)
+
+    # -- frames ------------------------------------------------------------------------------------------------------
+
+    async def process(self, frame: Frame) -> None:
+        if isinstance(frame, TextChunkFrame):
+            if 0 < frame.turn_id <= self._interrupted_turn:
+                return  # the rest of a reply the user interrupted
+            self._last_turn = max(self._last_turn, frame.turn_id)
+            await self._speak(frame)
+        elif isinstance(frame, InterruptionFrame | CancelFrame):
+            self._interrupt()
+            await self.push(frame)
+        else:
+            await self.push(frame)
+
+    def _interrupt(self) -> None:
+        self._generation += 1
+        self._interrupted_turn = self._last_turn
+        if self.engine is not None:
+            self.engine.cancel()
+
+    async def _speak(self, chunk: TextChunkFrame) -> None:
+        generation = self._generation
+        text = normalize_text(chunk.text, self.config.language)
+        if not text:
+            return  # only symbols or markup: nothing to say
+        engine = self.engine
+        if engine is None:
+            raise RuntimeError(f"{self.name}: no engine (setup() was not run)")
+        started = time.monotonic()
+        try:
+            audio = await self.run_blocking(self._synthesize, engine, text, generation)
+        except SynthesisCancelled:
+            return
+        except asyncio.CancelledError:
+            engine.cancel()  # the pipeline cancelled this frame: stop the worker thread too
+            raise
+        if audio is None or generation != self._generation or len(audio) == 0:
+            return
+        synthesis_s = time.monotonic() - started
+        rate = self.output_rate
+        await self.push(
+            MetricsFrame(
+                stage=self.name,
+                turn_id=chunk.turn_id,
+                values={"tts_synthesis_s": synthesis_s, "tts_audio_s": len(audio) / rate},
+            )
+        )
+        for start, end in _blocks(len(audio), rate * self.config.block_ms // 1000):
+            if generation != self._generation:
+                return
+            char_start, char_end = _char_span(chunk.text, start, end, len(audio))
+            await self.push(
+                TTSAudioFrame(
+                    turn_id=chunk.turn_id,
+                    pcm=audio[start:end],
+                    sample_rate=rate,
+                    chunk_index=chunk.index,
+                    chunk_text=chunk.text,
+                    char_start=char_start,
+                    char_end=char_end,
+                )
+            )
+
+    def _synthesize(self, engine: TTSEngine, text: str, generation: int) -> np.ndarray | None:
+        """On the worker thread: load if the memory governor unloaded the engine, speak, resample."""
+        if generation != self._generation:
+            return None  # interrupted while this call waited for the thread
+        if not engine.is_loaded:
+            engine.load()
+        audio = engine.synthesize(text)
+        return _resample(audio, engine.sample_rate, self.output_rate)
+
+
+class KokoroTTS(TTSStage):
+    """``TTSStage`` with ``engine: kokoro`` as the default (entry point ``kokoro``)."""
+
+    class Config(TTSConfig):
+        engine: Literal["kokoro", "piper"] = "kokoro"
+
+
+class PiperTTS(TTSStage):
+    """``TTSStage`` with ``engine: piper`` as the default (entry point ``piper``)."""
+
+    class Config(TTSConfig):
+        engine: Literal["kokoro", "piper"] = "piper"
+
+
+def _resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    if rate_in == rate_out:
+        return audio
+    import soxr
+
+    return soxr.resample(audio, rate_in, rate_out).astype(np.float32, copy=False)
+
+
+def _blocks(total: int, size: int) -> list[tuple[int, int]]:
+    """Split ``total`` samples into blocks of ``size``; a short tail (< half a block) joins the block before it."""
+    size = max(1, size)
+    bounds = list(range(0, total, size)) + [total]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < size // 2:
+        del bounds[-2]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _char_span(text: str, start: int, end: int, total: int) -> tuple[int, int]:
+    """The characters of ``text`` that samples ``start:end`` of ``total`` speak, in proportion."""
+    n = len(text)
+    return round(n * start / total), (n if end >= total else round(n * end / total))
