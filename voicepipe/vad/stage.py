@@ -1,0 +1,173 @@
+"""The VAD stage: AudioFrames in (any rate, any channel count), speech events and user audio out.
+
+Per turn it emits ``SpeechStartedFrame`` (with a new turn id: the barge-in signal), ``UserAudioFrame(final=False)``
+when a pause begins (early transcription), then ``SpeechEndedFrame`` and ``UserAudioFrame(final=True)``, all with
+that turn id. AudioFrames are consumed; every other frame is forwarded.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from voicepipe.frames import (
+    AudioFrame,
+    CancelFrame,
+    EndFrame,
+    Frame,
+    SpeechEndedFrame,
+    SpeechStartedFrame,
+    UserAudioFrame,
+)
+from voicepipe.stage import Stage, StageConfig
+from voicepipe.vad.base import SAMPLE_RATE, VADModel
+from voicepipe.vad.segmenter import Event, Pause, Segment, Segmenter, SegmenterConfig, SpeechEnd, SpeechStart
+
+__all__ = ["VADStage", "VADConfig", "make_vad_model", "to_mono_16k"]
+
+
+class VADConfig(StageConfig):
+    """``vad`` stage settings (pipeline.yaml)."""
+
+    engine: Literal["webrtc", "silero"] = "webrtc"
+    aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode; 0-1 never end a turn in noise")
+    frame_ms: Literal[10, 20, 30] = Field(30, description="webrtcvad frame length")
+    threshold: float = Field(0.5, gt=0.0, le=1.0, description="speech probability that counts as voiced")
+    start_ms: int = Field(90, ge=0, description="voiced audio needed before speech counts as started")
+    hangover_ms: int = Field(500, gt=0, description="silence that ends a turn")
+    pause_ms: int = Field(200, gt=0, description="silence after which transcription starts early")
+    preroll_ms: int = Field(300, ge=0, description="audio kept before the onset so the first word is not clipped")
+    min_speech_ms: int = Field(250, ge=0, description="shorter segments are dropped")
+    max_segment_s: float = Field(15.0, gt=1.0, description="longer speech is split")
+    early_transcription: bool = True
+
+    @model_validator(mode="after")
+    def _timings(self) -> VADConfig:
+        self.segmenter_config().check()
+        return self
+
+    def segmenter_config(self) -> SegmenterConfig:
+        return SegmenterConfig(
+            threshold=self.threshold,
+            start_ms=self.start_ms,
+            hangover_ms=self.hangover_ms,
+            pause_ms=self.pause_ms,
+            preroll_ms=self.preroll_ms,
+            min_speech_ms=self.min_speech_ms,
+            max_segment_s=self.max_segment_s,
+            early=self.early_transcription,
+        )
+
+
+def make_vad_model(config: VADConfig) -> VADModel:
+    """The model wrapper ``config.engine`` names."""
+    if config.engine == "silero":
+        from voicepipe.vad.silero import SileroVAD
+
+        return SileroVAD()
+    from voicepipe.vad.webrtc import WebRTCVAD
+
+    return WebRTCVAD(config.aggressiveness, config.frame_ms)
+
+
+def to_mono_16k(pcm: np.ndarray) -> np.ndarray:
+    """Average the channels of a (samples, channels) block; mono passes through. float32 out."""
+    pcm = np.asarray(pcm, dtype=np.float32)
+    return pcm.mean(axis=1, dtype=np.float32) if pcm.ndim == 2 else pcm
+
+
+class VADStage(Stage):
+    """Segments microphone audio into user turns with webrtcvad or Silero (entry point ``vad``)."""
+
+    Config = VADConfig
+    config: VADConfig
+
+    async def setup(self) -> None:
+        self._segmenter = Segmenter(make_vad_model(self.config), self.config.segmenter_config())
+        self._resampler = None
+        self._in_format: tuple[int, int] | None = None
+        self._fed = 0  # samples at 16 kHz handed to the segmenter
+        # (stream position after a frame, monotonic arrival time of that frame): maps a sample to when it arrived
+        self._arrivals: collections.deque[tuple[int, float]] = collections.deque()
+        self._turn_id = 0
+
+    async def process(self, frame: Frame) -> None:
+        if isinstance(frame, AudioFrame):
+            pcm = self._resample(frame)
+            self._note_arrival(len(pcm), frame.timestamp)
+            await self._emit(await self.run_blocking(self._segmenter.feed, pcm))
+            return
+        if isinstance(frame, EndFrame):
+            if self._resampler is not None:
+                tail = self._resampler.resample_chunk(np.zeros((0, 1), dtype=np.float32), last=True)
+                pcm = np.asarray(tail, dtype=np.float32).reshape(-1)
+                if self._arrivals:
+                    self._note_arrival(len(pcm), self._arrivals[-1][1])
+                await self._emit(await self.run_blocking(self._segmenter.feed, pcm))
+            await self._emit(await self.run_blocking(self._segmenter.flush))
+        elif isinstance(frame, CancelFrame):
+            self._segmenter.reset()
+        await self.push(frame)
+
+    # -- audio in -------------------------------------------------------------------------------------------------
+
+    def _resample(self, frame: AudioFrame) -> np.ndarray:
+        """Mono, then 16 kHz through one soxr stream (stateful, so block edges leave no clicks)."""
+        mono = to_mono_16k(frame.pcm)
+        if frame.sample_rate == SAMPLE_RATE:
+            return mono
+        fmt = (frame.sample_rate, 1)
+        if self._resampler is None or self._in_format != fmt:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(frame.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+            self._in_format = fmt
+        return np.asarray(self._resampler.resample_chunk(mono.reshape(-1, 1)), dtype=np.float32).reshape(-1)
+
+    def _note_arrival(self, samples: int, timestamp: float) -> None:
+        self._fed += samples
+        self._arrivals.append((self._fed, timestamp))
+        horizon = self._fed - int((self.config.max_segment_s + 2) * SAMPLE_RATE)
+        while len(self._arrivals) > 1 and self._arrivals[0][0] < horizon:
+            self._arrivals.popleft()
+
+    def _arrival_time(self, stream_time: float) -> float | None:
+        """Monotonic time at which the sample at ``stream_time`` seconds arrived."""
+        sample = int(round(stream_time * SAMPLE_RATE))
+        for end, timestamp in self._arrivals:
+            if end >= sample:
+                return timestamp
+        return self._arrivals[-1][1] if self._arrivals else None
+
+    # -- events out -----------------------------------------------------------------------------------------------
+
+    async def _emit(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, SpeechStart):
+                self._turn_id = self.turns.next()
+                await self.push(SpeechStartedFrame(turn_id=self._turn_id, audio_time=event.onset_time))
+            elif isinstance(event, Pause):
+                await self.push(self._user_audio(event.segment, final=False))
+            elif isinstance(event, SpeechEnd):
+                await self.push(
+                    SpeechEndedFrame(
+                        turn_id=self._turn_id,
+                        audio_time=event.last_voiced_time,
+                        speech_end_timestamp=self._arrival_time(event.last_voiced_time),
+                    )
+                )
+                if event.segment is not None:
+                    await self.push(self._user_audio(event.segment, final=True))
+
+    def _user_audio(self, segment: Segment, *, final: bool) -> UserAudioFrame:
+        return UserAudioFrame(
+            turn_id=self._turn_id,
+            pcm=segment.pcm,
+            sample_rate=SAMPLE_RATE,
+            start_time=segment.start_time,
+            end_time=segment.end_time,
+            final=final,
+        )
