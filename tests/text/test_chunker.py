@@ -95,6 +95,7 @@ CLEAN = [
     ("Great job 🎉🚀! Thumbs 👍🏽 up ❤️.", ["Great job!", "Thumbs up."]),
     ("Flags 🇫🇷 and families 👨‍👩‍👧 go.", ["Flags and families go."]),
     ("Good👍job.", ["Good job."]),
+    ("| Name | Age |\n|---|---|\n| Bob | 42 |", ["Name Age", "Bob 42"]),
     ("<think>Let me think. The user wants X.</think>\n\nParis is the capital.", ["Paris is the capital."]),
     ("Hi there.<think>secret plans", ["Hi there."]),
     ("</think>Hello.", ["Hello."]),

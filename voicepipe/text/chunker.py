@@ -7,7 +7,8 @@ starts sooner; later ones at sentence ends, at least ``min_chars`` long (short s
 
 Before chunking, ``SpeechCleaner`` removes what should not be spoken: ``<think>...</think>`` text (also when the tags
 arrive split across pushes, and an unclosed ``<think>`` at the end), markdown (headers, bold/italics, inline code,
-fenced code blocks with their content, links -> their text, list bullets, block quotes, rules) and emoji.
+fenced code blocks with their content, links -> their text, list bullets, block quotes, rules, table borders) and
+emoji.
 
 Hand-written because none of the libraries we use does this: sentence splitters (nltk, pysbd, LiveKit's basic
 tokenizer) split whole sentences of finished text, none emits a clause early, strips markdown and think text, or
@@ -194,7 +195,7 @@ class SpeechCleaner:
             return None
         if ch == "!" and rest.startswith("!["):  # image: keep its alt text
             return i + 1
-        if _EMOJI.match(ch):  # dropped, but it separates words: "good👍job"
+        if ch == "|" or _EMOJI.match(ch):  # table cell borders and emoji separate words: "good👍job"
             self._emit(out, " ")
             return i + 1
         self._emit(out, ch)
