@@ -1,0 +1,175 @@
+"""The ASR stage: user audio in, one final transcript per turn out (nothing for noise or hallucinations).
+
+Early transcription: a provisional ``UserAudioFrame(final=False)`` (sent by the VAD when a pause begins) starts a
+transcription in the background. When the final segment arrives and is the same audio (the user did not resume), that
+result is committed, so the hangover overlaps with Whisper; otherwise it is discarded and the final is transcribed.
+User audio frames are consumed; every other frame is forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from voicepipe.asr.base import GuardConfig, Transcriber, Transcription
+from voicepipe.frames import (
+    CancelFrame,
+    EndFrame,
+    Frame,
+    MetricsFrame,
+    SpeechEndedFrame,
+    SpeechStartedFrame,
+    TranscriptFrame,
+    UserAudioFrame,
+)
+from voicepipe.stage import Stage, StageConfig
+
+__all__ = ["ASRStage", "ASRConfig", "make_transcriber"]
+
+Engine = Literal["faster-whisper", "mlx-whisper"]
+
+
+class ASRConfig(StageConfig):
+    """``asr`` stage settings (pipeline.yaml)."""
+
+    engine: Engine = "faster-whisper"
+    model: str | None = Field(None, description="HF repo id or local directory; default: tiny.en for the engine")
+    language: str | None = Field("en", description="None detects the language (multilingual models only)")
+    beam_size: int = Field(1, ge=1, description="1 = greedy, the fastest; mlx-whisper supports only 1")
+    threads: int = Field(2, ge=1, description="CPU threads for faster-whisper")
+    compute_type: str = Field("int8", description="faster-whisper weight type: int8, float32, ...")
+    no_speech_threshold: float | None = Field(0.6, description="with logprob_threshold: Whisper's silence rule")
+    logprob_threshold: float | None = -1.0
+    compression_ratio_threshold: float | None = Field(2.4, description="above: a repetition loop, dropped")
+    min_avg_logprob: float | None = Field(-1.5, description="below: a guess, dropped")
+    early_transcription: bool = True
+
+    @model_validator(mode="after")
+    def _engine_options(self) -> ASRConfig:
+        if self.engine == "mlx-whisper" and self.beam_size != 1:
+            raise ValueError("beam_size: mlx-whisper decodes greedily only; set beam_size: 1")
+        return self
+
+    def guard(self) -> GuardConfig:
+        return GuardConfig(
+            self.no_speech_threshold, self.logprob_threshold, self.compression_ratio_threshold, self.min_avg_logprob
+        )
+
+
+def make_transcriber(config: ASRConfig) -> Transcriber:
+    """The engine wrapper ``config.engine`` names (not loaded yet)."""
+    if config.engine == "mlx-whisper":
+        from voicepipe.asr.mlx_whisper import DEFAULT_MODEL, MLXWhisperTranscriber
+
+        return MLXWhisperTranscriber(
+            config.model or DEFAULT_MODEL, language=config.language, beam_size=config.beam_size, guard=config.guard()
+        )
+    from voicepipe.asr.faster_whisper import DEFAULT_MODEL, FasterWhisperTranscriber
+
+    return FasterWhisperTranscriber(
+        config.model or DEFAULT_MODEL,
+        language=config.language,
+        beam_size=config.beam_size,
+        threads=config.threads,
+        compute_type=config.compute_type,
+        guard=config.guard(),
+    )
+
+
+def _audio_key(frame: UserAudioFrame) -> tuple[int, float, float, int]:
+    return (frame.turn_id, round(frame.start_time, 4), round(frame.end_time, 4), len(frame.pcm))
+
+
+class ASRStage(Stage):
+    """Whisper speech recognition (entry point ``asr``), faster-whisper or mlx-whisper."""
+
+    Config = ASRConfig
+    config: ASRConfig
+    holds_model = True
+
+    def __init__(self, config: ASRConfig | None = None, *, name: str | None = None) -> None:
+        super().__init__(config, name=name)
+        self.engine: Transcriber = make_transcriber(self.config)
+        self._provisional: tuple[tuple[int, float, float, int], asyncio.Future[Transcription]] | None = None
+        self._speech_end: dict[int, float] = {}
+
+    async def setup(self) -> None:
+        await self.run_blocking(self.engine.load)
+
+    async def cleanup(self) -> None:
+        self._drop_provisional()
+
+    # -- memory governor hooks ----------------------------------------------------------------------------------
+
+    @property
+    def memory_footprint(self) -> int:
+        return self.engine.memory_footprint
+
+    @property
+    def is_loaded(self) -> bool:
+        return self.engine.is_loaded
+
+    async def unload(self) -> None:
+        self._drop_provisional()
+        await self.run_blocking(self.engine.unload)
+
+    async def load(self) -> None:
+        await self.run_blocking(self.engine.load)
+
+    # -- frames ---------------------------------------------------------------------------------------------------
+
+    async def process(self, frame: Frame) -> None:
+        if isinstance(frame, UserAudioFrame):
+            if frame.final:
+                await self._finish(frame)
+            elif self.config.early_transcription:
+                self._start_provisional(frame)
+            return
+        if isinstance(frame, SpeechStartedFrame):
+            self._drop_provisional()
+            self._speech_end = {t: v for t, v in self._speech_end.items() if t >= frame.turn_id - 1}
+        elif isinstance(frame, SpeechEndedFrame) and frame.speech_end_timestamp is not None:
+            self._speech_end[frame.turn_id] = frame.speech_end_timestamp
+        elif isinstance(frame, (EndFrame, CancelFrame)):
+            self._drop_provisional()
+        await self.push(frame)
+
+    def _start_provisional(self, frame: UserAudioFrame) -> None:
+        self._drop_provisional()
+        task = asyncio.ensure_future(self.run_blocking(self.engine.transcribe, frame.pcm))
+        self._provisional = (_audio_key(frame), task)
+
+    def _drop_provisional(self) -> None:
+        if self._provisional is not None:
+            _, task = self._provisional
+            task.cancel()  # never started: it will not run; running: its result is ignored
+            self._provisional = None
+
+    async def _finish(self, frame: UserAudioFrame) -> None:
+        early_hit = self._provisional is not None and self._provisional[0] == _audio_key(frame)
+        if early_hit:
+            task = self._provisional[1]
+            self._provisional = None
+            result = await task
+        else:
+            self._drop_provisional()
+            result = await self.run_blocking(self.engine.transcribe, frame.pcm)
+        done = time.monotonic()
+        values = {
+            "asr_seconds": result.seconds,
+            "audio_seconds": frame.duration,
+            "rtf": result.seconds / max(frame.duration, 1e-6),
+            "early_hit": 1.0 if early_hit else 0.0,
+            "rejected": 0.0 if result.text else 1.0,
+        }
+        speech_end = self._speech_end.pop(frame.turn_id, None)
+        if speech_end is not None:
+            values["speech_end_to_transcript_s"] = done - speech_end
+        if result.text:
+            await self.push(
+                TranscriptFrame(turn_id=frame.turn_id, text=result.text, final=True, language=result.language)
+            )
+        await self.push(MetricsFrame(turn_id=frame.turn_id, stage=self.name, values=values))
