@@ -126,3 +126,41 @@ def test_a_failing_stage_fails_its_turn_but_the_run_completes(tmp_path, bursts_w
     assert turns[2]["completed"] and turns[2]["reply"]
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert any(e["event"] == "error" and e["turn"] == 1 for e in events)
+
+
+def test_ctrl_c_stops_cleanly_keeps_what_was_written_and_prints_no_traceback(tmp_path, bursts_wav):
+    import signal
+    import time
+
+    out = tmp_path / "out.wav"
+    pipeline = fake_pipeline_yaml(tmp_path, bursts_wav, out)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "voicepipe.cli.main",
+            "run",
+            str(pipeline),
+            "--realtime",
+            "--input",
+            str(bursts_wav),
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait for the first turn's audio, so there is something to keep
+        time.sleep(0.1)
+        if (tmp_path / ".out.wav.partial").exists():
+            break
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "stopped" in stderr
+    audio, _ = sf.read(out)
+    assert len(audio) > 0, "audio written before Ctrl-C was lost"
+    assert not (tmp_path / ".out.wav.partial").exists()
