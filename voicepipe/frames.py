@@ -26,6 +26,7 @@ __all__ = [
     "TextChunkFrame",
     "TTSAudioFrame",
     "PlaybackFrame",
+    "BotSpeakingFrame",
     "EndOfTurnFrame",
     "InterruptionFrame",
     "ErrorFrame",
@@ -174,6 +175,16 @@ class PlaybackFrame(SystemFrame):
 
     text: str = ""
     finished: bool = False
+
+
+@dataclass
+class BotSpeakingFrame(SystemFrame):
+    """Sent upstream by a sink: the reply of ``turn_id`` started (``speaking``) or stopped playing on the device.
+
+    The turn-taking stage gates the microphone on it (echo guard) and watches for barge-in while it is True.
+    """
+
+    speaking: bool = True
 
 
 @dataclass
