@@ -8,7 +8,8 @@ after ``start_ms`` of consecutive voiced frames; the segment then begins ``prero
 transcription can start early); a pause of ``hangover_ms`` ends the segment. A segment always ends ``pause_ms`` after
 its last voiced sample, so if the user does not resume, the final segment is identical to the provisional one.
 Segments with less than ``min_speech_ms`` of voiced audio are dropped (the end is still reported). Speech longer than
-``max_segment_s`` is split: near the cap at the first short pause, at the cap at the latest.
+``max_segment_s`` is split: from 80% of the cap on at the first 100 ms pause (the next words start a new segment,
+with pre-roll), at the cap at the latest (cut mid-speech, the next segment starts at the cut).
 
 Positions are counted in samples of the 16 kHz stream fed in, reported in seconds.
 """
@@ -83,7 +84,7 @@ class Pause:
 
 @dataclass
 class SpeechEnd:
-    """Speech ended (``capped``: split at ``max_segment_s`` while speech goes on; a ``SpeechStart`` follows).
+    """Speech ended (``capped``: split near ``max_segment_s``; the speech goes on in a new segment).
 
     ``segment`` is None when it held less than ``min_speech_ms`` of voiced audio. ``last_voiced_time`` is the end of
     the last voiced frame.
@@ -185,8 +186,12 @@ class Segmenter:
         length = end - self._seg_start
         if self._silence_n >= self._hangover_n:
             events.append(self._end(capped=False))
-        elif length >= self._max_n or (length >= self._soft_n and self._silence_n >= self._soft_pause_n):
-            events.append(self._end(capped=True))
+        elif length >= self._soft_n and self._silence_n >= self._soft_pause_n:
+            # near the cap and in a short pause: split here; the next words start a new segment (with pre-roll)
+            events.append(self._end(capped=True, cut=end))
+        elif length >= self._max_n:
+            # no pause before the cap: cut mid-speech and go on at once, so no audio is lost
+            events.append(self._end(capped=True, cut=end))
             self._begin(end, end, [], events)
         elif (
             self.config.early
@@ -236,16 +241,15 @@ class Segmenter:
         audio = audio[: max(0, end - self._seg_start)]
         return Segment(audio, self._seg_start / SAMPLE_RATE, (self._seg_start + len(audio)) / SAMPLE_RATE)
 
-    def _end(self, *, capped: bool) -> SpeechEnd:
-        end = self._pos if capped else self._last_voiced_end + self._pause_n
+    def _end(self, *, capped: bool, cut: int | None = None) -> SpeechEnd:
+        end = cut if cut is not None else self._last_voiced_end + self._pause_n
         segment = self._segment(end) if self._voiced_n >= self._min_n else None
         event = SpeechEnd(segment, self._last_voiced_time(), capped)
-        if not capped:
-            # the trailing silence becomes the next segment's pre-roll
-            tail = np.concatenate(self._buffer)[-self._preroll_n :] if self._buffer and self._preroll_n else None
-            self._ring.clear()
-            if tail is not None and len(tail):
-                self._ring.append((self._pos - len(tail), tail))
+        # the trailing audio becomes the next segment's pre-roll
+        tail = np.concatenate(self._buffer)[-self._preroll_n :] if self._buffer and self._preroll_n else None
+        self._ring.clear()
+        if tail is not None and len(tail):
+            self._ring.append((self._pos - len(tail), tail))
         self.speaking = False
         self._buffer = []
         self._run_start, self._run_n = None, 0
