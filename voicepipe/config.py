@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from voicepipe.errors import ConfigError, UserError
+from voicepipe.memory.config import MemoryConfig
 from voicepipe.registry import resolve_stage
 from voicepipe.stage import Stage, StageConfig
 
@@ -32,6 +33,7 @@ class PipelineFile(BaseModel):
     name: str = "voicepipe"
     queue_size: int = Field(32, ge=1, le=10_000, description="Data frames each stage may have queued.")
     stages: list[dict[str, Any]] = Field(min_length=1)
+    memory: MemoryConfig | None = Field(None, description="Memory budget, governor policy and jetsam limit.")
 
 
 @dataclass

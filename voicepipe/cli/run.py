@@ -10,6 +10,7 @@ from pathlib import Path
 from voicepipe.audio.wav import WavSink, WavSinkConfig, WavSource, WavSourceConfig
 from voicepipe.config import StageSpec, load_pipeline
 from voicepipe.errors import UserError
+from voicepipe.memory import apply_memory
 from voicepipe.metrics import JsonlWriter, MetricsObserver
 from voicepipe.pipeline import VoicePipeline
 from voicepipe.stage import Sink, Source
@@ -24,6 +25,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="OUT.wav", help="write the replies to this WAV instead of the speaker")
     parser.add_argument("--metrics", metavar="M.jsonl", help="write one JSON line of latencies per turn")
     parser.add_argument("--realtime", action="store_true", help="with --input: pace the file like a live microphone")
+    parser.add_argument(
+        "--jetsam-mb",
+        type=float,
+        metavar="N",
+        help="simulate iOS's jetsam: kill the process (SIGKILL) when its resident memory crosses N MB",
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--quiet", action="store_true", help="print nothing but errors")
     output.add_argument("--json", action="store_true", help="print one JSON line per event, for scripts")
@@ -72,12 +79,18 @@ def run(args: argparse.Namespace) -> int:
         view.turn_finished(turn)
 
     metrics = MetricsObserver(on_turn)
-    stages = [spec.build() for spec in specs]
+    if args.jetsam_mb is not None and args.jetsam_mb <= 0:
+        raise UserError(f"--jetsam-mb {args.jetsam_mb:g}: the limit must be a positive number of MB")
+    stages, _, watchdog = apply_memory([spec.build() for spec in specs], loaded.settings.memory, args.jetsam_mb)
     pipeline = VoicePipeline(stages, queue_size=loaded.settings.queue_size, observers=[metrics, view])
     try:
+        if watchdog is not None:
+            watchdog.start()
         view.start(pipeline)
         asyncio.run(pipeline.run())
     finally:
+        if watchdog is not None:
+            watchdog.stop()
         metrics.flush()
         view.stop()
         if writer is not None:

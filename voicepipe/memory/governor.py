@@ -1,0 +1,434 @@
+"""The memory governor: keep the LLM and the TTS out of memory at the same time when both do not fit the budget.
+
+How it sits in the pipeline: ``MemoryGovernor.install(stages)`` finds the LLM and the TTS stage (by name from the
+``memory:`` section, else the last two model-holding stages) and inserts three small pass-through stages (taps) at the
+points where the governor must act; the stages themselves only need the memory hooks every stage has
+(``memory_footprint``, ``is_loaded``, ``unload()``, ``load()``)::
+
+    ... ASR -> [before-llm] -> LLM -> [after-llm] -> chunker -> TTS -> [after-tts] -> sink
+
+- Startup (each tap's ``setup`` runs between its neighbours' ``setup``): the process RSS is measured before and after
+  the LLM and the TTS load, so each stage's footprint is known two ways: what it reports and what loading it added to
+  the process. When a budget is set and the LLM plus a TTS of the same size would not fit, the LLM is unloaded
+  before the TTS loads, so the two never overlap even once. Then the policy is decided and logged with its numbers.
+- Concurrent turns: the taps only measure (per-turn peak RSS).
+- Sequential turns: ``before-llm`` makes sure the LLM is loaded and the TTS is not before a transcript reaches the
+  LLM; ``after-llm`` holds the reply until the LLM has finished, unloads the LLM (its conversation state stays in its
+  prompt cache in RAM, so the next turn does not prefill the history again), loads the TTS, then releases the reply;
+  ``after-tts`` sees the end of the reply once the TTS has synthesized all of it, unloads the TTS and reloads the LLM
+  while the sink is still playing the last audio, and reports how much of the reload was hidden behind that playback.
+
+Playback is modelled as a speaker would play the audio: each block starts when it arrives or when the one before
+ended, whichever is later; so "hidden" means hidden behind audio a speaker would still be playing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from voicepipe.errors import ConfigError
+from voicepipe.frames import (
+    EndFrame,
+    Frame,
+    InterruptionFrame,
+    LLMResponseEndFrame,
+    MetricsFrame,
+    TranscriptFrame,
+    TTSAudioFrame,
+)
+from voicepipe.memory.config import MemoryConfig
+from voicepipe.memory.jetsam import RssWatchdog
+from voicepipe.memory.rss import MB, release_freed_memory, rss_bytes
+from voicepipe.stage import Direction, Stage
+
+__all__ = ["MemoryGovernor", "StageMemory", "GovernorTap"]
+
+log = logging.getLogger("voicepipe.memory")
+Mode = Literal["concurrent", "sequential"]
+
+
+@dataclass
+class StageMemory:
+    """What one model stage costs: what it reports (``memory_footprint``) and what loading it added to the RSS."""
+
+    name: str
+    reported: int = 0
+    measured: int = 0
+    unload_drop: int = 0  # RSS freed by the last unload
+
+    @property
+    def size(self) -> int:
+        """The number the budget uses: the larger of the two."""
+        return max(self.reported, self.measured)
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "reported_mb": round(self.reported / MB, 1),
+            "measured_mb": round(self.measured / MB, 1),
+            "unload_drop_mb": round(self.unload_drop / MB, 1),
+        }
+
+
+@dataclass
+class _Turn:
+    turn_id: int
+    values: dict[str, float] = field(default_factory=dict)
+    play_end: float = 0.0  # when a speaker would finish the audio seen so far
+
+
+class MemoryGovernor:
+    """Decides per pipeline whether the LLM and the TTS may stay loaded together, and enforces it per turn."""
+
+    def __init__(self, config: MemoryConfig | None = None, *, monitor: RssWatchdog | None = None) -> None:
+        self.config = config or MemoryConfig()
+        self.monitor = monitor
+        self._own_monitor = monitor is None
+        self.llm: Stage | None = None
+        self.tts: Stage | None = None
+        self.mode: Mode = "concurrent"
+        self.baseline = 0
+        self.llm_memory = StageMemory("llm")
+        self.tts_memory = StageMemory("tts")
+        self.decisions: list[str] = []
+        self.turns: dict[int, _Turn] = {}
+        self.finished_turns: list[dict[str, float]] = []
+        self._lock: asyncio.Lock | None = None
+        self._rss_mark = 0
+        self._llm_parked = False  # unloaded by the governor (upstream frames for it wait)
+        self._before: GovernorTap | None = None
+        self._after_llm: GovernorTap | None = None
+
+    # -- wiring ----------------------------------------------------------------------------------------------------
+
+    def install(self, stages: Sequence[Stage]) -> list[Stage]:
+        """Return ``stages`` with the governor's three taps inserted around the LLM and the TTS."""
+        chain = list(stages)
+        self.llm, self.tts = self._find(chain)
+        i_llm, i_tts = chain.index(self.llm), chain.index(self.tts)
+        if i_llm >= i_tts:
+            raise ConfigError(f"memory: the LLM stage '{self.llm.name}' must come before the TTS '{self.tts.name}'")
+        self.llm_memory.name, self.tts_memory.name = self.llm.name, self.tts.name
+        self._before = GovernorTap(self, "before-llm")
+        self._after_llm = GovernorTap(self, "after-llm")
+        after_tts = GovernorTap(self, "after-tts")
+        chain.insert(i_tts + 1, after_tts)
+        chain.insert(i_llm + 1, self._after_llm)
+        chain.insert(i_llm, self._before)
+        self._decide(f"stages: llm={self.llm.name}, tts={self.tts.name}")
+        return chain
+
+    def _find(self, chain: list[Stage]) -> tuple[Stage, Stage]:
+        by_name = {s.name: s for s in chain}
+        for role, name in (("llm", self.config.llm), ("tts", self.config.tts)):
+            if name is not None and name not in by_name:
+                raise ConfigError(f"memory.{role}: no stage named '{name}'; use one of: {', '.join(by_name)}")
+        models = [s for s in chain if s.holds_model]
+        tts = by_name[self.config.tts] if self.config.tts else (models[-1] if models else None)
+        if self.config.llm:
+            llm = by_name[self.config.llm]
+        else:
+            before = [s for s in models if tts is not None and chain.index(s) < chain.index(tts)]
+            llm = before[-1] if before else None
+        if llm is None or tts is None:
+            raise ConfigError(
+                "memory: the governor needs an LLM stage and a TTS stage that hold models; "
+                "name them with 'memory.llm' and 'memory.tts'"
+            )
+        return llm, tts
+
+    def _decide(self, message: str) -> None:
+        self.decisions.append(message)
+        log.info("memory governor: %s", message)
+
+    @property
+    def budget(self) -> int | None:
+        return self.config.budget_bytes
+
+    # -- startup ---------------------------------------------------------------------------------------------------
+
+    async def _setup_before_llm(self) -> None:
+        self._lock = asyncio.Lock()
+        if self.monitor is None:
+            self.monitor = RssWatchdog(hz=self.config.sample_hz)
+        if not self.monitor.running:
+            self.monitor.start()
+        release_freed_memory()
+        self.baseline = self._rss_mark = rss_bytes()
+
+    async def _setup_after_llm(self) -> None:
+        llm = self._stage(self.llm)
+        now = rss_bytes()
+        self.llm_memory.measured = max(0, now - self._rss_mark)
+        self.llm_memory.reported = llm.memory_footprint
+        self._decide(
+            f"{llm.name} loaded: reports {self.llm_memory.reported / MB:.0f} MB, RSS grew "
+            f"{self.llm_memory.measured / MB:.0f} MB (baseline {self.baseline / MB:.0f} MB)"
+        )
+        budget = self.budget
+        if self.config.policy == "sequential" or (
+            self.config.policy == "auto" and budget is not None and now + self.llm_memory.size > budget
+        ):
+            # The TTS's size is unknown until it loads; keep the two from ever overlapping.
+            reason = "policy sequential" if self.config.policy == "sequential" else "budget may not hold both"
+            await self._unload_llm(reason=f"while the TTS loads ({reason})")
+        self._rss_mark = rss_bytes()
+
+    async def _setup_after_tts(self) -> None:
+        tts, llm = self._stage(self.tts), self._stage(self.llm)
+        now = rss_bytes()
+        self.tts_memory.measured = max(0, now - self._rss_mark)
+        self.tts_memory.reported = tts.memory_footprint
+        need_all = self.baseline + self.llm_memory.size + self.tts_memory.size
+        largest = self.baseline + max(self.llm_memory.size, self.tts_memory.size)
+        budget = self.budget
+        policy = self.config.policy
+        if policy == "auto":
+            self.mode = "concurrent" if budget is None or need_all <= budget else "sequential"
+        else:
+            self.mode = policy
+        budget_text = f"{budget / MB:.0f} MB" if budget is not None else "none"
+        self._decide(
+            f"{tts.name} loaded: reports {self.tts_memory.reported / MB:.0f} MB, RSS grew "
+            f"{self.tts_memory.measured / MB:.0f} MB; baseline {self.baseline / MB:.0f} + "
+            f"{llm.name} {self.llm_memory.size / MB:.0f} + {tts.name} {self.tts_memory.size / MB:.0f} = "
+            f"{need_all / MB:.0f} MB vs budget {budget_text} (policy {policy}): turns run {self.mode}"
+        )
+        if budget is not None and largest > budget:
+            log.warning(
+                "memory governor: even one model at a time needs %.0f MB, over the %.0f MB budget",
+                largest / MB,
+                budget / MB,
+            )
+        if self.mode == "sequential":
+            await self._unload_tts(reason="until the first reply is written")
+        await self._load_llm(reason="ready for the first turn")
+
+    # -- transitions (each under the lock) -------------------------------------------------------------------------
+
+    @staticmethod
+    def _stage(stage: Stage | None) -> Stage:
+        if stage is None:
+            raise RuntimeError("MemoryGovernor.install() was not called")
+        return stage
+
+    async def _unload_llm(self, *, reason: str) -> float:
+        llm = self._stage(self.llm)
+        if not llm.is_loaded:
+            return 0.0
+        before, footprint = rss_bytes(), llm.memory_footprint
+        started = time.perf_counter()
+        await llm.unload()
+        release_freed_memory()
+        ms = (time.perf_counter() - started) * 1000
+        self._llm_parked = True
+        self.llm_memory.unload_drop = before - rss_bytes()
+        self._decide(
+            f"unloaded {llm.name} {reason}: {ms:.0f} ms, RSS -{self.llm_memory.unload_drop / MB:.0f} MB "
+            f"(footprint {footprint / MB:.0f} MB), now {rss_bytes() / MB:.0f} MB"
+        )
+        return ms
+
+    async def _load_llm(self, *, reason: str) -> float:
+        llm = self._stage(self.llm)
+        ms = 0.0
+        if not llm.is_loaded:
+            started = time.perf_counter()
+            await llm.load()
+            ms = (time.perf_counter() - started) * 1000
+            self._decide(f"loaded {llm.name} {reason}: {ms:.0f} ms, RSS now {rss_bytes() / MB:.0f} MB")
+        self._llm_parked = False
+        if self._after_llm is not None:
+            await self._after_llm.flush_upstream()
+        return ms
+
+    async def _unload_tts(self, *, reason: str) -> float:
+        tts = self._stage(self.tts)
+        if not tts.is_loaded:
+            return 0.0
+        before = rss_bytes()
+        started = time.perf_counter()
+        await tts.unload()
+        release_freed_memory()
+        ms = (time.perf_counter() - started) * 1000
+        self.tts_memory.unload_drop = before - rss_bytes()
+        self._decide(
+            f"unloaded {tts.name} {reason}: {ms:.0f} ms, RSS -{self.tts_memory.unload_drop / MB:.0f} MB, "
+            f"now {rss_bytes() / MB:.0f} MB"
+        )
+        return ms
+
+    async def _load_tts(self, *, reason: str) -> float:
+        tts = self._stage(self.tts)
+        if tts.is_loaded:
+            return 0.0
+        started = time.perf_counter()
+        await tts.load()
+        ms = (time.perf_counter() - started) * 1000
+        self._decide(f"loaded {tts.name} {reason}: {ms:.0f} ms, RSS now {rss_bytes() / MB:.0f} MB")
+        return ms
+
+    def _locked(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    # -- per turn --------------------------------------------------------------------------------------------------
+
+    def _turn(self, turn_id: int) -> _Turn:
+        if turn_id not in self.turns:
+            self.turns[turn_id] = _Turn(turn_id)
+        return self.turns[turn_id]
+
+    async def turn_starts(self, turn_id: int) -> None:
+        """A final transcript is about to reach the LLM: make sure it can run."""
+        turn = self._turn(turn_id)
+        if self.monitor is not None:
+            self.monitor.reset_window()
+        async with self._locked():
+            if self.mode == "sequential":
+                turn.values["tts_unload_ms"] = turn.values.get("tts_unload_ms", 0.0) + await self._unload_tts(
+                    reason=f"before turn {turn_id} (it was still loaded)"
+                )
+            waited = await self._load_llm(reason=f"before turn {turn_id} (not reloaded in time)")
+            if waited:
+                turn.values["llm_reload_exposed_ms"] = waited
+
+    async def reply_written(self, turn_id: int) -> None:
+        """The LLM finished this turn's reply (sequential mode): swap the LLM out and the TTS in."""
+        turn = self._turn(turn_id)
+        async with self._locked():
+            footprint = self._stage(self.llm).memory_footprint
+            turn.values["llm_unload_ms"] = await self._unload_llm(reason=f"after writing turn {turn_id}")
+            turn.values["llm_footprint_mb"] = footprint / MB
+            turn.values["llm_rss_drop_mb"] = self.llm_memory.unload_drop / MB
+            turn.values["tts_load_ms"] = await self._load_tts(reason=f"to speak turn {turn_id}")
+
+    def audio_out(self, frame: TTSAudioFrame) -> None:
+        turn = self._turn(frame.turn_id)
+        now = time.monotonic()
+        turn.play_end = max(turn.play_end, now) + frame.duration
+
+    async def reply_synthesized(self, turn_id: int) -> dict[str, float]:
+        """The TTS has synthesized the whole reply: in sequential mode swap back while the audio plays. Returns the
+        turn's values for its ``MetricsFrame``."""
+        turn = self._turn(turn_id)
+        if self.mode == "sequential":
+            async with self._locked():
+                started = time.monotonic()
+                turn.values["tts_unload_ms"] = turn.values.get("tts_unload_ms", 0.0) + await self._unload_tts(
+                    reason=f"after speaking turn {turn_id}"
+                )
+                reload_ms = await self._load_llm(reason=f"after turn {turn_id}, while its audio plays")
+                ended = time.monotonic()
+            hidden = max(0.0, min(ended, turn.play_end) - started)
+            turn.values["llm_reload_ms"] = reload_ms
+            turn.values["swap_back_ms"] = (ended - started) * 1000
+            turn.values["reload_hidden_ms"] = hidden * 1000
+            turn.values["reload_exposed_ms"] = (ended - started - hidden) * 1000
+        if self.monitor is not None:
+            self.monitor.sample()
+            turn.values["peak_rss_mb"] = self.monitor.window_peak_bytes / MB
+        turn.values["sequential"] = 1.0 if self.mode == "sequential" else 0.0
+        values = {k: round(v, 1) for k, v in turn.values.items()}
+        self.turns.pop(turn_id, None)
+        self.finished_turns.append({"turn": float(turn_id), **values})
+        return values
+
+    async def stop(self) -> None:
+        if self.monitor is not None and self._own_monitor:
+            self.monitor.stop()
+
+    def summary(self) -> dict[str, object]:
+        """Footprints, the decision and the peak, for logs and benchmarks."""
+        return {
+            "mode": self.mode,
+            "budget_mb": round(self.budget / MB, 1) if self.budget is not None else None,
+            "baseline_mb": round(self.baseline / MB, 1),
+            "llm": self.llm_memory.as_dict(),
+            "tts": self.tts_memory.as_dict(),
+            "peak_rss_mb": round(self.monitor.peak_bytes / MB, 1) if self.monitor is not None else None,
+        }
+
+
+class GovernorTap(Stage):
+    """One of the governor's three pass-through points in the pipeline (see the module docstring)."""
+
+    def __init__(self, governor: MemoryGovernor, role: str) -> None:
+        super().__init__(name=f"memory-{role}")
+        self.governor = governor
+        self.role = role
+        self._held: list[Frame] = []
+        self._held_upstream: list[Frame] = []
+
+    async def setup(self) -> None:
+        g = self.governor
+        if self.role == "before-llm":
+            await g._setup_before_llm()
+        elif self.role == "after-llm":
+            await g._setup_after_llm()
+        else:
+            await g._setup_after_tts()
+
+    async def cleanup(self) -> None:
+        if self.role == "after-tts":
+            await self.governor.stop()
+
+    async def process(self, frame: Frame) -> None:
+        g = self.governor
+        if self.role == "before-llm":
+            if isinstance(frame, TranscriptFrame) and frame.final and frame.turn_id > 0:
+                await g.turn_starts(frame.turn_id)
+            await self.push(frame)
+        elif self.role == "after-llm":
+            await self._after_llm(frame)
+        else:
+            if isinstance(frame, TTSAudioFrame):
+                g.audio_out(frame)
+            elif isinstance(frame, LLMResponseEndFrame) and frame.turn_id > 0:
+                values = await g.reply_synthesized(frame.turn_id)
+                await self.push(MetricsFrame(stage="memory", turn_id=frame.turn_id, values=values))
+            await self.push(frame)
+
+    async def _after_llm(self, frame: Frame) -> None:
+        """Sequential mode: hold the reply until the LLM is done and unloaded and the TTS is loaded."""
+        if isinstance(frame, InterruptionFrame):
+            self._held.clear()  # the interrupted reply is not spoken
+            await self.push(frame)
+            return
+        if self.governor.mode != "sequential" or frame.is_system:
+            await self.push(frame)
+            return
+        if isinstance(frame, EndFrame):
+            await self._release()
+            await self.push(frame)
+            return
+        if frame.turn_id <= 0:
+            await self.push(frame)
+            return
+        self._held.append(frame)
+        if isinstance(frame, LLMResponseEndFrame):
+            await self.governor.reply_written(frame.turn_id)
+            await self._release()
+
+    async def _release(self) -> None:
+        held, self._held = self._held, []
+        for frame in held:
+            await self.push(frame)
+
+    async def process_upstream(self, frame: Frame) -> None:
+        # While the governor has the LLM unloaded, frames for it (e.g. what the user heard) wait for the reload, so
+        # the LLM stage never reloads itself behind the governor's back while the TTS is loaded.
+        if self.role == "after-llm" and self.governor._llm_parked:
+            self._held_upstream.append(frame)
+            return
+        await self.push(frame, Direction.UPSTREAM)
+
+    async def flush_upstream(self) -> None:
+        held, self._held_upstream = self._held_upstream, []
+        for frame in held:
+            await self.push(frame, Direction.UPSTREAM)
