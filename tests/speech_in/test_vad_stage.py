@@ -41,7 +41,7 @@ async def test_other_frames_pass_through_in_order() -> None:
     frames = list(speech.audio_frames(clip))
     marker = TextChunkFrame(text="marker")
     out = await run_stage(VADStage(), [*frames[:10], marker, *frames[10:], InterruptionFrame()])
-    assert marker in out and isinstance(out[-1], InterruptionFrame)
+    assert marker in out and any(isinstance(f, InterruptionFrame) for f in out)
     assert out.index(marker) < next(i for i, f in enumerate(out) if isinstance(f, SpeechStartedFrame))
 
 
