@@ -1,0 +1,107 @@
+"""VAD + ASR on real Whisper tiny.en weights: word error rate, one transcript per turn, noise, pre-roll, long speech."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from voicepipe.frames import MetricsFrame, SpeechStartedFrame, TranscriptFrame
+from voicepipe.testing import speech
+from voicepipe.testing.harness import run_pipeline
+from voicepipe.vad.stage import VADConfig, VADStage
+
+from .conftest import CLEAN_SET, normalize, wer
+
+
+async def _turns(make_asr, audio: np.ndarray, rate: int = 16000, *, vad: VADConfig | None = None, **asr) -> list:
+    return await run_pipeline([VADStage(vad or VADConfig()), make_asr(**asr)], speech.audio_frames(audio, rate))
+
+
+def _transcripts(out: list) -> list[TranscriptFrame]:
+    return [f for f in out if isinstance(f, TranscriptFrame)]
+
+
+async def test_clean_speech_one_final_transcript_per_utterance_and_low_wer(make_asr, clean_stream) -> None:
+    out = await _turns(make_asr, clean_stream)
+    transcripts = _transcripts(out)
+    assert [t.turn_id for t in transcripts] == list(range(1, len(CLEAN_SET) + 1))
+    assert all(t.final for t in transcripts)
+    error = wer(" ".join(CLEAN_SET), " ".join(t.text for t in transcripts))
+    assert error <= 0.10, [t.text for t in transcripts]
+    # every turn was committed from the transcription that started when the pause began
+    metrics = [f for f in out if isinstance(f, MetricsFrame)]
+    assert [m.values["early_hit"] for m in metrics] == [1.0] * len(CLEAN_SET)
+
+
+@pytest.mark.parametrize(
+    "vad", [VADConfig(engine="silero"), VADConfig(engine="webrtc", aggressiveness=3)], ids=["silero", "webrtc3"]
+)
+async def test_pure_noise_yields_no_turns(make_asr, vad: VADConfig) -> None:
+    noise = speech.concat(
+        speech.white_noise(5.0, level=0.05, seed=11),
+        speech.pink_noise(5.0, level=0.05, seed=12),
+        speech.white_noise(3.0, level=0.2, seed=13),
+    )
+    out = await _turns(make_asr, noise, vad=vad)
+    assert _transcripts(out) == []
+    if vad.engine == "silero":
+        assert not [f for f in out if isinstance(f, SpeechStartedFrame)]
+
+
+@pytest.mark.parametrize(("kind", "snr"), [("white", 20), ("pink", 10)])
+async def test_speech_in_noise_with_silero(make_asr, clean_clips, kind: str, snr: int) -> None:
+    texts = CLEAN_SET[:3]
+    noisy = speech.mix_at_snr(speech.concat(*clean_clips[:3]), snr, kind=kind, seed=3)
+    transcripts = _transcripts(await _turns(make_asr, noisy, vad=VADConfig(engine="silero")))
+    assert len(transcripts) == len(texts)
+    assert wer(" ".join(texts), " ".join(t.text for t in transcripts)) <= 0.2
+
+
+@pytest.mark.parametrize("engine", ["webrtc", "silero"])
+async def test_preroll_keeps_the_first_word(make_asr, engine: str) -> None:
+    text = "Seven fishes swim slowly in the pond."
+    clip = speech.pad(speech.espeak(text), 1.0, 1.0)
+    transcripts = _transcripts(await _turns(make_asr, clip, vad=VADConfig(engine=engine, preroll_ms=300)))
+    assert len(transcripts) == 1
+    assert normalize(transcripts[0].text).split()[0] in ("seven", "7")
+
+
+async def test_resumed_speech_discards_the_provisional_transcript(make_asr) -> None:
+    clip = speech.concat(
+        speech.silence(0.5),
+        speech.espeak("Turn on the radio"),
+        speech.silence(0.35),  # a pause (provisional transcription starts) shorter than the hangover
+        speech.espeak("and play some jazz."),
+        speech.silence(1.0),
+    )
+    out = await _turns(make_asr, clip)
+    transcripts = _transcripts(out)
+    assert len(transcripts) == 1
+    assert wer("turn on the radio and play some jazz", transcripts[0].text) <= 0.15
+
+
+async def test_early_transcription_off_transcribes_at_the_end(make_asr, clean_clips) -> None:
+    out = await _turns(make_asr, clean_clips[0], vad=VADConfig(early_transcription=False))
+    assert wer(CLEAN_SET[0], _transcripts(out)[0].text) <= 0.1
+    assert [f.values["early_hit"] for f in out if isinstance(f, MetricsFrame)] == [0.0]
+
+
+async def test_a_40s_monologue_is_split_not_lost(make_asr) -> None:
+    texts = CLEAN_SET * 3
+    gap = speech.silence(0.25)
+    monologue = speech.concat(
+        speech.silence(0.5), *[p for t in texts for p in (speech.espeak(t), gap)], speech.silence(1.0)
+    )
+    assert len(monologue) / 16000 > 40
+    transcripts = _transcripts(await _turns(make_asr, monologue))
+    assert len(transcripts) >= 3
+    assert wer(" ".join(texts), " ".join(t.text for t in transcripts)) <= 0.12
+
+
+async def test_8k_44k1_and_stereo_input_transcribe_the_same(make_asr, clean_clips) -> None:
+    clip = speech.concat(*clean_clips[:2])
+    stereo_44k1 = speech.to_stereo(speech.resample(clip, 16000, 44100), right_gain=0.3)
+    for audio, rate in ((speech.resample(clip, 16000, 8000), 8000), (stereo_44k1, 44100)):
+        transcripts = _transcripts(await _turns(make_asr, audio, rate))
+        assert len(transcripts) == 2
+        assert wer(" ".join(CLEAN_SET[:2]), " ".join(t.text for t in transcripts)) <= 0.1
