@@ -374,7 +374,8 @@ class ChatModel(abc.ABC):
     def warm(self, messages: Sequence[ChatMessage]) -> None:
         """Prefill a finished conversation and snapshot it, so the next turn prefills only the new user message.
 
-        Call it when the reply is over (e.g. while the user is still silent); it is optional.
+        Call it when the reply is over (e.g. while the user is still silent); it is optional, and does nothing while
+        a reply is streaming.
         """
         self._call(self._do_warm, list(messages))
 
@@ -382,7 +383,8 @@ class ChatModel(abc.ABC):
         await self.arun(self._do_warm, list(messages))
 
     def _do_warm(self, messages: list[ChatMessage]) -> None:
-        self._close_active()
+        if self._generating():
+            return  # a reply is streaming; warming now would cut it off
         self._ensure_loaded()
         history, _ = self._encode(messages + [ChatMessage("user", "")], False)  # history = all given messages
         if history and history not in self.prompt_cache:
@@ -477,12 +479,18 @@ class ChatModel(abc.ABC):
             self._active = None
 
     def _reply_steps(self, messages: list[ChatMessage], sampling: ChatSamplingConfig) -> Iterator[str]:
-        """The generation loop as a generator: each ``next()`` computes one token (runs on the model's thread)."""
+        """The generation loop as a generator: each ``next()`` computes one token on the model's thread.
+
+        Nothing runs before the first ``next()``, so loading and prefill happen on the model's thread too.
+        """
         self._close_active()
         self._ensure_loaded()
-        gen = self._reply_loop(messages, sampling)
-        self._active = gen
-        return gen
+        inner = self._reply_loop(messages, sampling)
+        self._active = inner
+        yield from inner
+
+    def _generating(self) -> bool:
+        return self._active is not None and self._active.gi_frame is not None  # type: ignore[attr-defined]
 
     def _reply_loop(self, messages: list[ChatMessage], sampling: ChatSamplingConfig) -> Iterator[str]:
         stats = GenerationStats()

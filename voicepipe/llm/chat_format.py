@@ -5,7 +5,7 @@ token ids and the prompt cache needs stable per-message token boundaries:
 
     <|im_start|>{role}\\n{content}<|im_end|>\\n      (one per message; earlier assistant turns lose their think block)
     <|im_start|>assistant\\n                       (the generation prompt)
-    <think>\\n\\n</think>\\n\\n                      (appended when thinking is disabled: the official non-thinking form)
+    <think>\\n\\n</think>\\n\\n                      (appended when thinking is disabled: the non-thinking form)
 """
 
 from __future__ import annotations

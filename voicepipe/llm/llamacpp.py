@@ -1,0 +1,269 @@
+"""Qwen3.5 on llama.cpp (llama-cpp-python): the portable fast engine (~29 tok/s for Q4_K_M on 2 x86 cores).
+
+Only the token-level hooks of ``ChatModel`` live here. The prompt cache uses llama.cpp's sequence-state API
+(``llama_state_seq_get_data``/``set_data``): like MLX, llama.cpp cannot trim Qwen3.5's recurrent DeltaNet state, so
+whole states are snapshotted at turn boundaries. Sampling uses llama.cpp's own sampler chain.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voicepipe._optional import require
+from voicepipe.errors import ModelLoadError, UserError
+from voicepipe.llm.base import ChatModel, ChatSamplingConfig
+
+__all__ = ["Qwen35LlamaCppChat", "DEFAULT_REPO", "resolve_gguf"]
+
+DEFAULT_REPO = "Qwen/Qwen3.5-0.8B"
+_DEFAULT = "default"
+#: Tokens the repetition penalty looks back over (llama.cpp's default).
+PENALTY_LAST_N = 64
+
+
+def _llama_cpp() -> Any:
+    return require("llama_cpp", extra="llamacpp", purpose="the llama.cpp LLM backend")
+
+
+def resolve_gguf(
+    source: str | Path | None = None,
+    *,
+    quantization: str | None = _DEFAULT,
+    revision: str | None = None,
+    filename: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Find or build the GGUF file for ``source``.
+
+    ``source``: a local ``.gguf`` file; a local Hugging Face checkpoint directory or a Hugging Face repo id
+    (converted and cached on first use; default ``Qwen/Qwen3.5-0.8B``); or a repo id with ``filename`` naming a
+    ``.gguf`` in it. ``quantization``: ``q4_k_m``, ``q4_0``, ``q8_0``, ``bf16``, ``f32``, or ``None`` to keep the
+    source's precision; by default checkpoints become ``q4_k_m`` and ``.gguf`` files are used as they are.
+    """
+    from voicepipe.llm import gguf_convert
+
+    source = str(source or DEFAULT_REPO)
+    path = Path(source).expanduser()
+    if filename is not None:
+        path = _hub_file(source, filename, revision)
+    elif not path.exists() and not source.endswith(".gguf") and source.count("/") == 1:
+        path = _hub_snapshot(source, revision)
+    elif not path.exists():
+        raise ModelLoadError(
+            f"{source}: no such file or directory; pass a .gguf file, a checkpoint directory or a repo"
+        )
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(f"{path}: not a .gguf file; pass a .gguf file or a Hugging Face checkpoint directory")
+        if quantization in (_DEFAULT, None):
+            return path
+        target = gguf_convert.cache_root() / "requantized" / f"{path.stem}-{quantization}.gguf"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            gguf_convert.quantize_gguf(path, target, quantization)
+        return target
+    if not (path / "config.json").exists():
+        raise ModelLoadError(f"{path}: no config.json; pass a .gguf file or a Hugging Face checkpoint directory")
+    quant = "q4_k_m" if quantization == _DEFAULT else quantization
+    return gguf_convert.gguf_for_checkpoint(path, quant, progress=progress)
+
+
+def _hub_file(repo: str, filename: str, revision: str | None) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo, filename, revision=revision))
+    except Exception as exc:  # the hub raises many kinds; all mean "cannot get this file"
+        raise ModelLoadError(
+            f"{repo}/{filename}: cannot get it from the Hugging Face hub or its cache ({type(exc).__name__}); "
+            "check the names, or download it while online"
+        ) from exc
+
+
+def _hub_snapshot(repo: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                repo, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*"]
+            )
+        )
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{repo}: cannot get it from the Hugging Face hub or its cache ({type(exc).__name__}); "
+            "check the repo id, or download it while online (HF_HUB_OFFLINE=1 allows only the cache)"
+        ) from exc
+
+
+class Qwen35LlamaCppChat(ChatModel):
+    """Qwen3.5 chat on llama.cpp. Build it with ``from_pretrained``; see ``ChatModel`` for the API."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        n_ctx: int = 8192,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        max_snapshots: int = 4,
+    ) -> None:
+        super().__init__(max_snapshots=max_snapshots)
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise ModelLoadError(f"{self.model_path}: no such GGUF file")
+        if n_ctx < 64:
+            raise UserError(f"n_ctx={n_ctx} is too small: use at least 64 (8192 is the default)")
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_batch = n_batch
+        self._llm: Any = None
+        self._sampler: Any = None
+        self._nbytes = 0
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_or_path: str | Path | None = None,
+        *,
+        quantization: str | None = _DEFAULT,
+        revision: str | None = None,
+        filename: str | None = None,
+        n_ctx: int = 8192,
+        n_threads: int | None = None,
+        load: bool = True,
+        progress: bool = True,
+        max_snapshots: int = 4,
+    ) -> Qwen35LlamaCppChat:
+        """Resolve (and convert on first use) the model, see ``resolve_gguf``; ``load=False`` defers loading."""
+        _llama_cpp()
+        path = resolve_gguf(
+            repo_or_path, quantization=quantization, revision=revision, filename=filename, progress=progress
+        )
+        model = cls(path, n_ctx=n_ctx, n_threads=n_threads, max_snapshots=max_snapshots)
+        if load:
+            model.load()
+        return model
+
+    # -- weights -----------------------------------------------------------------------------------------------------
+
+    def _load_weights(self) -> None:
+        llama_cpp = _llama_cpp()
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.n_ctx,
+                n_batch=self.n_batch,
+                n_ubatch=self.n_batch,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                logits_all=False,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"{self.model_path}: llama.cpp cannot load it ({exc}); is it a Qwen3.5 GGUF?") from exc
+        self._nbytes = int(llama_cpp.llama_model_size(self._llm.model))
+
+    def _unload_weights(self) -> None:
+        self._free_sampler()
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+        gc.collect()
+
+    def _weights_nbytes(self) -> int:
+        return self._nbytes
+
+    # -- tokens ------------------------------------------------------------------------------------------------------
+
+    def _tokenize(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def _token_bytes(self, token: int) -> bytes:
+        return self._llm.detokenize([token], special=False)
+
+    def _extra_stop_ids(self) -> set[int]:
+        eos = self._llm.token_eos()
+        return {eos} if eos >= 0 else set()
+
+    # -- state -------------------------------------------------------------------------------------------------------
+
+    def _reset_engine(self) -> None:
+        self._llm.reset()
+
+    def _forward(self, tokens: list[int]) -> None:
+        if self._llm.n_tokens + len(tokens) > self.n_ctx:
+            raise UserError(
+                f"the conversation needs {self._llm.n_tokens + len(tokens)} tokens but n_ctx is {self.n_ctx}: "
+                "raise n_ctx or keep less history (the LLM stage's max_history)"
+            )
+        self._llm.eval(tokens)
+
+    def _save_state(self) -> Any:
+        llama_cpp = _llama_cpp()
+        ctx = self._llm.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
+        if written == 0:
+            raise RuntimeError("llama.cpp could not save the sequence state")
+        return (self._llm.n_tokens, bytes(memoryview(buf)[:written]))
+
+    def _restore_state(self, state: Any) -> None:
+        llama_cpp = _llama_cpp()
+        n_tokens, data = state
+        self._llm.reset()
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if llama_cpp.llama_state_seq_set_data(self._llm.ctx, buf, len(data), 0) == 0:
+            raise RuntimeError("llama.cpp could not restore a saved sequence state")
+        self._llm.n_tokens = n_tokens
+
+    def _state_nbytes(self, state: Any) -> int:
+        return len(state[1])
+
+    # -- sampling ----------------------------------------------------------------------------------------------------
+
+    def _free_sampler(self) -> None:
+        if self._sampler is not None:
+            _llama_cpp().llama_sampler_free(self._sampler)
+            self._sampler = None
+
+    def _start_sampling(self, sampling: ChatSamplingConfig, context: list[int]) -> None:
+        """A llama.cpp sampler chain: penalties -> greedy, or top-k -> top-p -> temperature -> seeded draw."""
+        lc = _llama_cpp()
+        self._free_sampler()
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if sampling.repetition_penalty != 1.0:
+            # The first argument is n_vocab in this binding's llama.h; the penalty window is the second.
+            penalties = lc.llama_sampler_init_penalties(
+                self._llm.n_vocab(), PENALTY_LAST_N, sampling.repetition_penalty, 0.0, 0.0
+            )
+            lc.llama_sampler_chain_add(chain, penalties)
+        if sampling.greedy:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+        else:
+            if sampling.top_k > 0:
+                lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(sampling.top_k))
+            if sampling.top_p < 1.0:
+                lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(sampling.top_p, 1))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(sampling.temperature))
+            seed = lc.LLAMA_DEFAULT_SEED if sampling.seed is None else sampling.seed
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed))
+        for token in context[-PENALTY_LAST_N:]:
+            lc.llama_sampler_accept(chain, token)
+        self._sampler = chain
+
+    def _sample(self) -> int:
+        # llama_sampler_sample also accepts the drawn token into the chain (the penalty window).
+        return int(_llama_cpp().llama_sampler_sample(self._sampler, self._llm.ctx, -1))
+
+    def _logits(self) -> np.ndarray:
+        lc = _llama_cpp()
+        ptr = lc.llama_get_logits_ith(self._llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self._llm.n_vocab(),)).copy()
