@@ -199,8 +199,10 @@ class TTSStage(Stage):
             return None  # interrupted while this call waited for the thread
         if not engine.is_loaded:
             engine.load()
-        audio = engine.synthesize(text)
-        return _resample(audio, engine.sample_rate, self.output_rate)
+        audio = _resample(engine.synthesize(text), engine.sample_rate, self.output_rate)
+        return np.clip(audio, -1.0, 1.0).astype(
+            np.float32, copy=False
+        )  # Kokoro (and resampling) can overshoot full scale
 
 
 class KokoroTTS(TTSStage):
