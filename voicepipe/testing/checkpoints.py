@@ -76,7 +76,8 @@ _NOT_CONTROL = {
     "<|file_sep|>",
 }
 _SMALL_RANKS = 4096  # BPE ranks kept by the small tokenizer (ranks are built from lower ranks, so any prefix works)
-_BUILD_VERSION = "2"  # bump to rebuild cached checkpoints after a change here
+_TINY_VERSION = "2"  # bump to rebuild cached tiny checkpoints after a change here
+_FULL_VERSION = "1"
 
 
 def _special_tokens() -> list[str]:
@@ -143,9 +144,19 @@ def build_tokenizer(out_dir: Path, *, max_ranks: int | None = None) -> int:
 
 
 def build_checkpoint(
-    out_dir: Path, shape: dict[str, Any], *, seed: int = 0, dtype: str = "float32", tokenizer: str = "real"
+    out_dir: Path,
+    shape: dict[str, Any],
+    *,
+    seed: int = 0,
+    dtype: str = "float32",
+    tokenizer: str = "real",
+    init_std: float = 0.2,
+    embed_std: float = 0.1,
 ) -> Path:
-    """Build a random Qwen3.5 text checkpoint into ``out_dir`` (replaced if present). ``tokenizer``: real/small."""
+    """Build a random Qwen3.5 text checkpoint into ``out_dir`` (replaced if present). ``tokenizer``: real/small.
+
+    ``init_std``/``embed_std``: spread of the layer weights and of the embeddings (see ``_spread_weights``).
+    """
     import torch
     from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
 
@@ -167,12 +178,12 @@ def build_checkpoint(
         bos_token_id=None,
         eos_token_id=_SPECIAL_START + 2 if tokenizer == "real" else _SMALL_RANKS + 2,
         pad_token_id=None,
-        initializer_range=0.2,
+        initializer_range=init_std,
     )
     torch.manual_seed(seed)
     with torch.device("cpu"):
         model = Qwen3_5ForCausalLM(config).to(torch.float32)
-    _spread_weights(model, seed)
+    _spread_weights(model, seed, embed_std)
     model = model.to(getattr(torch, dtype))
     model.save_pretrained(tmp, safe_serialization=True)
     cfg_path = tmp / "config.json"
@@ -185,7 +196,7 @@ def build_checkpoint(
     return out_dir
 
 
-def _spread_weights(model: Any, seed: int) -> None:
+def _spread_weights(model: Any, seed: int, embed_std: float) -> None:
     """Make a random model's outputs decisive and its norms non-trivial.
 
     With the default init (std 0.02) a tiny model repeats one token forever, which makes greedy parity tests
@@ -197,13 +208,15 @@ def _spread_weights(model: Any, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("embed_tokens.weight") or ("norm" in name and p.ndim == 1):
+            if name.endswith("embed_tokens.weight"):
+                p.copy_(torch.randn(p.shape, generator=gen) * embed_std)
+            elif "norm" in name and p.ndim == 1:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
 
 
-def _cached(name: str, build: Any) -> Path:
+def _cached(name: str, version: str, build: Any) -> Path:
     root = cache_dir("checkpoints")
-    out = root / f"{name}-v{_BUILD_VERSION}"
+    out = root / f"{name}-v{version}"
     with file_lock(root / f"{name}.lock"):
         if not (out / "config.json").exists():
             build(out)
@@ -218,14 +231,24 @@ def tiny_checkpoint(vocab: str = "small", *, seed: int = 0) -> Path:
     shape = dict(TINY_SHAPE)
     if vocab == "real":
         shape["vocab_size"] = REAL_SHAPE["vocab_size"]
-    return _cached(f"qwen35-tiny-{vocab}-s{seed}", lambda out: build_checkpoint(out, shape, seed=seed, tokenizer=vocab))
+    return _cached(
+        f"qwen35-tiny-{vocab}-s{seed}",
+        _TINY_VERSION,
+        lambda out: build_checkpoint(out, shape, seed=seed, tokenizer=vocab),
+    )
 
 
 def full_size_checkpoint(*, dtype: str = "float32", seed: int = 0) -> Path:
-    """A random checkpoint of the real 0.8B text shape (fp32 ~3 GB, bf16 ~1.5 GB). For benchmarks and slow tests."""
+    """A random checkpoint of the real 0.8B text shape (fp32 ~3 GB, bf16 ~1.5 GB). For benchmarks and slow tests.
+
+    Built with the default init (std 0.02, embeddings 0.5): its outputs do not matter, only its shape and speed.
+    """
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
     return _cached(
         f"qwen35-0.8b-random-{dtype}-s{seed}",
-        lambda out: build_checkpoint(out, REAL_SHAPE, seed=seed, dtype=dtype, tokenizer="real"),
+        _FULL_VERSION,
+        lambda out: build_checkpoint(
+            out, REAL_SHAPE, seed=seed, dtype=dtype, tokenizer="real", init_std=0.02, embed_std=0.5
+        ),
     )
