@@ -61,6 +61,7 @@ class TurnTaking(Stage):
         self._rest = np.zeros(0, dtype=np.float32)  # 16 kHz samples not yet a whole VAD frame
         self._interrupted_turn = 0
         self.interruptions = 0
+        self.backchannels = 0  # short sounds over the reply that did not interrupt
 
     async def setup(self) -> None:
         if self.config.mode == "barge-in":
@@ -119,6 +120,7 @@ class TurnTaking(Stage):
             self._gap_s += seconds
             self._held.append(frame)
             if self._gap_s * 1000 >= self.config.max_gap_ms:
+                self.backchannels += 1
                 await self._release(keep=False)  # too short to be an interruption: a backchannel
                 return
         else:
