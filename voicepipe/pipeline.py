@@ -316,7 +316,8 @@ class VoicePipeline:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.error("source %s failed: %s", source.name, exc)
+            # fatal: whoever runs the pipeline reports it (the CLI prints it once); an error log here printed it twice
+            log.info("source %s failed: %s", source.name, exc)
             await push(ErrorFrame(message=f"{source.name}: {exc}", stage=source.name, fatal=True, exception=exc))
             return
         await push(EndFrame())

@@ -133,9 +133,9 @@ def _pick_rate(sd: Any, device: int, kind: Literal["input", "output"], wanted: i
     )
 
 
-def _lost_message(stage: str, kind: str, device_name: str) -> str:
+def _lost_message(kind: str, device_name: str) -> str:
     return (
-        f"{stage}: the audio {kind} device {device_name!r} disappeared (unplugged, or its sound server stopped); "
+        f"the audio {kind} device {device_name!r} disappeared (unplugged, or its sound server stopped); "
         "reconnect it and run again"
     )
 
@@ -237,7 +237,7 @@ class MicSource(Source):
         while True:
             item = await self._queue.get()
             if item is None:
-                raise DeviceLostError(_lost_message(self.name, "input", self.device_name))
+                raise DeviceLostError(_lost_message("input", self.device_name))  # the pipeline names the stage
             pcm, arrived = item
             if resampler is not None:
                 pcm = resampler.resample_chunk(pcm)
@@ -428,7 +428,7 @@ class SpeakerSink(Sink):
             self._lost.set()
         if not self._lost_reported:
             self._lost_reported = True
-            message = _lost_message(self.name, "output", self.device_name)
+            message = f"{self.name}: {_lost_message('output', self.device_name)}"
             error = ErrorFrame(message=message, stage=self.name, fatal=True, turn_id=self._turn)
             task = asyncio.get_running_loop().create_task(self.push(error))
             task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)

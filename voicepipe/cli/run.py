@@ -63,6 +63,17 @@ def apply_overrides(specs: list[StageSpec], args: argparse.Namespace) -> list[St
     return specs
 
 
+def _native_chatter_hidden(stages: list, args: argparse.Namespace):
+    """With a microphone or speaker, PortAudio/ALSA diagnostics go to the debug log (shown with -vv), not the screen."""
+    import contextlib
+
+    from voicepipe.audio.device import MicSource, SpeakerSink, capture_native_stderr
+
+    if getattr(args, "verbose", 0) >= 2 or not any(isinstance(s, MicSource | SpeakerSink) for s in stages):
+        return contextlib.nullcontext()
+    return capture_native_stderr()
+
+
 def run(args: argparse.Namespace) -> int:
     from voicepipe.cli.view import make_view
 
@@ -87,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         if watchdog is not None:
             watchdog.start()
         view.start(pipeline)
-        asyncio.run(pipeline.run())
+        with _native_chatter_hidden(stages, args):
+            asyncio.run(pipeline.run())
     finally:
         if watchdog is not None:
             watchdog.stop()
