@@ -14,19 +14,23 @@ import json
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any, TextIO
 
 from voicepipe.frames import (
+    AudioFrame,
     BotSpeakingFrame,
     EndOfTurnFrame,
     ErrorFrame,
     Frame,
     InterruptionFrame,
     LLMTokenFrame,
+    MetricsFrame,
     SpeechEndedFrame,
     SpeechStartedFrame,
     TranscriptFrame,
+    TTSAudioFrame,
+    UserAudioFrame,
 )
 from voicepipe.metrics import TurnMetrics
 from voicepipe.stage import Direction, Stage
@@ -126,24 +130,24 @@ class ConversationState:
         self.interrupted = False
         self.error = ""
         self.turns: deque[TurnMetrics] = deque(maxlen=history)
-        self._seen: set[tuple[int, int]] = set()  # (frame id, direction) already counted: frames pass every stage
+        # frames pass every stage: count each once. The frames are kept (a few hundred) so their ids stay unique.
+        self._seen: OrderedDict[tuple[int, int], Frame] = OrderedDict()
 
     def on_frame(self, frame: Frame, source: Stage | None, direction: Direction) -> None:
+        if isinstance(frame, AudioFrame | TTSAudioFrame | UserAudioFrame | MetricsFrame):
+            return
         key = (id(frame), 0 if direction is Direction.DOWNSTREAM else 1)
         if key in self._seen:
             return
-        self._seen.add(key)
-        if len(self._seen) > 4096:
-            self._seen.clear()
+        self._seen[key] = frame
+        if len(self._seen) > 512:
+            self._seen.popitem(last=False)
         if direction is Direction.UPSTREAM:
             if isinstance(frame, BotSpeakingFrame):
                 self.state = "speaking" if frame.speaking else "listening"
             return
         if isinstance(frame, SpeechStartedFrame):
-            self.state = "hearing you"
-            if frame.turn_id != self.turn_id:
-                self.turn_id = frame.turn_id
-                self.transcript = ""
+            self.state = "hearing you"  # the last exchange stays on screen until the new transcript
         elif isinstance(frame, SpeechEndedFrame):
             if self.state == "hearing you":
                 self.state = "thinking"
