@@ -24,6 +24,7 @@ from transformers.models.qwen3_5.modeling_qwen3_5 import (  # noqa: E402
 from voicepipe.llm.mlx_gated_delta import (  # noqa: E402
     chunked_gated_delta,
     chunked_gated_delta_update,
+    compiled_decode_step,
     disable_chunked_prefill,
     enable_chunked_prefill,
 )
@@ -101,6 +102,23 @@ def test_matches_transformers_fp32(length: int, with_state: bool) -> None:
     for y_ref, s_ref in ((y_rec, s_rec), (y_chunk, s_chunk)):
         assert rel_err(y, y_ref.numpy()) <= 1e-4
         assert rel_err(s, s_ref.numpy()) <= 1e-4
+
+
+@pytest.mark.parametrize("chunk_size", [32, 64, 128])
+@pytest.mark.parametrize("spread", [0.0, 0.3])
+def test_aligned_keys_slow_decay(chunk_size: int, spread: float) -> None:
+    """The hard case for the UT transform: keys that all point one way (as silu'd keys do), beta near 1, almost no
+    decay. The powers of the intra-chunk matrix then grow like binomials, so a naive Neumann-series inverse cancels
+    to garbage (it did: errors of 1e34); the result must still match the recurrence."""
+    q, k, v, log_decay, beta, state, _ = make_inputs(1000, seed=11)
+    direction = np.random.default_rng(12).standard_normal((1, 1, HK, DK)).astype(np.float32)
+    k = direction + spread * k * np.sqrt(DK)
+    k = (k / np.linalg.norm(k, axis=-1, keepdims=True)).astype(np.float32)
+    mq, mk, mv, mg, mb = mlx_inputs(q, k, v, 0.01 * log_decay, np.full_like(beta, 0.99))
+    y_ref, s_ref = gated_delta_ops(mq, mk, mv, mx.exp(mg), mb, mx.array(state))
+    y, s = chunked_gated_delta(mq, mk, mv, mg, mb, mx.array(state), chunk_size=chunk_size)
+    assert rel_err(y, y_ref) <= 1e-4
+    assert rel_err(s, s_ref) <= 1e-4
 
 
 @pytest.mark.parametrize("length", [64, 65, 1000])
@@ -267,3 +285,23 @@ def test_hook_leaves_short_prompts_and_other_models_alone(tiny_checkpoint, monke
     mx.eval(hooked(mx.array([list(range(300))]), cache=hooked.make_cache()))
     assert calls == [300, 300, 300]
     assert enable_chunked_prefill(plain.language_model.model.norm) == 0  # nothing to hook there
+
+
+def test_compiled_decode_step_matches_model(tiny_model) -> None:
+    prompt = np.random.default_rng(5).integers(0, TINY_CONFIG["vocab_size"], 40).tolist()
+    tokens_ref, logits_ref = greedy(tiny_model, prompt, steps=20)
+
+    step = compiled_decode_step(tiny_model)
+    cache = tiny_model.make_cache()
+    assert step(mx.array([prompt]), cache) is not None  # a whole prompt falls back to the model itself
+    cache = tiny_model.make_cache()
+    logits = tiny_model(mx.array([prompt]), cache=cache)[:, -1]
+    tokens, all_logits = [], [logits]
+    for _ in range(20):
+        token = mx.argmax(logits, axis=-1)
+        tokens.append(token.item())
+        logits = step(token[:, None], cache)[:, -1]
+        all_logits.append(logits)
+    assert tokens == tokens_ref
+    assert rel_err(np.array(mx.concatenate(all_logits)), logits_ref) <= 1e-5
+    assert cache[-1].offset == len(prompt) + 20  # the attention layer's KV cache grew one token per step

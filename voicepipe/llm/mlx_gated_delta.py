@@ -18,6 +18,7 @@ Import this module lazily (only the MLX engine needs it): it imports ``mlx`` at 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "chunked_gated_delta",
     "chunked_gated_delta_update",
+    "compiled_decode_step",
     "disable_chunked_prefill",
     "enable_chunked_prefill",
 ]
@@ -42,21 +44,44 @@ _ACTIVE_THRESHOLD: ContextVar[tuple[int, int] | None] = ContextVar("voicepipe_ch
 _ORIGINAL_UPDATE = "_voicepipe_original_gated_delta_update"
 
 
-def _unit_lower_inverse(strict_lower: mx.array, chunk_size: int) -> mx.array:
-    """``(I + L)^-1`` for strictly lower-triangular ``L`` of shape ``[..., C, C]``, with matrix products only.
+_BASE_BLOCK = 8
 
-    ``L`` is nilpotent (``L^C = 0``), so ``(I + L)^-1 = sum_k (-L)^k = prod_j (I + (-L)^(2^j))`` for
-    ``2^j < C``: 2·log2(C) batched products instead of C dependent row updates (forward substitution) or
-    ``mx.linalg.tri_inv``, which runs on the CPU stream only.
+
+def _diagonal_blocks(matrix: mx.array, size: int) -> mx.array:
+    """The diagonal ``size``-blocks of ``[..., C, C]`` as ``[..., C // size, size, size]``."""
+    n = matrix.shape[-1] // size
+    blocks = matrix.reshape(*matrix.shape[:-2], n, size, n, size)
+    return mx.diagonal(blocks, axis1=-4, axis2=-2).transpose(*range(matrix.ndim - 2), -1, -3, -2)
+
+
+@mx.compile
+def _unit_lower_inverse(strict_lower: mx.array) -> mx.array:
+    """``(I + L)^-1`` for strictly lower-triangular ``L`` of shape ``[..., C, C]`` (C a power of two), with matrix
+    products only (``mx.linalg.tri_inv`` runs on the CPU stream only; forward substitution is C dependent steps).
+
+    Diagonal 8-blocks: ``L`` is nilpotent, so ``(I + L)^-1 = (I - L)(I + L^2)(I + L^4)``; over 8 rows the powers
+    stay small (binomials up to 20 for keys that all point the same way), but over a whole chunk they reach 1e17
+    and cancel catastrophically, so larger blocks are joined two by two, as flash-linear-attention's ``solve_tril``
+    does: ``[[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]``, which only multiplies bounded inverses.
     """
-    power = -strict_lower
-    inverse = mx.eye(chunk_size, dtype=strict_lower.dtype) + power
+    chunk = strict_lower.shape[-1]
+    size = min(_BASE_BLOCK, chunk)
+    power = -_diagonal_blocks(strict_lower, size)
+    inverse = mx.eye(size, dtype=strict_lower.dtype) + power
     span = 2
-    while span < chunk_size:
+    while span < size:
         power = power @ power
         inverse = inverse + inverse @ power
         span *= 2
-    return inverse
+    while size < chunk:
+        upper_left, lower_right = inverse[..., 0::2, :, :], inverse[..., 1::2, :, :]
+        off = _diagonal_blocks(strict_lower, 2 * size)[..., size:, :size]
+        lower_left = -(lower_right @ off @ upper_left)
+        top = mx.concatenate([upper_left, mx.zeros_like(upper_left)], axis=-1)
+        bottom = mx.concatenate([lower_left, lower_right], axis=-1)
+        inverse = mx.concatenate([top, bottom], axis=-2)
+        size *= 2
+    return inverse[..., 0, :, :]
 
 
 @mx.compile
@@ -150,7 +175,7 @@ def chunked_gated_delta(
     k_beta = k * beta[..., None]
     strictly_lower = mx.tril(mx.ones((chunk_size, chunk_size), dtype=mx.bool_), k=-1)
     system = mx.where(strictly_lower, (k_beta @ k.swapaxes(-1, -2)) * pair_decay, 0.0)
-    inverse = _unit_lower_inverse(system, chunk_size)
+    inverse = _unit_lower_inverse(system)
     u = inverse @ (v * beta[..., None])
     w = inverse @ (k_beta * mx.exp(cum)[..., None])
     attn = (q @ k.swapaxes(-1, -2)) * pair_decay
@@ -285,3 +310,54 @@ def disable_chunked_prefill(model: nn.Module) -> int:
             module.__class__ = originals[type(module)]
             restored += 1
     return restored
+
+
+def compiled_decode_step(model: nn.Module) -> Callable[[mx.array, list[Any]], mx.array]:
+    """A one-token forward for an mlx-lm Qwen3.5 model with the static-shape parts under ``mx.compile``.
+
+    In a decode step every linear-attention layer (its conv and recurrent states have fixed shapes), every MLP block
+    and the output head see the same shapes each token, so each is compiled once: MLX then replays a fused graph
+    instead of Python building ~40 small ops per layer. Full-attention layers grow their KV cache every token and stay
+    as mlx-lm runs them. Use it as ``logits = step(tokens[:, None], cache)`` after the prompt has been prefilled
+    through the model (the first call on an empty cache falls back to ``model``). Weights are captured when a
+    piece is first traced: build a new step after reloading or re-quantizing the model.
+    """
+    from mlx_lm.models.cache import ArraysCache
+
+    language = model.language_model if hasattr(model, "language_model") else model
+    inner = language.model
+    layers = list(inner.layers)
+
+    def linear_block(layer: nn.Module) -> Callable[..., tuple[mx.array, mx.array, mx.array]]:
+        def run(x: mx.array, conv_state: mx.array, state: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+            cache = ArraysCache(size=2)
+            cache[0], cache[1] = conv_state, state
+            out = layer(x, None, cache)
+            return out, cache[0], cache[1]
+
+        return mx.compile(run)
+
+    def mlp_block(layer: nn.Module) -> Callable[[mx.array], mx.array]:
+        return mx.compile(lambda h: h + layer.mlp(layer.post_attention_layernorm(h)))
+
+    if getattr(language.args, "tie_word_embeddings", False):
+        head = mx.compile(lambda h: inner.embed_tokens.as_linear(inner.norm(h)))
+    else:
+        head = mx.compile(lambda h: language.lm_head(inner.norm(h)))
+    blocks = [linear_block(layer) if layer.is_linear else mlp_block(layer) for layer in layers]
+
+    def step(tokens: mx.array, cache: list[Any]) -> mx.array:
+        if tokens.shape[1] != 1 or any(
+            layer.is_linear and c[0] is None for layer, c in zip(layers, cache, strict=True)
+        ):
+            return model(tokens, cache=cache)
+        h = inner.embed_tokens(tokens)
+        for layer, c, block in zip(layers, cache, blocks, strict=True):
+            if layer.is_linear:
+                h, c[0], c[1] = block(h, c[0], c[1])
+                c.advance(1)
+            else:
+                h = block(h + layer.self_attn(layer.input_layernorm(h), None, c))
+        return head(h)
+
+    return step

@@ -1,0 +1,244 @@
+"""Benchmark Qwen3.5-0.8B-shaped prefill and decode on MLX: mlx-lm as is vs voicepipe's chunked prefill hook and
+compiled decode step, side by side in one process.
+
+Random weights of the real 0.8B text shape (the speed does not depend on the values); INT4 (group 64, mlx-lm's
+default) or the float dtype given. Prefill is one forward over the whole prompt from an empty cache, timed until the
+last logits and every cache state are evaluated. Decode is greedy after a 128-token prompt.
+
+    # this CPU (fp32 matmuls go through OpenBLAS only when it is preloaded):
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 \\
+        .venv/bin/python scripts/bench_mlx_prefill.py --quant none --dtype float32
+    # an NVIDIA GPU (mlx-cuda):
+    python scripts/bench_mlx_prefill.py --quant int4 --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_map_with_path
+from mlx_lm.generate import generate_step
+from mlx_lm.models import qwen3_5
+from mlx_lm.models.gated_delta import gated_delta_ops, normalize_qk
+
+from voicepipe.llm.mlx_gated_delta import (
+    chunked_gated_delta,
+    compiled_decode_step,
+    disable_chunked_prefill,
+    enable_chunked_prefill,
+)
+
+# Qwen3.5-0.8B's text config (DESIGN.md: measured facts).
+CONFIG_08B: dict[str, Any] = {
+    "model_type": "qwen3_5",
+    "vocab_size": 248320,
+    "hidden_size": 1024,
+    "intermediate_size": 3584,
+    "num_hidden_layers": 24,
+    "full_attention_interval": 4,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "head_dim": 256,
+    "linear_num_key_heads": 16,
+    "linear_num_value_heads": 16,
+    "linear_key_head_dim": 128,
+    "linear_value_head_dim": 128,
+    "linear_conv_kernel_dim": 4,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 262144,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25},
+}
+
+
+def build_model(quant: str, dtype: mx.Dtype) -> nn.Module:
+    mx.random.seed(0)
+    model = qwen3_5.Model(qwen3_5.ModelArgs.from_dict(dict(CONFIG_08B)))
+    # Random init gives every weight the same scale; shrink the embeddings to a trained model's.
+    lm = model.language_model.model
+    lm.embed_tokens.weight = lm.embed_tokens.weight * 0.02
+    # A_log stays float32, as mlx-lm's cast_predicate keeps it.
+    model.update(tree_map_with_path(lambda p, x: x if p.endswith("A_log") else x.astype(dtype), model.parameters()))
+    if quant == "int4":
+        nn.quantize(model, group_size=64, bits=4)
+    mx.eval(model.parameters())
+    return model
+
+
+def state_of(cache: list[Any]) -> list[Any]:
+    return [c.state for c in cache]
+
+
+def time_prefill(model: nn.Module, tokens: mx.array) -> float:
+    cache = model.make_cache()
+    start = time.perf_counter()
+    logits = model(tokens, cache=cache)[:, -1]
+    mx.eval(logits, state_of(cache))
+    return time.perf_counter() - start
+
+
+def decode_loop(step, model: nn.Module, prompt: mx.array, n: int) -> float:
+    """Greedy decode of ``n`` tokens with one step in flight (as mlx-lm's generate_step); returns seconds."""
+    cache = model.make_cache()
+    logits = model(prompt[None], cache=cache)[:, -1]
+    token = mx.argmax(logits, axis=-1)
+    mx.eval(token, state_of(cache))
+
+    def advance(tok: mx.array) -> mx.array:
+        return mx.argmax(step(tok[:, None], cache)[:, -1], axis=-1)
+
+    start = time.perf_counter()
+    nxt = advance(token)
+    mx.async_eval(nxt)
+    for _ in range(n - 1):
+        following = advance(nxt)
+        mx.async_eval(following)
+        nxt.item()
+        nxt = following
+    nxt.item()
+    return time.perf_counter() - start
+
+
+def decode_mlx_lm(model: nn.Module, prompt: mx.array, n: int) -> float:
+    """mlx-lm's own generate_step; times the n tokens after the first (the first includes the prefill)."""
+    start = None
+    for i, (_, _) in enumerate(generate_step(prompt, model, max_tokens=n + 1, sampler=lambda x: mx.argmax(x, -1))):
+        if i == 0:
+            start = time.perf_counter()
+    return time.perf_counter() - start
+
+
+def recurrence_only(length: int, dtype: mx.Dtype, repeats: int, chunk_sizes: list[int]) -> dict[str, float]:
+    """One layer's gated delta rule alone at the 0.8B shape (ms): mlx-lm's token loop, MLX's own
+    ``mx.fast.gated_delta_update``, and the chunked rule at each chunk size."""
+    heads, dim = CONFIG_08B["linear_num_value_heads"], CONFIG_08B["linear_key_head_dim"]
+    q, k = normalize_qk(
+        mx.random.normal((1, length, heads, dim)).astype(dtype),
+        mx.random.normal((1, length, heads, dim)).astype(dtype),
+        inv_scale=dim**-0.5,
+        eps=1e-6,
+    )
+    v = mx.random.normal((1, length, heads, dim)).astype(dtype)
+    log_decay = -mx.random.uniform(0.01, 2.0, (1, length, heads))
+    beta = mx.sigmoid(mx.random.normal((1, length, heads))).astype(dtype)
+    mx.eval(q, k, v, log_decay, beta)
+    variants = {"mlx_lm_ms": lambda: gated_delta_ops(q, k, v, mx.exp(log_decay), beta)}
+    if hasattr(mx.fast, "gated_delta_update"):
+        variants["mx_fast_ms"] = lambda: mx.fast.gated_delta_update(q, k, v, mx.exp(log_decay), beta)
+    for size in chunk_sizes:
+        variants[f"chunked{size}_ms"] = lambda size=size: chunked_gated_delta(q, k, v, log_decay, beta, chunk_size=size)
+    out = {}
+    for name, fn in variants.items():
+        try:
+            mx.eval(fn())
+        except Exception as exc:  # report and go on: one variant must not lose the whole run
+            out[name] = f"failed: {exc}"[:200]
+            continue
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            mx.eval(fn())
+            times.append(time.perf_counter() - start)
+        out[name] = 1e3 * statistics.median(times)
+    return out
+
+
+def prefill_without_recurrence(model: nn.Module, tokens: mx.array) -> float:
+    """Prefill time with the recurrence replaced by zeros: what the rest of the model costs (attribution only)."""
+
+    def no_recurrence(q, k, v, a, b, A_log, dt_bias, state=None, mask=None, **kwargs):  # noqa: N803
+        batch, _, _, k_dim = q.shape
+        return mx.zeros(v.shape, v.dtype), mx.zeros((batch, v.shape[2], v.shape[3], k_dim), mx.float32)
+
+    original = qwen3_5.gated_delta_update
+    qwen3_5.gated_delta_update = no_recurrence
+    try:
+        time_prefill(model, tokens)
+        return time_prefill(model, tokens)
+    finally:
+        qwen3_5.gated_delta_update = original
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quant", choices=["int4", "none"], default="int4")
+    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 1024, 4096])
+    parser.add_argument("--repeats", type=int, default=3, help="timed prefills per length and mode (median kept)")
+    parser.add_argument("--baseline-max", type=int, default=1 << 30, help="skip mlx-lm prefill above this length")
+    parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--threshold", type=int, default=64, help="chunked prefill from this many tokens on")
+    parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[64], help="for the recurrence-only timing")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    dtype = getattr(mx, args.dtype)
+
+    results: dict[str, Any] = {
+        "device": str(mx.default_device()),
+        "machine": platform.machine(),
+        "mlx": mx.__version__,
+        "quant": args.quant,
+        "dtype": args.dtype,
+        "prefill": [],
+    }
+    start = time.perf_counter()
+    model = build_model(args.quant, dtype)
+    print(f"model built in {time.perf_counter() - start:.1f} s on {results['device']}", flush=True)
+
+    warm = mx.random.randint(0, CONFIG_08B["vocab_size"], (1, 128))
+    for hooked in (False, True):  # compile / trace once per path before timing
+        (enable_chunked_prefill(model, args.threshold) if hooked else disable_chunked_prefill(model))
+        time_prefill(model, warm)
+
+    for length in args.lengths:
+        tokens = mx.random.randint(0, CONFIG_08B["vocab_size"], (1, length))
+        row: dict[str, Any] = {"tokens": length}
+        for hooked in (True, False):
+            name = "voicepipe_ms" if hooked else "mlx_lm_ms"
+            if not hooked and length > args.baseline_max:
+                continue
+            (enable_chunked_prefill(model, args.threshold) if hooked else disable_chunked_prefill(model))
+            time_prefill(model, tokens[:, : min(length, 256)])  # new shapes: trace outside the timing
+            if hooked:
+                time_prefill(model, tokens)
+            times = [time_prefill(model, tokens) for _ in range(args.repeats if hooked or length <= 1024 else 1)]
+            row[name] = 1e3 * statistics.median(times)
+        if "mlx_lm_ms" in row:
+            row["speedup"] = row["mlx_lm_ms"] / row["voicepipe_ms"]
+        disable_chunked_prefill(model)
+        row["without_recurrence_ms"] = 1e3 * prefill_without_recurrence(model, tokens)
+        row["recurrence_one_layer"] = recurrence_only(
+            length, dtype, repeats=1 if length > 1024 else 3, chunk_sizes=args.chunk_sizes
+        )
+        results["prefill"].append(row)
+        print(json.dumps(row), flush=True)
+
+    disable_chunked_prefill(model)
+    prompt = mx.random.randint(0, CONFIG_08B["vocab_size"], (128,))
+    n = args.decode_tokens
+    step = compiled_decode_step(model)
+    decode_loop(step, model, prompt, 4)  # trace the compiled pieces
+    decode_mlx_lm(model, prompt, 4)
+    decode = {
+        "tokens": n,
+        "mlx_lm_generate_step_tok_s": n / decode_mlx_lm(model, prompt, n),
+        "plain_loop_tok_s": n / decode_loop(model, model, prompt, n),
+        "compiled_step_tok_s": n / decode_loop(step, model, prompt, n),
+    }
+    decode["compiled_speedup"] = decode["compiled_step_tok_s"] / decode["mlx_lm_generate_step_tok_s"]
+    results["decode"] = decode
+    print(json.dumps(decode), flush=True)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
