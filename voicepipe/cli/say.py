@@ -12,8 +12,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import numpy as np
-
 from voicepipe.errors import UserError
 from voicepipe.frames import ErrorFrame, Frame, LLMResponseEndFrame, LLMTokenFrame, TTSAudioFrame
 from voicepipe.stage import Sink, Source, Stage
@@ -59,37 +57,41 @@ def run(args: argparse.Namespace) -> int:
         field = ".".join(str(p) for p in problem["loc"]) or "options"
         raise UserError(f"--{field.replace('_', '-')}: {problem['msg']}") from None
     tts = TTSStage(config, name="tts")
-    sink = _WavSink(args.output) if args.output is not None else _SpeakerSink()
-    report = asyncio.run(_speak(args.text, tts, sink))
-    print(report)
+    if args.output is not None:
+        from voicepipe.audio.wav import WavSink
+
+        sink: Sink = WavSink(WavSink.Config(path=str(args.output)), name="wav")
+        where = f"wrote {args.output}"
+    else:
+        from voicepipe.audio.device import SpeakerSink
+
+        sink, where = SpeakerSink(name="speaker"), "played"
+    print(f"{where}: {asyncio.run(_speak(args.text, tts, sink))}")
     return 0
 
 
-async def _speak(text: str, tts: Stage, sink: _AudioSink) -> str:
+async def _speak(text: str, tts: Stage, sink: Sink) -> str:
     from voicepipe.pipeline import VoicePipeline
 
-    source = _TextSource(text)
+    source, probe = _TextSource(text), _FirstAudio()
     stages: list[Stage] = [source]
     chunker = _chunker()
     if chunker is not None:
         stages.append(chunker)
-    stages += [tts, sink]
+    stages += [tts, probe, sink]
     pipeline = VoicePipeline(stages)
     loaded = time.monotonic()
     await pipeline.setup()
     load_s = time.monotonic() - loaded
     await pipeline.run(setup=False)
-    if sink.error is not None:
-        raise sink.error
-    if sink.failures:
-        raise RuntimeError("; ".join(sink.failures))
-    if sink.first_audio is None or source.started is None:
+    if probe.failures:
+        raise RuntimeError("; ".join(probe.failures))
+    if probe.first_audio is None or source.started is None:
         raise UserError("nothing to say: the text has no speakable words")
-    first = sink.first_audio - source.started
+    first = probe.first_audio - source.started
     total = time.monotonic() - source.started
-    where = f"wrote {sink.describe()}" if isinstance(sink, _WavSink) else "played"
     return (
-        f"{where}: {sink.seconds:.2f} s of audio; model loaded in {load_s:.2f} s; "
+        f"{probe.seconds:.2f} s of audio; model loaded in {load_s:.2f} s; "
         f"first audio after {first * 1000:.0f} ms; done in {total:.2f} s"
     )
 
@@ -117,91 +119,20 @@ class _TextSource(Source):
         yield LLMResponseEndFrame(text=self.text, turn_id=1)
 
 
-class _AudioSink(Sink):
+class _FirstAudio(Stage):
+    """Passes everything on, noting when the first audio block went by, how much audio passed, and any errors."""
+
     def __init__(self) -> None:
-        super().__init__(name="out")
+        super().__init__(name="first-audio")
         self.first_audio: float | None = None
         self.seconds = 0.0
-        self.error: UserError | None = None  # e.g. no output device: reported once the run is over
-        self.failures: list[str] = []  # ErrorFrames of the stages before (a failed synthesis)
+        self.failures: list[str] = []
 
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, TTSAudioFrame):
             if self.first_audio is None:
                 self.first_audio = time.monotonic()
             self.seconds += frame.duration
-            if self.error is None:
-                try:
-                    await self.write(frame.pcm, frame.sample_rate)
-                except UserError as exc:
-                    self.error = exc
-        else:
-            if isinstance(frame, ErrorFrame):
-                self.failures.append(frame.message)
-            await self.push(frame)
-
-    async def write(self, pcm: np.ndarray, sample_rate: int) -> None:
-        raise NotImplementedError
-
-
-class _WavSink(_AudioSink):
-    """Writes the blocks to a 16-bit mono WAV as they arrive."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        self.path = path
-        self._file = None
-
-    async def setup(self) -> None:
-        if not self.path.parent.is_dir():
-            raise UserError(f"--output {self.path}: folder {self.path.parent} does not exist")
-
-    async def write(self, pcm: np.ndarray, sample_rate: int) -> None:
-        import soundfile as sf
-
-        if self._file is None:
-            self._file = sf.SoundFile(self.path, "w", samplerate=sample_rate, channels=1, subtype="PCM_16")
-        self._file.write(pcm)
-
-    async def cleanup(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def describe(self) -> str:
-        return str(self.path)
-
-
-class _SpeakerSink(_AudioSink):
-    """Plays the blocks on the default output device (PortAudio through sounddevice)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._stream = None
-
-    async def write(self, pcm: np.ndarray, sample_rate: int) -> None:
-        if self._stream is None:
-            self._stream = await self.run_blocking(self._open, sample_rate)
-        await self.run_blocking(self._stream.write, pcm.reshape(-1, 1))
-
-    @staticmethod
-    def _open(sample_rate: int):  # noqa: ANN205 - sounddevice is optional
-        from voicepipe._optional import require
-
-        sd = require("sounddevice", extra="audio", purpose="Playing audio")
-        try:
-            stream = sd.OutputStream(samplerate=sample_rate, channels=1, dtype="float32", latency="high")
-            stream.start()
-        except Exception as exc:  # PortAudioError, no device
-            raise UserError(f"cannot play audio ({exc}); write a file instead with --output out.wav") from exc
-        return stream
-
-    async def cleanup(self) -> None:
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
-            await self.run_blocking(_drain_and_close, stream)
-
-
-def _drain_and_close(stream) -> None:  # noqa: ANN001
-    stream.stop()  # waits for the buffered audio to play out
-    stream.close()
+        elif isinstance(frame, ErrorFrame):
+            self.failures.append(frame.message)
+        await self.push(frame)

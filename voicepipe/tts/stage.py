@@ -200,9 +200,8 @@ class TTSStage(Stage):
         if not engine.is_loaded:
             engine.load()
         audio = _resample(engine.synthesize(text), engine.sample_rate, self.output_rate)
-        return np.clip(audio, -1.0, 1.0).astype(
-            np.float32, copy=False
-        )  # Kokoro (and resampling) can overshoot full scale
+        # Kokoro (and resampling) can overshoot full scale; frames promise [-1, 1].
+        return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
 
 
 class KokoroTTS(TTSStage):
