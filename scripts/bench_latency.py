@@ -128,7 +128,7 @@ def build_stages(args: argparse.Namespace, tts: str, out_wav: Path) -> list[Stag
 
         tts_config = TTSConfig(engine="piper", model=str(piper_joe_model_path()))
     return [
-        VADStage(VADConfig(), name="vad"),
+        VADStage(VADConfig(hangover_ms=args.hangover_ms, pause_ms=args.pause_ms), name="vad"),
         ASRStage(ASRConfig(model=str(whisper_tiny_en_dir())), name="asr"),
         build_llm(args),
         SentenceChunkerStage(name="chunker"),
@@ -272,6 +272,8 @@ def main() -> int:
     parser.add_argument("--llm", choices=("llamacpp", "fake"), default="llamacpp")
     parser.add_argument("--gguf", help="GGUF file (default: the full-size random Qwen3.5-0.8B as Q4_K_M)")
     parser.add_argument("--max-tokens", type=int, default=48, help="reply length cap")
+    parser.add_argument("--hangover-ms", type=int, default=500, help="VAD: silence that ends a turn")
+    parser.add_argument("--pause-ms", type=int, default=200, help="VAD: silence after which transcription starts")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--json", metavar="OUT.json", help="write all turns and the summary here")
     args = parser.parse_args()
