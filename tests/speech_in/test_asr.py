@@ -59,7 +59,7 @@ async def test_speech_in_noise_with_silero(make_asr, clean_clips, kind: str, snr
 
 @pytest.mark.parametrize("engine", ["webrtc", "silero"])
 async def test_preroll_keeps_the_first_word(make_asr, engine: str) -> None:
-    """"Stop" opens with unvoiced /st/, which the VAD hears only after it is over: without pre-roll it is lost."""
+    """ "Stop" opens with unvoiced /st/, which the VAD hears only after it is over: without pre-roll it is lost."""
     clip = speech.pad(speech.espeak("Stop the music now."), 1.0, 1.0)
     first_words = []
     for preroll_ms in (300, 0):

@@ -90,9 +90,13 @@ def _layers(variables: dict[str, np.ndarray], prefix: str) -> int:
 
 
 def ct2_to_mlx_weights(
-    variables: dict[str, np.ndarray], dtype: np.dtype = np.float32
+    variables: dict[str, np.ndarray], dtype: np.dtype = np.float32, alignment_heads: list[list[int]] | None = None
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """Map CT2 Whisper variables to mlx-whisper (dims config, {parameter name: array})."""
+    """Map CT2 Whisper variables to mlx-whisper (dims config, {parameter name: array}).
+
+    ``alignment_heads`` (from the CT2 ``config.json``: [layer, head] pairs) become mlx-whisper's int32
+    ``alignment_heads`` array (used for word timestamps).
+    """
     v = variables
     out: dict[str, np.ndarray] = {}
 
@@ -146,6 +150,8 @@ def ct2_to_mlx_weights(
         linear(f"{dst}.mlp2", f"{src}/ffn/linear_1")
         norm(f"{dst}.mlp_ln", f"{src}/ffn/layer_norm")
     norm("decoder.ln", "decoder/layer_norm")
+    if alignment_heads:
+        out["alignment_heads"] = np.asarray(alignment_heads, dtype=np.int32).reshape(-1, 2)
 
     conv1 = v["encoder/conv1/weight"]
     dims = {
@@ -182,16 +188,14 @@ def convert_ct2_to_mlx(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         if spec != "WhisperSpec":
             raise ModelLoadError(f"{src}: holds a {spec}, not a Whisper model")
         progress.advance(task)
-        dims, weights = ct2_to_mlx_weights(variables, np.dtype(dtype))
+        ct2_config = json.loads((src / "config.json").read_text())
+        dims, weights = ct2_to_mlx_weights(variables, np.dtype(dtype), ct2_config.get("alignment_heads"))
         progress.advance(task)
         tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
         mx.save_safetensors(str(tmp / "weights.safetensors"), {k: mx.array(a) for k, a in weights.items()})
-        ct2_config = json.loads((src / "config.json").read_text())
         config = {"model_type": "whisper", **dims}
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        if "alignment_heads" in ct2_config:
-            (tmp / "alignment_heads.json").write_text(json.dumps(ct2_config["alignment_heads"]) + "\n")
         if dst.exists():
             import shutil
 

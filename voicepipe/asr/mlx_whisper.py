@@ -64,7 +64,9 @@ class MLXWhisperTranscriber:
                 "give a local directory (mlx-whisper or CTranslate2), or a repo id that is cached when offline"
             ) from exc
         # weights saved as float16 would make MLX compute in float16, which is slow and lossy on CPU
-        model.update(tree_map(lambda p: p.astype(mx.float32), model.parameters()))
+        model.update(
+            tree_map(lambda p: p.astype(mx.float32) if mx.issubdtype(p.dtype, mx.floating) else p, model.parameters())
+        )
         mx.eval(model.parameters())
         self._model = model
 

@@ -33,6 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--beam-size", type=int, default=1, help="1 = greedy (fastest)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for faster-whisper")
+    parser.add_argument("--compute-type", default="int8", help="faster-whisper weight type (int8, float32, ...)")
     parser.add_argument("--json", action="store_true", help="one JSON object per turn: start, end, text")
 
 
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
             language=None if args.language == "auto" else args.language,
             beam_size=args.beam_size,
             threads=args.threads,
+            compute_type=args.compute_type,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
