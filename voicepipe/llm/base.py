@@ -294,6 +294,11 @@ class ChatModel(abc.ABC):
         """Token ids of ``text`` (special tokens parsed, no BOS)."""
         return self._call(self._loaded_call, self._tokenize, text)
 
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """Text of ``tokens`` (control tokens dropped; invalid UTF-8 replaced)."""
+        data = self._call(self._loaded_call, lambda: b"".join(self._token_bytes(t) for t in tokens))
+        return data.decode("utf-8", errors="replace")
+
     def _loaded_call(self, fn: Callable[..., T], *args: Any) -> T:
         self._ensure_loaded()
         return fn(*args)
@@ -314,12 +319,15 @@ class ChatModel(abc.ABC):
             if not isinstance(m, ChatMessage):
                 raise ValueError(f"messages must be ChatMessage objects, got {type(m).__name__}")
         open_reply = messages[-1].role == "assistant"
-        complete = messages[:-1] if open_reply else messages
-        history: list[int] = []
-        for m in complete:
-            history += self._tokenize(render_message(m))
+        history = self._history_tokens(messages[:-1] if open_reply else messages)
         tail = render_message(messages[-1], complete=False) if open_reply else generation_prompt(disable_thinking)
         return history, history + self._tokenize(tail)
+
+    def _history_tokens(self, messages: list[ChatMessage]) -> list[int]:
+        tokens: list[int] = []
+        for m in messages:
+            tokens += self._tokenize(render_message(m))
+        return tokens
 
     # -- state and prompt cache --------------------------------------------------------------------------------------
 
@@ -386,7 +394,7 @@ class ChatModel(abc.ABC):
         if self._generating():
             return  # a reply is streaming; warming now would cut it off
         self._ensure_loaded()
-        history, _ = self._encode(messages + [ChatMessage("user", "")], False)  # history = all given messages
+        history = self._history_tokens(messages)  # every message complete, the last reply included
         if history and history not in self.prompt_cache:
             self._prepare(history, history, GenerationStats())
 
@@ -403,7 +411,8 @@ class ChatModel(abc.ABC):
         steps = self._reply_steps(list(messages), sampling or ChatSamplingConfig())
         try:
             while (delta := self._call(next, steps, _DONE)) is not _DONE:
-                yield delta
+                if delta:
+                    yield delta
         finally:
             self._call(steps.close)
 
@@ -420,7 +429,8 @@ class ChatModel(abc.ABC):
         executor = self._get_executor()
         try:
             while (delta := await loop.run_in_executor(executor, next, steps, _DONE)) is not _DONE:
-                yield delta
+                if delta:
+                    yield delta
         finally:
             await asyncio.shield(loop.run_in_executor(executor, steps.close))
 
@@ -518,28 +528,25 @@ class ChatModel(abc.ABC):
                     break
                 self.last_tokens.append(token)
                 pending.append(token)
+                text = ""
                 if thinking:
                     if token == think_close:
                         thinking = False
-                        continue
-                    stats.thinking_tokens += 1
-                    thinking_text.append(thoughts.feed(self._token_bytes(token)))
-                    if stats.thinking_tokens >= sampling.max_thinking_tokens:
-                        thinking = self._force_think_close(pending, stats)
-                    continue
-                if token == think_open and not started:
-                    thinking = True
-                    if sampling.max_thinking_tokens == 0:
-                        thinking = self._force_think_close(pending, stats)
-                    continue
-                text = answer.feed(self._token_bytes(token))
-                if not started:
-                    text = text.lstrip()
-                    if not text:
-                        continue
-                    started = True
-                    stats.ttft_s = time.perf_counter() - stats._start
-                yield text
+                    else:
+                        stats.thinking_tokens += 1
+                        thinking_text.append(thoughts.feed(self._token_bytes(token)))
+                        if stats.thinking_tokens >= sampling.max_thinking_tokens:
+                            thinking = self._force_think_close(pending, stats)
+                elif token == think_open and not started:
+                    thinking = sampling.max_thinking_tokens > 0 or self._force_think_close(pending, stats)
+                else:
+                    text = answer.feed(self._token_bytes(token))
+                    if not started:
+                        text = text.lstrip()
+                        started = bool(text)
+                        if started:
+                            stats.ttft_s = time.perf_counter() - stats._start
+                yield text  # "" for think/control tokens and split characters: one step per token, always
             tail = answer.flush() if started else answer.flush().lstrip()
             if tail:
                 yield tail
