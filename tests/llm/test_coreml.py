@@ -26,7 +26,7 @@ from voicepipe.testing.checkpoints import TINY_SHAPE, build_checkpoint, tiny_che
 SEQ_LEN = 32
 MAX_CONTEXT = 128
 VOCAB = 248320
-_CONVERT_VERSION = "1"  # bump when the conversion changes, so the cached package is rebuilt
+_CONVERT_VERSION = "2"  # bump when the conversion changes, so the cached package is rebuilt
 
 
 @pytest.fixture(scope="session")
@@ -110,6 +110,34 @@ def test_padding_leaves_the_state_as_unpadded_tokens_do(tiny_real):
     for name, value in states.items():
         torch.testing.assert_close(value, getattr(model, name), rtol=1e-4, atol=1e-5, msg=name)
     torch.testing.assert_close(chunked, stepped, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("chunk", [8, 32, 64])
+@pytest.mark.parametrize("spread", [0.0, 0.3])
+def test_chunk_form_matches_recurrence_on_aligned_keys(chunk, spread):
+    """The hard case for the UT inverse: keys all pointing one way, beta near 1, almost no decay (a plain Neumann
+    series blows up here). The chunk form equals the token-by-token recurrence, in fp32 and within fp16 range."""
+    from voicepipe.llm.coreml_model import _delta_chunk, _delta_step
+
+    gen = torch.Generator().manual_seed(7)
+    heads, dk, dv = 2, 16, 8
+    direction = torch.randn(heads, 1, dk, generator=gen)
+    k = direction + spread * torch.randn(heads, chunk, dk, generator=gen)
+    k = k / k.norm(dim=-1, keepdim=True)
+    q = torch.randn(heads, chunk, dk, generator=gen) / dk**0.5
+    v = torch.randn(heads, chunk, dv, generator=gen)
+    g = -0.01 * torch.rand(heads, chunk, generator=gen)
+    beta = torch.full((heads, chunk), 0.99)
+    state = torch.randn(heads, dk, dv, generator=gen)
+    out, final = _delta_chunk(q, k, v, g, beta, state)
+    expected, s = [], state
+    for t in range(chunk):
+        o, s = _delta_step(q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1], g[:, t : t + 1], beta[:, t : t + 1], s)
+        expected.append(o)
+    expected = torch.cat(expected, dim=1)
+    assert ((out - expected).abs().max() / expected.abs().max()).item() <= 1e-4
+    assert ((final - s).abs().max() / s.abs().max()).item() <= 1e-4
+    assert out.abs().max() < 1e3  # no intermediate near fp16's limit was needed to get there
 
 
 def _function_descriptions(package):

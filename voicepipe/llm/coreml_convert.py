@@ -134,8 +134,8 @@ def convert(
         raise UserError(f"quantize: {quantize!r} is not supported; use 'int8' or 'none'")
     if compute_precision not in ("float16", "float32"):
         raise UserError(f"compute_precision: {compute_precision!r} is not supported; use 'float16' or 'float32'")
-    if seq_len < 2 or max_context < seq_len:
-        raise UserError(f"seq_len: {seq_len} must be >= 2 and <= max_context ({max_context})")
+    if seq_len < 2 or seq_len & (seq_len - 1) or max_context < seq_len:
+        raise UserError(f"seq_len: {seq_len} must be a power of two >= 2 and <= max_context ({max_context})")
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise UserError(f"{output}: already exists and is not empty; choose another path or pass --overwrite")
 

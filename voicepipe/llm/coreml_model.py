@@ -11,8 +11,8 @@ the fly (too imprecise in fp16 at long positions). This module computes the same
 - one ``forward(input_ids, attention_mask, position)`` for both functions: a prefill chunk of ``seq_len`` tokens
   (right-padded, ``attention_mask`` 0 on padding) or a decode step of one token. ``position`` is the number of
   tokens already in the cache. Logits are returned for the last real token only: ``[1, 1, vocab]``;
-- the chunked gated delta rule for a chunk of ``seq_len`` tokens with the UT system inverted by repeated squaring of
-  its nilpotent part (a fixed handful of matmuls instead of a solver), the recurrent form for one token;
+- the chunked gated delta rule for a chunk of ``seq_len`` tokens (a power of two) with the UT system inverted by
+  matrix products in 8-blocks joined pairwise (CoreML has no triangular solve), the recurrent form for one token;
 - RoPE cos/sin gathered from precomputed fp32 tables.
 
 The sequence length is a Python constant of the trace (``coremltools`` mis-converts shape arithmetic on torch 2.13),
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,25 +248,56 @@ def _delta_step(q, k, v, g, beta, state):
     return torch.matmul(q, state), state
 
 
-def _delta_chunk(q, k, v, g, beta, state):
-    """Chunked gated delta rule over one chunk of C tokens (same maths as transformers' torch_chunk_gated_delta_rule).
+_BASE_BLOCK = 8
 
-    The unit lower-triangular UT system ``I - N`` (N strictly lower, so nilpotent) is inverted as
-    ``prod_j (I + N^(2^j))``: log2(C) matmuls instead of a triangular solve, which CoreML lacks.
+
+def _unit_lower_inverse(strict: torch.Tensor) -> torch.Tensor:
+    """``(I + S)^-1`` for strictly lower-triangular ``S`` ``[H, C, C]`` (C a power of two), with matrix products only
+    (CoreML has no triangular solve).
+
+    Diagonal 8-blocks use the nilpotent series ``(I - S)(I + S^2)(I + S^4)``, whose terms stay small over 8 rows. Over
+    a whole chunk the powers of S grow like binomials when keys are aligned (1e17 at C = 64) and cancel
+    catastrophically (fp16 would overflow outright), so larger blocks are joined two by two, as
+    flash-linear-attention's ``solve_tril`` does: ``[[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]``, which
+    only multiplies bounded inverses. Blocks are Python-level slices, so the trace has static shapes.
     """
-    c = q.shape[1]  # only used as a trace constant (eye/tril sizes, loop count)
+    c = strict.shape[-1]  # a trace constant
+    size = min(_BASE_BLOCK, c)
+    eye = torch.eye(size, dtype=strict.dtype)
+    inverses = []
+    for i in range(0, c, size):
+        power = -strict[:, i : i + size, i : i + size]
+        inverse = eye + power
+        span = 2
+        while span < size:
+            power = torch.matmul(power, power)
+            inverse = inverse + torch.matmul(inverse, power)
+            span *= 2
+        inverses.append(inverse)
+    while size < c:
+        merged = []
+        for j in range(0, len(inverses), 2):
+            upper, lower = inverses[j], inverses[j + 1]
+            row = j * size
+            off = strict[:, row + size : row + 2 * size, row : row + size]
+            corner = -torch.matmul(torch.matmul(lower, off), upper)
+            top = torch.cat((upper, torch.zeros_like(upper)), dim=-1)
+            merged.append(torch.cat((top, torch.cat((corner, lower), dim=-1)), dim=-2))
+        inverses, size = merged, size * 2
+    return inverses[0]
+
+
+def _delta_chunk(q, k, v, g, beta, state):
+    """Chunked gated delta rule over one chunk of C tokens (same maths as transformers' torch_chunk_gated_delta_rule;
+    the UT system is inverted by ``_unit_lower_inverse``)."""
+    c = q.shape[1]  # only used as a trace constant (mask sizes)
     lower = torch.tril(torch.ones(c, c, dtype=q.dtype))
     strict = lower - torch.eye(c, dtype=q.dtype)
     cum = torch.cumsum(g, dim=-1)  # [H, C], non-increasing
     diff = cum.unsqueeze(-1) - cum.unsqueeze(-2)  # [H, C, C]: cum_i - cum_j
     decay = torch.exp(torch.clamp(diff, max=0.0)) * lower  # clamp: the (masked) upper triangle must not overflow
     k_beta, v_beta = k * beta.unsqueeze(-1), v * beta.unsqueeze(-1)
-    n = -(torch.matmul(k_beta, k.transpose(1, 2)) * decay) * strict
-    inv = torch.eye(c, dtype=q.dtype) + n
-    power = n
-    for _ in range(max(0, math.ceil(math.log2(c)) - 1)):
-        power = torch.matmul(power, power)
-        inv = inv + torch.matmul(inv, power)
+    inv = _unit_lower_inverse(torch.matmul(k_beta, k.transpose(1, 2)) * decay * strict)
     new_values = torch.matmul(inv, v_beta)
     k_cumdecay = torch.matmul(inv, k_beta * torch.exp(cum).unsqueeze(-1))
     intra = torch.matmul(q, k.transpose(1, 2)) * decay
