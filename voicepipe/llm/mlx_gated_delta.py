@@ -313,51 +313,89 @@ def disable_chunked_prefill(model: nn.Module) -> int:
 
 
 def compiled_decode_step(model: nn.Module) -> Callable[[mx.array, list[Any]], mx.array]:
-    """A one-token forward for an mlx-lm Qwen3.5 model with the static-shape parts under ``mx.compile``.
+    """A one-token forward for an mlx-lm Qwen3.5 model with its static-shape parts under ``mx.compile``.
 
-    In a decode step every linear-attention layer (its conv and recurrent states have fixed shapes), every MLP block
-    and the output head see the same shapes each token, so each is compiled once: MLX then replays a fused graph
-    instead of Python building ~40 small ops per layer. Full-attention layers grow their KV cache every token and stay
-    as mlx-lm runs them. Use it as ``logits = step(tokens[:, None], cache)`` after the prompt has been prefilled
-    through the model (the first call on an empty cache falls back to ``model``). Weights are captured when a
-    piece is first traced: build a new step after reloading or re-quantizing the model.
+    In a decode step the embedding, every linear-attention layer (its conv and recurrent states have fixed shapes),
+    the projections, norms, RoPE and MLP around each full-attention layer, and the output head see the same shapes
+    every token, so each is compiled once and MLX replays a fused graph instead of Python building ~40 small ops per
+    layer. Only the KV-cache append and the attention itself, whose length grows, run eagerly, as mlx-lm runs them
+    (the attention pieces restate mlx-lm's ``Qwen3NextAttention.__call__`` split at the cache; other attention or
+    cache types run mlx-lm's layer whole). Use it as ``logits = step(tokens[:, None], cache)`` once the prompt has
+    been prefilled through the model (other inputs fall back to ``model``). Weights are captured when a piece is
+    first traced: build a new step after reloading or re-quantizing the model.
     """
-    from mlx_lm.models.cache import ArraysCache
+    from mlx_lm.models.cache import ArraysCache, KVCache
+    from mlx_lm.models.qwen3_next import Qwen3NextAttention
 
     language = model.language_model if hasattr(model, "language_model") else model
     inner = language.model
     layers = list(inner.layers)
 
     def linear_block(layer: nn.Module) -> Callable[..., tuple[mx.array, mx.array, mx.array]]:
-        def run(x: mx.array, conv_state: mx.array, state: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        def run(h: mx.array, conv_state: mx.array, state: mx.array) -> tuple[mx.array, mx.array, mx.array]:
             cache = ArraysCache(size=2)
             cache[0], cache[1] = conv_state, state
-            out = layer(x, None, cache)
+            out = layer(h, None, cache)
             return out, cache[0], cache[1]
 
         return mx.compile(run)
 
+    def attention_blocks(layer: nn.Module) -> tuple[Callable[..., Any], Callable[..., mx.array]]:
+        attn = layer.self_attn
+
+        def before(h: mx.array, offset: mx.array) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+            x = layer.input_layernorm(h)
+            batch, length, _ = x.shape
+            queries, gate = mx.split(attn.q_proj(x).reshape(batch, length, attn.num_attention_heads, -1), 2, axis=-1)
+            keys = attn.k_norm(attn.k_proj(x).reshape(batch, length, attn.num_key_value_heads, -1))
+            values = attn.v_proj(x).reshape(batch, length, attn.num_key_value_heads, -1).transpose(0, 2, 1, 3)
+            queries = attn.rope(attn.q_norm(queries).transpose(0, 2, 1, 3), offset=offset)
+            keys = attn.rope(keys.transpose(0, 2, 1, 3), offset=offset)
+            return queries, keys, values, gate.reshape(batch, length, -1)
+
+        def after(h: mx.array, out: mx.array, gate: mx.array) -> mx.array:
+            batch, _, length, _ = out.shape
+            h = h + attn.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1) * mx.sigmoid(gate))
+            return h + layer.mlp(layer.post_attention_layernorm(h))
+
+        return mx.compile(before), mx.compile(after)
+
     def mlp_block(layer: nn.Module) -> Callable[[mx.array], mx.array]:
         return mx.compile(lambda h: h + layer.mlp(layer.post_attention_layernorm(h)))
 
+    def block(layer: nn.Module) -> Any:
+        if layer.is_linear:
+            return linear_block(layer)
+        if type(layer.self_attn) is Qwen3NextAttention:
+            return attention_blocks(layer)
+        return mlp_block(layer)
+
+    embed = mx.compile(inner.embed_tokens)
     if getattr(language.args, "tie_word_embeddings", False):
         head = mx.compile(lambda h: inner.embed_tokens.as_linear(inner.norm(h)))
     else:
         head = mx.compile(lambda h: language.lm_head(inner.norm(h)))
-    blocks = [linear_block(layer) if layer.is_linear else mlp_block(layer) for layer in layers]
+    blocks = [block(layer) for layer in layers]
 
     def step(tokens: mx.array, cache: list[Any]) -> mx.array:
         if tokens.shape[1] != 1 or any(
             layer.is_linear and c[0] is None for layer, c in zip(layers, cache, strict=True)
         ):
             return model(tokens, cache=cache)
-        h = inner.embed_tokens(tokens)
-        for layer, c, block in zip(layers, cache, blocks, strict=True):
+        h = embed(tokens)
+        for layer, c, fn in zip(layers, cache, blocks, strict=True):
             if layer.is_linear:
-                h, c[0], c[1] = block(h, c[0], c[1])
+                h, c[0], c[1] = fn(h, c[0], c[1])
                 c.advance(1)
+            elif isinstance(fn, tuple) and type(c) is KVCache:
+                before, after = fn
+                queries, keys, values, gate = before(h, mx.array(c.offset))
+                keys, values = c.update_and_fetch(keys, values)
+                out = mx.fast.scaled_dot_product_attention(queries, keys, values, scale=layer.self_attn.scale)
+                h = after(h, out, gate)
             else:
-                h = block(h + layer.self_attn(layer.input_layernorm(h), None, c))
+                h = h + layer.self_attn(layer.input_layernorm(h), None, c)
+                h = fn(h) if callable(fn) else h + layer.mlp(layer.post_attention_layernorm(h))
         return head(h)
 
     return step
