@@ -11,6 +11,11 @@ points where the governor must act; the stages themselves only need the memory h
   the LLM and the TTS load, so each stage's footprint is known two ways: what it reports and what loading it added to
   the process. When a budget is set and the LLM plus a TTS of the same size would not fit, the LLM is unloaded
   before the TTS loads, so the two never overlap even once. Then the policy is decided and logged with its numbers.
+- Policy ``auto`` with a budget: a model needs more than its loaded size while it works (llama.cpp's buffers, the
+  synthesis graph of the TTS), and that is only known once it has worked. Unless the budget is generous (both
+  loaded sizes doubled still fit), turns start sequential; each sequential turn measures each model's working set
+  (the peak RSS of its phase over the floor with neither loaded), and once both are known the governor switches to
+  concurrent if floor + both working sets fit the budget. A concurrent turn that peaks over the budget switches back.
 - Concurrent turns: the taps only measure (per-turn peak RSS).
 - Sequential turns: ``before-llm`` makes sure the LLM is loaded and the TTS is not before a transcript reaches the
   LLM; ``after-llm`` holds the reply until the LLM has finished, unloads the LLM (its conversation state stays in its
@@ -60,6 +65,7 @@ class StageMemory:
     reported: int = 0
     measured: int = 0
     unload_drop: int = 0  # RSS freed by the last unload
+    working: int = 0  # peak RSS over the floor while it worked alone (measured on sequential turns)
 
     @property
     def size(self) -> int:
@@ -71,6 +77,7 @@ class StageMemory:
             "reported_mb": round(self.reported / MB, 1),
             "measured_mb": round(self.measured / MB, 1),
             "unload_drop_mb": round(self.unload_drop / MB, 1),
+            "working_mb": round(self.working / MB, 1),
         }
 
 
@@ -79,6 +86,7 @@ class _Turn:
     turn_id: int
     values: dict[str, float] = field(default_factory=dict)
     play_end: float = 0.0  # when a speaker would finish the audio seen so far
+    peak: int = 0
 
 
 class MemoryGovernor:
@@ -92,6 +100,7 @@ class MemoryGovernor:
         self.tts: Stage | None = None
         self.mode: Mode = "concurrent"
         self.baseline = 0
+        self.floor = 0  # RSS with neither model loaded (last measured)
         self.llm_memory = StageMemory("llm")
         self.tts_memory = StageMemory("tts")
         self.decisions: list[str] = []
@@ -158,7 +167,7 @@ class MemoryGovernor:
         if not self.monitor.running:
             self.monitor.start()
         release_freed_memory()
-        self.baseline = self._rss_mark = rss_bytes()
+        self.baseline = self.floor = self._rss_mark = rss_bytes()
 
     async def _setup_after_llm(self) -> None:
         llm = self._stage(self.llm)
@@ -184,29 +193,53 @@ class MemoryGovernor:
         self.tts_memory.measured = max(0, now - self._rss_mark)
         self.tts_memory.reported = tts.memory_footprint
         need_all = self.baseline + self.llm_memory.size + self.tts_memory.size
-        largest = self.baseline + max(self.llm_memory.size, self.tts_memory.size)
         budget = self.budget
         policy = self.config.policy
-        if policy == "auto":
-            self.mode = "concurrent" if budget is None or need_all <= budget else "sequential"
+        if policy != "auto":
+            self.mode, why = policy, f"policy {policy}"
+        elif budget is None:
+            self.mode, why = "concurrent", "no budget"
+        elif self.baseline + 2 * (self.llm_memory.size + self.tts_memory.size) <= budget:
+            self.mode, why = "concurrent", "fits even if each model doubles while it works"
         else:
-            self.mode = policy
+            # Working memory (KV cache, synthesis buffers) comes on top of the loaded size and is only known once
+            # each model has worked: measure it on a sequential turn, then decide.
+            self.mode, why = "sequential", "working sets not measured yet; the first turn measures them"
         budget_text = f"{budget / MB:.0f} MB" if budget is not None else "none"
         self._decide(
             f"{tts.name} loaded: reports {self.tts_memory.reported / MB:.0f} MB, RSS grew "
             f"{self.tts_memory.measured / MB:.0f} MB; baseline {self.baseline / MB:.0f} + "
             f"{llm.name} {self.llm_memory.size / MB:.0f} + {tts.name} {self.tts_memory.size / MB:.0f} = "
-            f"{need_all / MB:.0f} MB vs budget {budget_text} (policy {policy}): turns run {self.mode}"
+            f"{need_all / MB:.0f} MB loaded vs budget {budget_text}: turns run {self.mode} ({why})"
         )
-        if budget is not None and largest > budget:
-            log.warning(
-                "memory governor: even one model at a time needs %.0f MB, over the %.0f MB budget",
-                largest / MB,
-                budget / MB,
-            )
         if self.mode == "sequential":
             await self._unload_tts(reason="until the first reply is written")
         await self._load_llm(reason="ready for the first turn")
+
+    def _rethink(self, turn: _Turn) -> None:
+        """Policy auto: revisit the mode with the working sets measured so far (logged with its numbers)."""
+        budget = self.budget
+        if self.config.policy != "auto" or budget is None:
+            return
+        if self.mode == "sequential" and self.llm_memory.working and self.tts_memory.working:
+            floor = self.floor
+            need_all = floor + self.llm_memory.working + self.tts_memory.working
+            verdict = "fits" if need_all <= budget else "does not fit"
+            self._decide(
+                f"turn {turn.turn_id}: working sets {self.llm_memory.name} {self.llm_memory.working / MB:.0f} MB, "
+                f"{self.tts_memory.name} {self.tts_memory.working / MB:.0f} MB over a floor of {floor / MB:.0f} MB: "
+                f"together {need_all / MB:.0f} MB {verdict} the {budget / MB:.0f} MB budget"
+            )
+            if need_all <= budget:
+                self.mode = "concurrent"
+            elif floor + max(self.llm_memory.working, self.tts_memory.working) > budget:
+                log.warning("memory governor: even one model at a time needs more than the %.0f MB budget", budget / MB)
+        elif self.mode == "concurrent" and turn.peak > budget:
+            self._decide(
+                f"turn {turn.turn_id} peaked at {turn.peak / MB:.0f} MB, over the {budget / MB:.0f} MB budget: "
+                "next turns run sequential"
+            )
+            self.mode = "sequential"
 
     # -- transitions (each under the lock) -------------------------------------------------------------------------
 
@@ -284,28 +317,42 @@ class MemoryGovernor:
             self.turns[turn_id] = _Turn(turn_id)
         return self.turns[turn_id]
 
+    def _phase_peak(self, turn: _Turn) -> int:
+        """Peak RSS since the last phase began; starts the next phase."""
+        if self.monitor is None:
+            return rss_bytes()
+        self.monitor.sample()
+        peak = self.monitor.window_peak_bytes
+        self.monitor.reset_window()
+        turn.peak = max(turn.peak, peak)
+        return peak
+
     async def turn_starts(self, turn_id: int) -> None:
         """A final transcript is about to reach the LLM: make sure it can run."""
         turn = self._turn(turn_id)
-        if self.monitor is not None:
-            self.monitor.reset_window()
         async with self._locked():
             if self.mode == "sequential":
-                turn.values["tts_unload_ms"] = turn.values.get("tts_unload_ms", 0.0) + await self._unload_tts(
-                    reason=f"before turn {turn_id} (it was still loaded)"
-                )
+                ms = await self._unload_tts(reason=f"before turn {turn_id} (it was still loaded)")
+                if ms:
+                    turn.values["tts_unload_ms"] = turn.values.get("tts_unload_ms", 0.0) + ms
             waited = await self._load_llm(reason=f"before turn {turn_id} (not reloaded in time)")
             if waited:
                 turn.values["llm_reload_exposed_ms"] = waited
+            self._phase_peak(turn)  # the LLM phase starts now
 
     async def reply_written(self, turn_id: int) -> None:
         """The LLM finished this turn's reply (sequential mode): swap the LLM out and the TTS in."""
         turn = self._turn(turn_id)
         async with self._locked():
+            llm_peak = self._phase_peak(turn)
             footprint = self._stage(self.llm).memory_footprint
             turn.values["llm_unload_ms"] = await self._unload_llm(reason=f"after writing turn {turn_id}")
+            self.floor = rss_bytes()
+            self.llm_memory.working = max(self.llm_memory.working, llm_peak - self.floor)
             turn.values["llm_footprint_mb"] = footprint / MB
             turn.values["llm_rss_drop_mb"] = self.llm_memory.unload_drop / MB
+            turn.values["llm_phase_peak_mb"] = llm_peak / MB
+            self._phase_peak(turn)  # the TTS phase starts now
             turn.values["tts_load_ms"] = await self._load_tts(reason=f"to speak turn {turn_id}")
 
     def audio_out(self, frame: TTSAudioFrame) -> None:
@@ -317,23 +364,29 @@ class MemoryGovernor:
         """The TTS has synthesized the whole reply: in sequential mode swap back while the audio plays. Returns the
         turn's values for its ``MetricsFrame``."""
         turn = self._turn(turn_id)
-        if self.mode == "sequential":
-            async with self._locked():
+        sequential = self.mode == "sequential"
+        async with self._locked():
+            phase_peak = self._phase_peak(turn)
+            if sequential:
+                self.tts_memory.working = max(self.tts_memory.working, phase_peak - self.floor)
+                turn.values["tts_phase_peak_mb"] = phase_peak / MB
+                self._rethink(turn)
                 started = time.monotonic()
-                turn.values["tts_unload_ms"] = turn.values.get("tts_unload_ms", 0.0) + await self._unload_tts(
-                    reason=f"after speaking turn {turn_id}"
-                )
+                if self.mode == "sequential":
+                    ms = await self._unload_tts(reason=f"after speaking turn {turn_id}")
+                    turn.values["tts_unload_ms"] = turn.values.get("tts_unload_ms", 0.0) + ms
                 reload_ms = await self._load_llm(reason=f"after turn {turn_id}, while its audio plays")
                 ended = time.monotonic()
-            hidden = max(0.0, min(ended, turn.play_end) - started)
-            turn.values["llm_reload_ms"] = reload_ms
-            turn.values["swap_back_ms"] = (ended - started) * 1000
-            turn.values["reload_hidden_ms"] = hidden * 1000
-            turn.values["reload_exposed_ms"] = (ended - started - hidden) * 1000
-        if self.monitor is not None:
-            self.monitor.sample()
-            turn.values["peak_rss_mb"] = self.monitor.window_peak_bytes / MB
-        turn.values["sequential"] = 1.0 if self.mode == "sequential" else 0.0
+                hidden = max(0.0, min(ended, turn.play_end) - started)
+                turn.values["llm_reload_ms"] = reload_ms
+                turn.values["swap_back_ms"] = (ended - started) * 1000
+                turn.values["reload_hidden_ms"] = hidden * 1000
+                turn.values["reload_exposed_ms"] = (ended - started - hidden) * 1000
+                self._phase_peak(turn)
+            else:
+                self._rethink(turn)
+        turn.values["peak_rss_mb"] = turn.peak / MB
+        turn.values["sequential"] = 1.0 if sequential else 0.0
         values = {k: round(v, 1) for k, v in turn.values.items()}
         self.turns.pop(turn_id, None)
         self.finished_turns.append({"turn": float(turn_id), **values})
@@ -349,6 +402,7 @@ class MemoryGovernor:
             "mode": self.mode,
             "budget_mb": round(self.budget / MB, 1) if self.budget is not None else None,
             "baseline_mb": round(self.baseline / MB, 1),
+            "floor_mb": round(self.floor / MB, 1),
             "llm": self.llm_memory.as_dict(),
             "tts": self.tts_memory.as_dict(),
             "peak_rss_mb": round(self.monitor.peak_bytes / MB, 1) if self.monitor is not None else None,
