@@ -72,5 +72,6 @@ def test_killing_the_sound_server_mid_turn_exits_with_one_clear_line(room, tmp_p
     assert rc == 1
     assert len(stderr) == 1, stderr
     assert stderr[0].startswith("error: ") and "disappeared" in stderr[0], stderr
-    assert "you: What is the capital of France?" in [line.strip() for line in lines]
-    assert "capital of France" in (tmp_path / "m.jsonl").read_text()  # the recognised turn is kept
+    said = [line.strip() for line in lines if line.startswith("you:")]
+    assert len(said) == 1 and "capital" in said[0].lower(), lines
+    assert said[0].removeprefix("you: ") in (tmp_path / "m.jsonl").read_text()  # the recognised turn is kept

@@ -8,7 +8,7 @@ from voicepipe.audio.device import MicConfig, MicSource, SpeakerConfig, SpeakerS
 from voicepipe.errors import UserError
 
 
-def test_devices_by_index_exact_and_partial_name(pulse):
+def test_devices_by_index_exact_and_partial_name(room):
     import sounddevice as sd
 
     names = [d["name"] for d in sd.query_devices()]
@@ -20,7 +20,7 @@ def test_devices_by_index_exact_and_partial_name(pulse):
 
 
 @pytest.mark.parametrize("spec", ["no such microphone", 999])
-async def test_unknown_device_is_a_user_error_naming_the_field_and_the_choices(pulse, spec):
+async def test_unknown_device_is_a_user_error_naming_the_field_and_the_choices(room, spec):
     mic = MicSource(MicConfig(device=spec), name="mic")
     with pytest.raises(UserError) as err:
         await mic.setup()
@@ -28,7 +28,7 @@ async def test_unknown_device_is_a_user_error_naming_the_field_and_the_choices(p
     assert message.startswith("mic.device: ") and "'pulse'" in message and "\n" not in message
 
 
-async def test_streams_open_at_the_devices_own_rate(pulse):
+async def test_streams_open_at_the_devices_own_rate(room):
     import sounddevice as sd
 
     own = int(sd.query_devices("pulse")["default_samplerate"])

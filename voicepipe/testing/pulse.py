@@ -96,7 +96,12 @@ class PulseServer:
                 "real-audio tests need PulseAudio; install it with: apt-get install pulseaudio pulseaudio-utils "
                 "libasound2-plugins libportaudio2"
             )
-        Path(self.env["PULSE_RUNTIME_PATH"]).mkdir(parents=True, exist_ok=True)
+        runtime = Path(self.env["PULSE_RUNTIME_PATH"])
+        runtime.mkdir(parents=True, exist_ok=True)
+        # after a kill the old pid file and socket stay behind (and a killed daemon can linger as a zombie that
+        # pulseaudio takes for a running one): this directory is ours alone, so clear them
+        (runtime / "pid").unlink(missing_ok=True)
+        (self.root / "native").unlink(missing_ok=True)
         Path(self.env["PULSE_STATE_PATH"]).mkdir(parents=True, exist_ok=True)
         os.chmod(self.env["XDG_RUNTIME_DIR"], 0o700)
         args = [
