@@ -174,3 +174,18 @@ async def test_interruption_while_speaking_stops_audio_within_50ms(piper_engine)
     after = sum(s for t, _, s in speaker.played if t > speaker.interrupted_at)
     assert before >= 0.1, "the reply should have been playing when the user barged in"
     assert after <= 0.05, f"{after * 1000:.0f} ms of audio played after the interruption"
+
+
+@pytest.mark.parametrize("total", [1, 100, 2_400, 3_839, 3_841, 24_000])
+@pytest.mark.parametrize("text", ["a", "Hi.", "The weather is nice today."])
+def test_block_spans_tile_the_chunk(total: int, text: str) -> None:
+    from voicepipe.tts.stage import _blocks, _char_span
+
+    blocks = _blocks(total, 3_840)  # 160 ms at 24 kHz
+    assert blocks[0][0] == 0 and blocks[-1][1] == total
+    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:], strict=False))
+    assert all(end - start < 1.5 * 3_840 for start, end in blocks)
+    spans = [_char_span(text, start, end, total) for start, end in blocks]
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert all(end >= 1 for _, end in spans), "char_end 0 means 'whole chunk' to the sinks"

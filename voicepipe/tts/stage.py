@@ -238,4 +238,9 @@ def _blocks(total: int, size: int) -> list[tuple[int, int]]:
 def _char_span(text: str, start: int, end: int, total: int) -> tuple[int, int]:
     """The characters of ``text`` that samples ``start:end`` of ``total`` speak, in proportion."""
     n = len(text)
-    return round(n * start / total), (n if end >= total else round(n * end / total))
+
+    # char_end is at least 1: sinks read 0 as "the whole chunk" (a frame that does not know its span)
+    def at(sample: int) -> int:
+        return 0 if sample <= 0 else n if sample >= total else min(n, max(1, round(n * sample / total)))
+
+    return at(start), at(end)
