@@ -33,18 +33,19 @@ def resolve_file(ref: str, *, field: str) -> Path:
     if match is None or ref.startswith((".", "/", "~")):
         raise ModelLoadError(f"{field}: file not found: {local}; give an existing path or owner/repo/file on the hub")
     repo_id, filename = match.groups()
-    return _download(repo_id, filename, field=field)
+    return _download(repo_id, filename, field=field, local=local)
 
 
-def _download(repo_id: str, filename: str, *, field: str) -> Path:
+def _download(repo_id: str, filename: str, *, field: str, local: Path) -> Path:
     from huggingface_hub import hf_hub_download
 
     try:
         return Path(hf_hub_download(repo_id, filename, tqdm_class=_rich_tqdm()))
     except Exception as exc:  # offline, missing repo/file, no space: all mean the same fix for the user
+        reason = str(exc).splitlines()[0] if str(exc) else "no details"
         raise ModelLoadError(
-            f"{field}: could not get {filename!r} from the hub repo {repo_id!r} ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'no details'}); download it and give its local path instead"
+            f"{field}: could not get {filename!r} from the hub repo {repo_id!r} ({type(exc).__name__}: {reason}); "
+            f"no local file {local} either: download it and give its local path"
         ) from exc
 
 

@@ -37,22 +37,30 @@ __all__ = ["TTSConfig", "TTSStage", "KokoroTTS", "PiperTTS", "build_engine"]
 class TTSConfig(StageConfig):
     """Settings of the TTS stage (``engine: kokoro`` or ``piper``)."""
 
-    engine: Literal["kokoro", "piper"] = "kokoro"
-    #: Model file: a local path or ``owner/repo/file`` on the Hugging Face hub (default: the engine's default voice).
-    model: str | None = None
-    #: Kokoro only: voices archive, a local path or ``owner/repo/file`` (default: Kokoro v1.0's voices).
-    voices: str | None = None
-    #: Kokoro: a voice of the archive (default af_heart); Piper: a speaker of a multi-speaker model.
-    voice: str | None = None
-    speed: float = Field(1.0, ge=0.5, le=2.0)
-    #: Language of the text: Kokoro's phonemizer language, and the language numbers are spelled in.
-    language: str = "en-us"
-    #: onnxruntime intra-op threads (1 was fastest here while other stages used the cores).
-    threads: int = Field(1, ge=1, le=64)
-    #: Output rate in Hz (the sink's); default: the voice's own rate (Kokoro 24000, Piper per voice).
-    sample_rate: int | None = Field(None, ge=8000, le=192_000)
-    #: Length of each audio block pushed downstream.
-    block_ms: int = Field(160, ge=20, le=1000)
+    engine: Literal["kokoro", "piper"] = Field("kokoro", description="TTS engine: kokoro or piper.")
+    model: str | None = Field(
+        None,
+        description="Model .onnx: a local path or owner/repo/file on the Hugging Face hub; default: the engine's "
+        "default voice (Piper reads the .onnx.json beside it).",
+    )
+    voices: str | None = Field(
+        None, description="Kokoro only: voices archive, a local path or owner/repo/file; default: Kokoro v1.0's."
+    )
+    voice: str | None = Field(
+        None,
+        description="Kokoro: a voice of the archive (default af_heart); Piper: a speaker of a multi-speaker model.",
+    )
+    speed: float = Field(1.0, ge=0.5, le=2.0, description="Speaking rate (1.0 normal).")
+    language: str = Field(
+        "en-us", description="Language of the text: Kokoro's phonemizer language and the language numbers are read in."
+    )
+    threads: int = Field(
+        1, ge=1, le=64, description="onnxruntime threads (1 was fastest here while other stages used the cores)."
+    )
+    sample_rate: int | None = Field(
+        None, ge=8000, le=192_000, description="Output rate in Hz; default: the voice's own (Kokoro 24000)."
+    )
+    block_ms: int = Field(160, ge=20, le=1000, description="Length of each audio block sent downstream.")
 
     @model_validator(mode="after")
     def _voices_only_for_kokoro(self) -> TTSConfig:
@@ -208,14 +216,14 @@ class KokoroTTS(TTSStage):
     """``TTSStage`` with ``engine: kokoro`` as the default (entry point ``kokoro``)."""
 
     class Config(TTSConfig):
-        engine: Literal["kokoro", "piper"] = "kokoro"
+        engine: Literal["kokoro", "piper"] = Field("kokoro", description="TTS engine: kokoro or piper.")
 
 
 class PiperTTS(TTSStage):
     """``TTSStage`` with ``engine: piper`` as the default (entry point ``piper``)."""
 
     class Config(TTSConfig):
-        engine: Literal["kokoro", "piper"] = "piper"
+        engine: Literal["kokoro", "piper"] = Field("piper", description="TTS engine: kokoro or piper.")
 
 
 def _resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
