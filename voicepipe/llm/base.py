@@ -118,7 +118,8 @@ class ChatSamplingConfig:
 @dataclass
 class GenerationStats:
     """What the last reply cost. ``cached_tokens`` came from the live state or a snapshot, ``prefill_tokens`` were
-    computed; ``ttft_s`` is the time from the call to the first answer text."""
+    computed; ``first_token_s`` is the time from the call to the first sampled token, ``ttft_s`` to the first answer
+    text (later when the reply starts with a think block)."""
 
     prompt_tokens: int = 0
     cached_tokens: int = 0
@@ -128,6 +129,7 @@ class GenerationStats:
     forced_think_close: bool = False
     stop_reason: str = ""
     prefill_s: float = 0.0
+    first_token_s: float | None = None
     ttft_s: float | None = None
     total_s: float = 0.0
     _start: float = field(default_factory=time.perf_counter, repr=False)
@@ -456,7 +458,7 @@ class ChatModel(abc.ABC):
                 self._feed(out[-1:])
             token = self._sample()
             if stats.ttft_s is None:
-                stats.ttft_s = time.perf_counter() - stats._start
+                stats.ttft_s = stats.first_token_s = time.perf_counter() - stats._start
             if token in stop:
                 break
             out.append(token)
@@ -523,6 +525,8 @@ class ChatModel(abc.ABC):
                 pending = []
                 token = self._sample()
                 stats.generated_tokens += 1
+                if stats.first_token_s is None:
+                    stats.first_token_s = time.perf_counter() - stats._start
                 if token in stop:
                     stats.stop_reason = "eos"
                     break
