@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -182,7 +183,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quant", choices=["int4", "none"], default="int4")
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 1024, 4096])
+    parser.add_argument("--lengths", type=int, nargs="*", default=[128, 1024, 4096], help="none: decode only")
     parser.add_argument("--repeats", type=int, default=3, help="timed prefills per length and mode (median kept)")
     parser.add_argument("--baseline-max", type=int, default=1 << 30, help="skip mlx-lm prefill above this length")
     parser.add_argument("--decode-tokens", type=int, default=64)
@@ -194,6 +195,7 @@ def main() -> None:
     dtype = getattr(mx, args.dtype)
 
     results: dict[str, Any] = {
+        "env": {k: v for k, v in os.environ.items() if k.startswith("MLX_")},
         "device": str(mx.default_device()),
         "machine": platform.machine(),
         "mlx": mx.__version__,

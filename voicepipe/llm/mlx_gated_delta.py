@@ -28,14 +28,19 @@ import mlx.nn as nn
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_THRESHOLD",
+    "GPU_CHUNK_SIZE",
     "chunked_gated_delta",
     "chunked_gated_delta_update",
     "compiled_decode_step",
+    "default_chunk_size",
     "disable_chunked_prefill",
     "enable_chunked_prefill",
 ]
 
+# Measured with scripts/bench_mlx_prefill.py (BENCHMARKS.md): on an H200, 128-token chunks halve the sequential
+# chunk steps, which are launch-bound there; on a CPU the extra flops of larger chunks cost more than the steps.
 DEFAULT_CHUNK_SIZE = 64
+GPU_CHUNK_SIZE = 128
 DEFAULT_THRESHOLD = 64
 
 # Threshold of the GatedDeltaNet layer being called right now (None outside a hooked layer). A context variable, not
@@ -45,6 +50,12 @@ _ORIGINAL_UPDATE = "_voicepipe_original_gated_delta_update"
 
 
 _BASE_BLOCK = 8
+
+
+def default_chunk_size() -> int:
+    """Chunk length for the current default device: :data:`GPU_CHUNK_SIZE` on a GPU, else
+    :data:`DEFAULT_CHUNK_SIZE`."""
+    return GPU_CHUNK_SIZE if mx.default_device() == mx.gpu else DEFAULT_CHUNK_SIZE
 
 
 def _diagonal_blocks(matrix: mx.array, size: int) -> mx.array:
@@ -114,7 +125,7 @@ def chunked_gated_delta(
     state: mx.array | None = None,
     mask: mx.array | None = None,
     *,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> tuple[mx.array, mx.array]:
     """Gated delta rule over a whole sequence, chunk by chunk; same result as mlx-lm's ``gated_delta_ops``.
 
@@ -128,12 +139,13 @@ def chunked_gated_delta(
         beta: ``[B, T, Hv]``, the write strength.
         state: ``[B, Hv, Dv, Dk]`` initial state (zeros when None), mlx-lm's layout.
         mask: ``[B, T]`` bool; a False token leaves the state untouched and outputs zeros (as mlx-lm's kernels).
-        chunk_size: tokens per chunk; a power of two.
+        chunk_size: tokens per chunk, a power of two; None: :func:`default_chunk_size`.
 
     Returns:
         ``(y, state)``: y ``[B, T, Hv, Dv]`` in ``q``'s dtype; the final state ``[B, Hv, Dv, Dk]`` in float32
         (or the initial state's dtype), ready for mlx-lm's recurrent decode step.
     """
+    chunk_size = chunk_size or default_chunk_size()
     if chunk_size < 1 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
     batch, length, k_heads, k_dim = k.shape
@@ -212,7 +224,7 @@ def chunked_gated_delta_update(
     use_kernel: bool = True,
     lower_bound: float | None = None,
     allow_neg_eigval: bool = False,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> tuple[mx.array, mx.array]:
     """Drop-in for ``mlx_lm.models.gated_delta.gated_delta_update`` that runs :func:`chunked_gated_delta`.
 
@@ -277,7 +289,7 @@ def _gated_delta_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def enable_chunked_prefill(
-    model: nn.Module, threshold: int = DEFAULT_THRESHOLD, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+    model: nn.Module, threshold: int = DEFAULT_THRESHOLD, *, chunk_size: int | None = None
 ) -> int:
     """Make an mlx-lm Qwen3.5 / Qwen3-Next model run the chunked rule for inputs of ``threshold`` tokens or more.
 
@@ -285,11 +297,12 @@ def enable_chunked_prefill(
     mlx-lm's own ``__call__`` with a context flag set, and the ``gated_delta_update`` name that mlx-lm's model
     module calls is wrapped once so that, with the flag set and at least ``threshold`` tokens, it runs
     :func:`chunked_gated_delta_update`. Other models, and decode steps, keep mlx-lm's path untouched. Calling it
-    again updates the threshold. Returns the number of layers hooked (0: not a gated-delta model).
+    again updates the threshold. ``chunk_size`` None picks :func:`default_chunk_size` at each call. Returns the
+    number of layers hooked (0: not a gated-delta model).
     """
     if threshold < 1:
         raise ValueError(f"threshold must be at least 1 token, got {threshold}")
-    if chunk_size < 1 or chunk_size & (chunk_size - 1):
+    if chunk_size is not None and (chunk_size < 1 or chunk_size & (chunk_size - 1)):
         raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
     layers = _gated_delta_layers(model)
     for layer in layers:
