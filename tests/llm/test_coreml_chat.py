@@ -128,6 +128,13 @@ def test_off_macos_one_clear_error(model_dir):
         Qwen35CoreMLChat(model_dir)
 
 
+def test_options_are_checked(model_dir):
+    with pytest.raises(UserError, match="--quantize none"):
+        Qwen35CoreMLChat.from_pretrained(model_dir, quantization="none", runtime=TorchRuntime, load=False)
+    with pytest.raises(UserError, match="needs model"):
+        Qwen35CoreMLChat.from_pretrained(None, runtime=TorchRuntime)
+
+
 def test_rejects_a_directory_that_is_not_converted(tmp_path):
     with pytest.raises(UserError, match="convert_coreml.py"):
         Qwen35CoreMLChat(tmp_path, runtime=TorchRuntime)

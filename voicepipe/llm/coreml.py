@@ -140,15 +140,31 @@ class Qwen35CoreMLChat(ChatModel):
     @classmethod
     def from_pretrained(
         cls,
-        repo_or_path: str | Path,
+        repo_or_path: str | Path | None = None,
         *,
         compute_units: str = "CPU_AND_NE",
+        quantization: str | None = None,
         load: bool = True,
         max_snapshots: int = 4,
         runtime: Any = None,
     ) -> Qwen35CoreMLChat:
-        """A chat model from a directory made by ``scripts/convert_coreml.py``; ``load=False`` defers loading."""
+        """A chat model from a directory made by ``scripts/convert_coreml.py``; ``load=False`` defers loading.
+
+        ``quantization`` is fixed when converting; if given, it must match the package's (a check, not a choice).
+        """
+        if runtime is None:
+            _require_macos()
+        if repo_or_path is None:
+            raise UserError(
+                "llm backend 'coreml' needs model: the directory made by scripts/convert_coreml.py (there is no default)"
+            )
         model = cls(repo_or_path, compute_units=compute_units, max_snapshots=max_snapshots, runtime=runtime)
+        built = model.manifest.get("quantization")
+        if quantization is not None and quantization != built:
+            raise UserError(
+                f"quantization={quantization!r} but {model.model_dir} was converted with {built!r}: "
+                f"remove the option or convert again with --quantize {quantization}"
+            )
         if load:
             model.load()
         return model
