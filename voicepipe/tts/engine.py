@@ -13,7 +13,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TTSEngine", "SynthesisCancelled", "CancellableSession", "session_options"]
+__all__ = [
+    "TTSEngine",
+    "SynthesisCancelled",
+    "CancellableSession",
+    "session_options",
+    "resident_bytes",
+    "release_memory",
+]
 
 
 class SynthesisCancelled(Exception):
@@ -53,14 +60,45 @@ class TTSEngine(ABC):
 
 
 def session_options(threads: int) -> Any:
-    """onnxruntime options for ``threads`` intra-op threads and no inter-op pool (the graphs are sequential)."""
+    """onnxruntime options for ``threads`` intra-op threads and no inter-op pool (the graphs are sequential).
+
+    The CPU memory arena is off: with it, Kokoro kept 314 MB resident after a sentence instead of 158 MB (the arena
+    keeps its high-water mark), and synthesis was no slower without it.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.enable_cpu_mem_arena = False
     return opts
+
+
+def resident_bytes() -> int:
+    """This process's resident set size."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def release_memory() -> None:
+    """After an unload: collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise).
+
+    Measured with Kokoro and the onnxruntime arena on: 127 MB still resident after ``unload`` without this, 22 MB
+    with it (with the arena off most of it is unmapped anyway).
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return
+    libc = ctypes.CDLL(libc_name)
+    if hasattr(libc, "malloc_trim"):  # glibc only
+        libc.malloc_trim(0)
 
 
 class CancellableSession:

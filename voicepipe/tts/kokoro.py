@@ -14,7 +14,14 @@ import numpy as np
 
 from voicepipe._optional import require
 from voicepipe.errors import ModelLoadError
-from voicepipe.tts.engine import CancellableSession, SynthesisCancelled, TTSEngine, session_options
+from voicepipe.tts.engine import (
+    CancellableSession,
+    SynthesisCancelled,
+    TTSEngine,
+    release_memory,
+    resident_bytes,
+    session_options,
+)
 
 __all__ = ["KokoroEngine", "DEFAULT_MODEL", "DEFAULT_VOICES", "DEFAULT_VOICE"]
 
@@ -51,6 +58,7 @@ class KokoroEngine(TTSEngine):
         self._kokoro = None
         self._session: CancellableSession | None = None
         self._style: np.ndarray | None = None
+        self._loaded_bytes = 0
 
     def load(self) -> None:
         if self._kokoro is not None:
@@ -62,6 +70,7 @@ class KokoroEngine(TTSEngine):
         for path, what in ((self.model_path, "model"), (self.voices_path, "voices")):
             if not path.is_file():
                 raise ModelLoadError(f"Kokoro {what} file not found: {path}; check the tts '{what}' setting")
+        before = resident_bytes()
         try:
             session = ort.InferenceSession(
                 str(self.model_path), sess_options=session_options(self.threads), providers=["CPUExecutionProvider"]
@@ -89,9 +98,12 @@ class KokoroEngine(TTSEngine):
         self._style = np.asarray(kokoro.get_voice_style(voice), dtype=np.float32)
         self.voice = voice
         self._kokoro, self._session = kokoro, wrapped
+        self._loaded_bytes = resident_bytes() - before
 
     def unload(self) -> None:
-        self._kokoro = self._session = self._style = None
+        if self._kokoro is not None:
+            self._kokoro = self._session = self._style = None
+            release_memory()
 
     @property
     def is_loaded(self) -> bool:
@@ -101,7 +113,8 @@ class KokoroEngine(TTSEngine):
     def memory_footprint(self) -> int:
         if self._kokoro is None:
             return 0
-        return self.model_path.stat().st_size + (self._style.nbytes if self._style is not None else 0)
+        # what loading added to the resident set (weights unpacked by onnxruntime), at least the file's size
+        return max(self._loaded_bytes, self.model_path.stat().st_size)
 
     @property
     def voices(self) -> list[str]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from voicepipe._optional import require
 from voicepipe.errors import ModelLoadError
-from voicepipe.tts.engine import CancellableSession, TTSEngine, session_options
+from voicepipe.tts.engine import CancellableSession, TTSEngine, release_memory, resident_bytes, session_options
 
 __all__ = ["PiperEngine", "DEFAULT_MODEL"]
 
@@ -43,6 +43,7 @@ class PiperEngine(TTSEngine):
         self._voice = None
         self._session: CancellableSession | None = None
         self._syn_config = None
+        self._loaded_bytes = 0
 
     def load(self) -> None:
         if self._voice is not None:
@@ -62,6 +63,7 @@ class PiperEngine(TTSEngine):
                 f"Piper voice config {self.config_path} is unreadable ({type(exc).__name__}: {exc}); "
                 "download the .onnx.json that belongs to the voice again"
             ) from exc
+        before = resident_bytes()
         try:
             session = ort.InferenceSession(
                 str(self.model_path), sess_options=session_options(self.threads), providers=["CPUExecutionProvider"]
@@ -82,9 +84,12 @@ class PiperEngine(TTSEngine):
         self._voice = PiperVoice(session=self._session, config=config)
         self._syn_config = SynthesisConfig(speaker_id=speaker_id, length_scale=config.length_scale / self.speed)
         self.sample_rate = config.sample_rate
+        self._loaded_bytes = resident_bytes() - before
 
     def unload(self) -> None:
-        self._voice = self._session = None
+        if self._voice is not None:
+            self._voice = self._session = None
+            release_memory()
 
     @property
     def is_loaded(self) -> bool:
@@ -92,7 +97,10 @@ class PiperEngine(TTSEngine):
 
     @property
     def memory_footprint(self) -> int:
-        return self.model_path.stat().st_size if self._voice is not None else 0
+        if self._voice is None:
+            return 0
+        # what loading added to the resident set, at least the file's size (onnxruntime may map it lazily)
+        return max(self._loaded_bytes, self.model_path.stat().st_size)
 
     def synthesize(self, text: str) -> np.ndarray:
         if self._voice is None or self._session is None:
