@@ -1,0 +1,100 @@
+"""llama.cpp specifics: GGUF conversion with the runtime's own converter, quantization, from_pretrained, load_chat."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from voicepipe.errors import ModelLoadError, UserError
+from voicepipe.llm import ChatMessage, ChatSamplingConfig, auto_backend, load_chat
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+from voicepipe.llm.gguf_convert import converter_dir, gguf_for_checkpoint  # noqa: E402
+from voicepipe.llm.llamacpp import Qwen35LlamaCppChat  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+GREEDY = ChatSamplingConfig(temperature=0.0, repetition_penalty=1.0, disable_thinking=True, max_tokens=16)
+MESSAGES = [ChatMessage("system", "Answer briefly."), ChatMessage("user", "What is Swift?")]
+
+
+def test_converter_comes_from_the_installed_runtime() -> None:
+    import importlib.metadata
+
+    version = importlib.metadata.version("llama-cpp-python")
+    path = converter_dir()
+    assert path.name == version
+    assert (path / "convert_hf_to_gguf.py").exists() and (path / "conversion" / "qwen.py").exists()
+    assert (path / "gguf-py" / "gguf" / "constants.py").exists()
+    assert not list(ROOT.glob("**/convert_hf_to_gguf.py")), "the converter must never be copied into the repository"
+
+
+def test_from_pretrained_checkpoint_dir_converts_and_quantizes_once(
+    tiny_real_checkpoint: Path, tiny_gguf: Path
+) -> None:
+    model = Qwen35LlamaCppChat.from_pretrained(tiny_real_checkpoint, quantization="q8_0", n_ctx=1024, progress=False)
+    try:
+        assert model.model_path.name == "model-q8_0.gguf"
+        assert model.model_path.stat().st_size < tiny_gguf.stat().st_size / 2.5
+        f32 = Qwen35LlamaCppChat(tiny_gguf, n_ctx=1024)
+        prompt = model.encode_chat(MESSAGES, disable_thinking=True)
+        q8_tokens = model.generate_tokens(prompt, GREEDY)
+        f32_tokens = f32.generate_tokens(prompt, GREEDY)
+        f32.close()
+        assert q8_tokens[:2] == f32_tokens[:2]  # 8-bit weights keep the clear top choices of the first steps
+        assert len(q8_tokens) == 16
+    finally:
+        model.close()
+    # cached: the second call converts nothing
+    again = gguf_for_checkpoint(tiny_real_checkpoint, "q8_0", progress=False)
+    assert again == model.model_path
+
+
+def test_none_keeps_the_checkpoint_precision(tiny_real_checkpoint: Path) -> None:
+    path = gguf_for_checkpoint(tiny_real_checkpoint, None, progress=False)
+    assert path.name == "model-f32.gguf"
+
+
+def test_convert_script_requantizes_a_gguf(tiny_gguf: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tiny-q4_0.gguf"
+    cmd = [sys.executable, str(ROOT / "scripts" / "convert_gguf.py"), str(tiny_gguf), "-q", "q4_0", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert out.exists() and out.stat().st_size < tiny_gguf.stat().st_size / 2.5  # embeddings stay 6-bit
+    model = Qwen35LlamaCppChat(out, n_ctx=512)
+    try:
+        assert model.generate(MESSAGES, GREEDY) is not None and model.last_stats.generated_tokens > 0
+    finally:
+        model.close()
+    bad = subprocess.run(cmd[:3] + ["-q", "q4_0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "needs --out" in bad.stderr
+
+
+def test_clear_errors_for_bad_sources(tmp_path: Path, tiny_gguf: Path) -> None:
+    with pytest.raises(ModelLoadError, match="no such file"):
+        Qwen35LlamaCppChat.from_pretrained(tmp_path / "missing.gguf")
+    with pytest.raises(UserError, match="quantization 'q3' is unknown"):
+        Qwen35LlamaCppChat.from_pretrained(tiny_gguf, quantization="q3")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        Qwen35LlamaCppChat.from_pretrained(tmp_path / "empty")
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf at all")
+    with pytest.raises(ModelLoadError, match="cannot load it"):
+        Qwen35LlamaCppChat.from_pretrained(junk)
+
+
+def test_load_chat_auto_picks_llamacpp_off_apple_silicon(tiny_gguf: Path, caplog: pytest.LogCaptureFixture) -> None:
+    if sys.platform == "darwin":
+        pytest.skip("auto picks MLX on Apple Silicon")
+    assert auto_backend() == "llamacpp"
+    with caplog.at_level(logging.INFO, logger="voicepipe.llm"):
+        model = load_chat("auto", str(tiny_gguf), load=False, n_ctx=512)
+    assert isinstance(model, Qwen35LlamaCppChat) and not model.is_loaded
+    assert "auto -> llamacpp" in caplog.text
+    with pytest.raises(UserError, match="backend 'gpu' is unknown"):
+        load_chat("gpu")
