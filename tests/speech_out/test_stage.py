@@ -189,3 +189,15 @@ def test_block_spans_tile_the_chunk(total: int, text: str) -> None:
     assert spans[0][0] == 0 and spans[-1][1] == len(text)
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
     assert all(end >= 1 for _, end in spans), "char_end 0 means 'whole chunk' to the sinks"
+
+
+@pytest.mark.parametrize("engine_name", ["kokoro", "piper"])
+async def test_speed_setting_changes_the_pace(engine_name: str, kokoro_files, piper_model) -> None:
+    model, voices = kokoro_files
+    files = {"model": piper_model} if engine_name == "piper" else {"model": model, "voices": voices, "voice": "jm_kumo"}
+    lengths = {}
+    for speed in (1.0, 1.5):
+        stage = TTSStage(TTSStage.Config(engine=engine_name, speed=speed, **files))
+        out = await run_stage(stage, [TextChunkFrame(text="One, two, three, four, five.", turn_id=1)])
+        lengths[speed] = sum(f.duration for f in audio_frames(out))
+    assert 0.5 < lengths[1.5] / lengths[1.0] < 0.85, lengths
