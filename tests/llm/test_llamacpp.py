@@ -98,3 +98,12 @@ def test_load_chat_auto_picks_llamacpp_off_apple_silicon(tiny_gguf: Path, caplog
     assert "auto -> llamacpp" in caplog.text
     with pytest.raises(UserError, match="backend 'gpu' is unknown"):
         load_chat("gpu")
+
+
+def test_hub_sources_fail_clearly_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty hub cache
+    with pytest.raises(ModelLoadError, match="Qwen/Qwen3.5-0.8B: cannot get it from the Hugging Face hub"):
+        Qwen35LlamaCppChat.from_pretrained()  # the default: the official checkpoint, converted on first use
+    with pytest.raises(ModelLoadError, match="model-q4.gguf: cannot get it"):
+        Qwen35LlamaCppChat.from_pretrained("someone/qwen-gguf", filename="model-q4.gguf")
