@@ -130,7 +130,7 @@ def test_converted_model_loads_in_float32_with_alignment_heads(tiny_dir: str, tm
 
 @pytest.mark.slow
 def test_mlx_whisper_matches_faster_whisper_on_the_clean_set(tiny_dir: str, clean_stream: np.ndarray, tmp_path) -> None:
-    """Same weights (tiny.en, converted from CT2), both greedy in float32: the same words for every turn.
+    """Same weights (tiny.en, converted from CT2), both greedy in float32: the same words.
 
     Runs the ``transcribe`` command in a subprocess so that OpenBLAS can be preloaded for MLX (it speeds MLX's CPU
     matmuls ~6x on Linux; LD_PRELOAD only works at process start).
@@ -159,11 +159,12 @@ def test_mlx_whisper_matches_faster_whisper_on_the_clean_set(tiny_dir: str, clea
         assert done.returncode == 0, done.stderr
         return [json.loads(line)["text"] for line in done.stdout.splitlines()]
 
-    ours = transcribe("--engine", "mlx-whisper")
-    theirs = transcribe("--engine", "faster-whisper", "--compute-type", "float32")
-    assert len(ours) == len(theirs) == len(CLEAN_SET)
-    assert [normalize(t) for t in ours] == [normalize(t) for t in theirs]
-    assert wer(" ".join(CLEAN_SET), " ".join(ours)) <= 0.1
+    # the whole clean set (19 s) as one Whisper window: one decode per engine keeps this test affordable
+    ours = transcribe("--engine", "mlx-whisper", "--vad", "none")
+    theirs = transcribe("--engine", "faster-whisper", "--compute-type", "float32", "--vad", "none")
+    assert len(ours) == len(theirs) == 1
+    assert normalize(ours[0]) == normalize(theirs[0])
+    assert wer(" ".join(CLEAN_SET), ours[0]) <= 0.1
 
 
 @pytest.mark.slow

@@ -35,6 +35,9 @@ class VADConfig(StageConfig):
     engine: Literal["webrtc", "silero"] = "webrtc"
     aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode; 0-1 never end a turn in noise")
     frame_ms: Literal[10, 20, 30] = Field(30, description="webrtcvad frame length")
+    noise_gate_db: float | None = Field(
+        6.0, ge=0.0, description="webrtc: a voiced frame must be this far above the noise floor (None: off)"
+    )
     threshold: float = Field(0.5, gt=0.0, le=1.0, description="speech probability that counts as voiced")
     start_ms: int = Field(90, ge=0, description="voiced audio needed before speech counts as started")
     hangover_ms: int = Field(500, gt=0, description="silence that ends a turn")
@@ -70,7 +73,7 @@ def make_vad_model(config: VADConfig) -> VADModel:
         return SileroVAD()
     from voicepipe.vad.webrtc import WebRTCVAD
 
-    return WebRTCVAD(config.aggressiveness, config.frame_ms)
+    return WebRTCVAD(config.aggressiveness, config.frame_ms, noise_gate_db=config.noise_gate_db)
 
 
 def to_mono_16k(pcm: np.ndarray) -> np.ndarray:
