@@ -444,7 +444,8 @@ class ChatModel(abc.ABC):
     def generate_tokens(self, prompt: Sequence[int], sampling: ChatSamplingConfig | None = None) -> list[int]:
         """Raw continuation of ``prompt`` token ids (no template, no thinking logic), stopping at a stop token.
 
-        Uses the prompt cache like a chat turn (the whole prompt counts as history). For parity tests and benchmarks.
+        Reuses the live state or a snapshot when one is a prefix of ``prompt``, prefills the rest in one call and
+        takes no snapshot. For parity tests and benchmarks.
         """
         return self._call(self._do_generate_tokens, list(prompt), sampling or ChatSamplingConfig())
 
@@ -453,7 +454,7 @@ class ChatModel(abc.ABC):
         self._ensure_loaded()
         stats = GenerationStats()
         self.last_stats = stats
-        self._prepare(prompt[:-1], prompt, stats)
+        self._prepare([], prompt, stats)
         stats.prefill_s = time.perf_counter() - stats._start
         self._start_sampling(sampling, list(self._state_tokens or []))
         out: list[int] = []
