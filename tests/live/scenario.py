@@ -36,10 +36,12 @@ class Timeline:
         return None
 
 
-def live_pipeline(middle: list[Stage], *, mode: str = "echo-guard", barge_in_ms: int = 500) -> VoicePipeline:
+def live_pipeline(middle: list[Stage], *, mode: str | None = "echo-guard", barge_in_ms: int = 500) -> VoicePipeline:
+    """mic -> turn-taking (left out when ``mode`` is None) -> ``middle`` -> speaker, on the "pulse" device."""
+    turn_taking = [TurnTaking(TurnTakingConfig(mode=mode, barge_in_ms=barge_in_ms), name="turn-taking")] if mode else []
     stages = [
         MicSource(MicConfig(device="pulse"), name="mic"),
-        TurnTaking(TurnTakingConfig(mode=mode, barge_in_ms=barge_in_ms), name="turn-taking"),
+        *turn_taking,
         *middle,
         SpeakerSink(SpeakerConfig(device="pulse"), name="speaker"),
     ]
@@ -89,3 +91,13 @@ def bot_started(timeline: Timeline) -> bool:
 
 
 __all__ = ["SAMPLE_RATE", "Timeline", "live_pipeline", "question", "wait_for", "converse", "ended_turns"]
+
+
+def real_llm(gguf: str, *, max_tokens: int = 40, seed: int = 0) -> Stage:
+    """The LLM stage on llama.cpp with the tiny random Qwen3.5: real engine, real tokenizer, gibberish words."""
+    from voicepipe.llm.stage import LLMConfig, LLMStage
+
+    config = LLMConfig(
+        backend="llamacpp", model=gguf, max_tokens=max_tokens, seed=seed, options={"n_ctx": 2048, "progress": False}
+    )
+    return LLMStage(config, name="llm")

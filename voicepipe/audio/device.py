@@ -8,8 +8,8 @@ and hand them to the event loop with ``loop.call_soon_threadsafe``. Streams are 
 A device that disappears (unplugged, sound server gone) ends its stream: the stage then sends a fatal ``ErrorFrame``
 with one line saying which device and what to do, and the pipeline stops cleanly.
 
-The speaker counts what the device actually played (from PortAudio's DAC times), so the ``PlaybackFrame`` it sends
-upstream holds only the text the user heard, also after a barge-in; it sends ``BotSpeakingFrame`` upstream when a
+The speaker counts what the device actually played (from PortAudio's DAC times), so the ``PlaybackFrame``s it sends
+upstream (progress while a reply plays, and a final one) hold only the text the user heard, also after a barge-in; it sends ``BotSpeakingFrame`` upstream when a
 reply starts and stops playing (the turn-taking stage gates the mic on it) and ``EndOfTurnFrame`` downstream once a
 turn's audio is out.
 """
@@ -370,6 +370,8 @@ class SpeakerSink(Sink):
         self._lost: asyncio.Event | None = None  # created in setup, on the running loop
         self._lost_reported = False
         self._closing = False
+        self._reported = ""  # heard text last reported upstream for the current turn
+        self._ticker: asyncio.Task[None] | None = None
         self.device_name = ""
         self.device_rate = 0
         self.samples_played = 0
@@ -415,13 +417,36 @@ class SpeakerSink(Sink):
             self._stream.start()
         except Exception as exc:
             raise UserError(f"{self.name}.device: cannot open output device {self.device_name!r}: {exc}") from exc
+        self._ticker = loop.create_task(self._report_progress(), name=f"{self.name}:progress")
         log.info("%s: %s at %d Hz", self.name, self.device_name, rate)
 
     async def cleanup(self) -> None:
         self._closing = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+            self._ticker = None
         if self._stream is not None:
             stream, self._stream = self._stream, None
             await asyncio.to_thread(_close_stream, stream)
+
+    async def _report_progress(self, every: float = 0.04) -> None:
+        """While a reply plays, tell upstream what has been heard so far (``PlaybackFrame(finished=False)``).
+
+        The LLM stage applies the latest report when an interruption reaches it, which happens before the
+        interruption reaches this sink, so the report must already be there.
+        """
+        while True:
+            await asyncio.sleep(every)
+            if self._pending:
+                self._update_heard()
+            turn = self._turn
+            if not turn or turn in self._ended_turns or self._heard.turn_id != turn:
+                continue
+            text = self._heard.text
+            if text != self._reported:
+                self._reported = text
+                await self.push(PlaybackFrame(text=text, finished=False, turn_id=turn), Direction.UPSTREAM)
 
     def _device_lost(self) -> None:
         if self._lost is not None:
@@ -499,6 +524,7 @@ class SpeakerSink(Sink):
 
     def _start_turn(self, turn_id: int) -> None:
         self._turn = turn_id
+        self._reported = ""
         self._heard.reset(turn_id)
         self._pending.clear()
         self._resampler = None
