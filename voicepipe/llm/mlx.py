@@ -162,6 +162,9 @@ class Qwen35MLXChat(ChatModel):
         if self._tokenizer is None:
             self._tokenizer = _Tokenizer(self.model_dir)
         self._model, self.config = load_mlx_model(self.model_dir, quantization=self.quantization)
+        if not require("mlx.core", extra="mlx").metal.is_available():
+            # Off Metal, mlx-lm runs the gated delta rule token by token; prefill it in chunks instead.
+            require("voicepipe.llm.mlx_gated_delta", extra="mlx").enable_chunked_prefill(self._model)
         self._nbytes = weights_nbytes(self._model)
         self._reset_engine()
 
