@@ -1,0 +1,77 @@
+"""Convert a full-size (0.8B-shaped) random Qwen3.5 checkpoint to CoreML and report time, peak memory and sizes.
+
+Usage: python scripts/bench_coreml.py OUT_DIR [--max-context 2048] [--seq-len 64] [--quantize int8]
+
+Builds (or reuses) the cached random checkpoint of the real shape (``voicepipe.testing.checkpoints``), converts it
+with ``voicepipe.llm.coreml_convert.convert``, and prints one Markdown table row: wall time, peak RSS of this process,
+the package's weight file and total size, ops per function and how many weights are INT8. Prediction speed needs a Mac.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+from pathlib import Path
+
+
+def _ops(package: Path) -> dict[str, dict[str, int]]:
+    import coremltools as ct
+
+    spec = ct.models.utils.load_spec(str(package))
+    out: dict[str, dict[str, int]] = {}
+    for name, fn in spec.mlProgram.functions.items():
+        ops = fn.block_specializations[fn.opset].operations
+        int8 = 0
+        for op in ops:
+            if op.type == "constexpr_blockwise_shift_scale":
+                data = op.inputs["data"].arguments[0].value.type.tensorType
+                int8 += ct.proto.MIL_pb2.DataType.Name(data.dataType) == "INT8"
+        out[name] = {"ops": len(ops), "int8_weights": int8}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output")
+    parser.add_argument("--max-context", type=int, default=2048)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--quantize", default="int8", choices=("int8", "none"))
+    args = parser.parse_args()
+
+    from voicepipe.llm.coreml_convert import PACKAGE, convert
+    from voicepipe.llm.coreml_model import read_shape
+    from voicepipe.testing.checkpoints import full_size_checkpoint
+
+    checkpoint = full_size_checkpoint()
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    convert(
+        checkpoint,
+        args.output,
+        max_context=args.max_context,
+        seq_len=args.seq_len,
+        quantize=args.quantize,
+        overwrite=True,
+    )
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    package = Path(args.output) / PACKAGE
+    weights = sum(f.stat().st_size for f in package.rglob("weight.bin"))
+    total = sum(f.stat().st_size for f in package.rglob("*") if f.is_file())
+    shape = read_shape(checkpoint)
+    ops = _ops(package)
+    print(f"checkpoint: {checkpoint} (vocab {shape.vocab_size}, {len(shape.layer_types)} layers)")
+    print(f"load average: {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
+    print("| quantize | max context | seq_len | convert wall | peak RSS | weight.bin | package | ops prefill/decode |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(
+        f"| {args.quantize} | {args.max_context} | {args.seq_len} | {seconds:.0f} s | {peak_mb / 1024:.1f} GiB "
+        f"| {weights / 1e6:.0f} MB | {total / 1e6:.0f} MB | {ops['prefill']['ops']}/{ops['decode']['ops']} |"
+    )
+    print(f"INT8 weight tensors per function: {ops['prefill']['int8_weights']}/{ops['decode']['int8_weights']}")
+
+
+if __name__ == "__main__":
+    main()
