@@ -141,7 +141,7 @@ class _RealTimeSpeaker(Sink):
     async def process(self, frame: Frame) -> None:
         loop = asyncio.get_running_loop()
         if isinstance(frame, InterruptionFrame):
-            self.interrupted_at = loop.time()
+            self.interrupted_at = frame.timestamp  # when the barge-in was detected (loop.time() is monotonic too)
         elif isinstance(frame, TTSAudioFrame):
             self.first_audio.set()
             remaining = frame.duration
