@@ -15,7 +15,11 @@ Using an unloaded model reloads it transparently (the base class's policy); the 
 
 from __future__ import annotations
 
+import atexit
 import gc
+import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,32 @@ __all__ = ["Qwen35MLXChat", "OPENBLAS"]
 OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
 #: Prompt tokens per forward pass during prefill (bounds the activation memory of long prompts).
 PREFILL_STEP = 512
+
+
+_model_threads: set[int] = set()  # native ids of threads that ran MLX for a chat model
+_WAIT_AT_EXIT_S = 2.0
+
+
+def _note_model_thread() -> None:
+    """Remember the calling (model) thread so that interpreter exit waits for it to be gone (``_await_model_threads``)."""
+    if not _model_threads:
+        atexit.register(_await_model_threads)
+    _model_threads.add(threading.get_native_id())
+
+
+def _await_model_threads() -> None:
+    """At exit, wait until the model threads have fully terminated before the interpreter finalizes.
+
+    MLX's Python bindings keep thread-local objects whose destructors take the GIL when a thread ends. Python joins the
+    model thread before atexit, but the join returns before those destructors run; if the interpreter is finalizing by
+    then, taking the GIL ends the thread from inside a destructor and the process aborts ("terminate called without
+    an active exception"). Polling /proc (Linux) until the thread is gone closes that window. Bounded, so a thread that
+    never ends cannot hang the exit.
+    """
+    deadline = time.monotonic() + _WAIT_AT_EXIT_S
+    for tid in _model_threads:
+        while os.path.exists(f"/proc/self/task/{tid}") and time.monotonic() < deadline:
+            time.sleep(0.005)
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -159,6 +189,7 @@ class Qwen35MLXChat(ChatModel):
     # -- weights -----------------------------------------------------------------------------------------------------
 
     def _load_weights(self) -> None:
+        _note_model_thread()
         if self._tokenizer is None:
             self._tokenizer = _Tokenizer(self.model_dir)
         self._model, self.config = load_mlx_model(self.model_dir, quantization=self.quantization)

@@ -398,6 +398,7 @@ def convert_checkpoint(
                 bar.advance(task)
             if dst.exists():
                 shutil.rmtree(dst)
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any model directory
             tmp.rename(dst)
         finally:
             if tmp.exists():
