@@ -201,3 +201,19 @@ async def test_speed_setting_changes_the_pace(engine_name: str, kokoro_files, pi
         out = await run_stage(stage, [TextChunkFrame(text="One, two, three, four, five.", turn_id=1)])
         lengths[speed] = sum(f.duration for f in audio_frames(out))
     assert 0.5 < lengths[1.5] / lengths[1.0] < 0.85, lengths
+
+
+async def test_heard_text_reported_by_the_sink_is_the_reply(piper_engine, tmp_path) -> None:
+    """chunker -> TTS -> WAV sink: the chunk/char positions let the sink report the spoken reply as heard."""
+    from voicepipe.audio.wav import WavSink
+    from voicepipe.frames import PlaybackFrame
+    from voicepipe.testing.harness import run_pipeline_collect
+    from voicepipe.text.stage import SentenceChunkerStage
+
+    sink = WavSink(WavSink.Config(path=str(tmp_path / "reply.wav")))
+    collector, _ = await run_pipeline_collect(
+        [SentenceChunkerStage(), TTSStage(engine=piper_engine), sink],
+        [LLMTokenFrame(text=REPLY, turn_id=1), LLMResponseEndFrame(text=REPLY, turn_id=1)],
+    )
+    reports = [f for _, f in collector.upstream if isinstance(f, PlaybackFrame) and f.finished]
+    assert reports and reports[-1].text == REPLY
