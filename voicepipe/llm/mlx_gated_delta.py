@@ -5,8 +5,8 @@ Apple's Metal kernels, so on Linux CPU and CUDA a 1024-token prompt costs 1024 s
 This module computes the same recurrence in chunks, the WY / UT-transform formulation of flash-linear-attention
 (Yang et al., "Gated Delta Networks", 2024): inside a chunk of ``C`` tokens every delta-rule update is folded into
 one lower-triangular system solved with matrix products, and only the chunk boundaries run in sequence, as matrix
-products against the state. MLX ships no such routine (``mx.fast.gated_delta_update`` is the same token loop),
-hence this file.
+products against the state. Neither mlx-lm nor MLX has this off Metal (``mx.fast.gated_delta_update`` measured no
+faster than mlx-lm's loop on CUDA and CPU: BENCHMARKS.md), hence this file.
 
 mlx-lm stays the model code: :func:`enable_chunked_prefill` swaps only the recurrence its ``GatedDeltaNet`` layers
 call, for inputs of at least ``threshold`` tokens; decode (one token) keeps mlx-lm's recurrent step, and the state
@@ -43,9 +43,9 @@ DEFAULT_CHUNK_SIZE = 64
 GPU_CHUNK_SIZE = 128
 DEFAULT_THRESHOLD = 64
 
-# Threshold of the GatedDeltaNet layer being called right now (None outside a hooked layer). A context variable, not
+# (threshold, chunk size) of the GatedDeltaNet layer being called right now (None outside a hooked layer). A context variable, not
 # a global, so models with and without the hook can run side by side, also from different threads.
-_ACTIVE_THRESHOLD: ContextVar[tuple[int, int] | None] = ContextVar("voicepipe_chunked_gdn", default=None)
+_ACTIVE_THRESHOLD: ContextVar[tuple[int, int | None] | None] = ContextVar("voicepipe_chunked_gdn", default=None)
 _ORIGINAL_UPDATE = "_voicepipe_original_gated_delta_update"
 
 
