@@ -1,0 +1,129 @@
+"""Run a pipeline for a few typed turns in this process and record what happened (run as a subprocess by the tests
+and by scripts/bench_memory.py, since the jetsam simulator may kill it).
+
+    python tests/memory/drive.py SPEC.json
+
+SPEC: ``{"pipeline": YAML text of the stages after the source (and its memory: section), "prompts": [...],
+"jetsam_mb": N or null, "out": path}``. Each prompt is sent as a final ``TranscriptFrame`` once the previous turn's
+``EndOfTurnFrame`` has left the sink, exactly as ``voicepipe run`` would wire the stages (``apply_memory``). One JSON
+line per finished turn is appended to ``out`` at once (a killed run leaves the turns it finished), then a summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from voicepipe.config import build_stages, parse_pipeline
+from voicepipe.frames import (
+    EndOfTurnFrame,
+    Frame,
+    LLMResponseEndFrame,
+    MetricsFrame,
+    TextChunkFrame,
+    TranscriptFrame,
+    TTSAudioFrame,
+)
+from voicepipe.memory import apply_memory
+from voicepipe.memory.rss import MB
+from voicepipe.pipeline import VoicePipeline
+from voicepipe.stage import Direction, Source, Stage
+
+
+class TurnSource(Source):
+    """Sends each prompt as a final transcript, waiting for the previous turn to end."""
+
+    def __init__(self, prompts: list[str]) -> None:
+        super().__init__(name="turns")
+        self.prompts = prompts
+        self.turn_over = asyncio.Event()
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        for prompt in self.prompts:
+            self.turn_over.clear()
+            yield TranscriptFrame(text=prompt, final=True, turn_id=self.turns.next())
+            await self.turn_over.wait()
+
+
+class Recorder:
+    """Observer: the chunks the chunker sent, the audio that reached the sink, metrics, replies, per turn."""
+
+    def __init__(self, out: Path, source: TurnSource, before_sink: Stage) -> None:
+        self.out = out
+        self.source = source
+        self.before_sink = before_sink
+        self.turns: dict[int, dict[str, Any]] = defaultdict(
+            lambda: {"chunks": {}, "spoken": {}, "audio_s": 0.0, "metrics": {}, "reply": None}
+        )
+        self.started: dict[int, float] = {}
+
+    def on_frame(self, frame: Frame, source: Stage | None, direction: Direction) -> None:
+        if direction is not Direction.DOWNSTREAM or frame.turn_id <= 0:
+            return
+        turn = self.turns[frame.turn_id]
+        if isinstance(frame, TranscriptFrame) and isinstance(source, TurnSource):
+            self.started[frame.turn_id] = time.monotonic()
+        elif isinstance(frame, TextChunkFrame) and source is not None and source.name == "chunker":
+            turn["chunks"][frame.index] = frame.text
+        elif isinstance(frame, LLMResponseEndFrame) and turn["reply"] is None:
+            turn["reply"] = frame.text
+        elif isinstance(frame, MetricsFrame):
+            turn["metrics"].update(frame.values)
+        elif isinstance(frame, TTSAudioFrame) and source is self.before_sink:  # audio handed to the sink to play
+            if "first_audio_s" not in turn:
+                turn["first_audio_s"] = time.monotonic() - self.started.get(frame.turn_id, time.monotonic())
+            turn["audio_s"] += frame.duration
+            spoken = turn["spoken"]
+            spoken[frame.chunk_index] = max(spoken.get(frame.chunk_index, 0), frame.char_end)
+
+    def on_output(self, frame: Frame) -> None:
+        if isinstance(frame, EndOfTurnFrame) and frame.turn_id > 0:
+            turn = self.turns[frame.turn_id]
+            turn["turn"] = frame.turn_id
+            turn["wall_s"] = time.monotonic() - self.started.get(frame.turn_id, time.monotonic())
+            turn["chunks"] = {str(k): v for k, v in turn["chunks"].items()}
+            turn["spoken"] = {str(k): v for k, v in turn["spoken"].items()}
+            with self.out.open("a") as handle:
+                handle.write(json.dumps(turn) + "\n")
+            self.source.turn_over.set()
+
+
+async def main(spec: dict[str, Any]) -> None:
+    out = Path(spec["out"])
+    out.write_text("")
+    loaded = parse_pipeline(spec["pipeline"], "drive.yaml")
+    source = TurnSource(spec["prompts"])
+    stages, governor, watchdog = apply_memory(
+        [source, *build_stages(loaded)], loaded.settings.memory, spec.get("jetsam_mb")
+    )
+    recorder = Recorder(out, source, stages[-2])
+    pipeline = VoicePipeline(stages, observers=[recorder])
+    pipeline.on_output(recorder.on_output)
+    if watchdog is not None:
+        watchdog.start()
+    started = time.monotonic()
+    try:
+        await pipeline.run()
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
+    summary: dict[str, Any] = {"summary": True, "wall_s": time.monotonic() - started}
+    if governor is not None:
+        summary.update(governor=governor.summary(), decisions=governor.decisions)
+    if watchdog is not None:
+        summary.update(peak_rss_mb=watchdog.peak_bytes / MB, sample_rate_hz=watchdog.sample_rate_hz)
+    with out.open("a") as handle:
+        handle.write(json.dumps(summary) + "\n")
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    asyncio.run(main(json.loads(Path(sys.argv[1]).read_text())))
