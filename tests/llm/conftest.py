@@ -36,8 +36,16 @@ def _llamacpp(checkpoint: Path) -> ChatModel:
     return Qwen35LlamaCppChat.from_pretrained(_gguf_f32(checkpoint), n_ctx=4096, progress=False)
 
 
+def _mlx(checkpoint: Path) -> ChatModel:
+    pytest.importorskip("mlx.core")
+    pytest.importorskip("mlx_lm")
+    from voicepipe.llm.mlx import Qwen35MLXChat
+
+    return Qwen35MLXChat.from_pretrained(checkpoint, progress=False)  # converted to fp32 MLX weights on first use
+
+
 #: engine name -> builder(tiny real-vocab checkpoint dir) -> loaded fp32 ChatModel
-ENGINES: dict[str, Callable[[Path], ChatModel]] = {"llamacpp": _llamacpp}
+ENGINES: dict[str, Callable[[Path], ChatModel]] = {"llamacpp": _llamacpp, "mlx": _mlx}
 
 
 @pytest.fixture(scope="session")

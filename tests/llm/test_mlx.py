@@ -1,5 +1,6 @@
 """Qwen35MLXChat against transformers on random Qwen3.5 checkpoints of the real layout (fp32), and its engine duties:
-prompt cache across turns, seeded sampling, cancellation, unload/reload.
+prompt cache across turns, sampling, cancellation. The shared chat-API suite (test_chat_api.py) runs on this engine
+too: greedy parity over 32 tokens, template ids, thinking cap, UTF-8 streaming, unload/reload with resident memory.
 
 Relative error is ``max|got - want| / max|want|`` over all logits compared.
 """
@@ -8,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 
 import numpy as np
-import psutil
 import pytest
 
 mx = pytest.importorskip("mlx.core")
@@ -118,17 +117,6 @@ def test_prefill_and_cached_decode_logits_match_transformers(real_chat, real_dir
     assert rel_err(chat.logits_for(prompt[:8]), want[:8]) <= 1e-3
 
 
-def test_greedy_tokens_match_transformers(real_chat, real_dir):
-    chat, reference = real_chat, load_reference(real_dir)
-    prompt = chat.encode_chat(conversation("Tell me a story."), disable_thinking=True)
-    chat.reset_state()
-    got = chat.generate_tokens(prompt, GREEDY)
-    want = hf_greedy(reference, prompt, 32)
-    assert len(got) == 32
-    assert len(set(got)) >= 8, "the reply should not collapse onto a few tokens, or the check means little"
-    assert got == want
-
-
 def test_turn_three_from_prompt_cache_equals_cold_run(chat, small_reference):
     reference = small_reference
     chat.reset_state()
@@ -139,6 +127,7 @@ def test_turn_three_from_prompt_cache_equals_cold_run(chat, small_reference):
     cached = chat.generate(messages, SHORT)
     stats, cached_tokens = chat.last_stats, list(chat.last_tokens)
     assert stats.cached_tokens > 0 and stats.prefill_tokens < stats.prompt_tokens, stats
+    assert len(set(cached_tokens)) > 4, "a degenerate reply would make the comparison weak"
 
     prompt = chat.encode_chat(messages, disable_thinking=True)
     assert cached_tokens == hf_greedy(reference, prompt, len(cached_tokens))
@@ -223,23 +212,3 @@ def test_stop_ids_include_the_checkpoint_eos(chat, small_dir):
     eos = json.loads((small_dir / "config.json").read_text())["eos_token_id"]
     assert chat.tokenize("<|im_end|>") == [eos]
     assert eos in chat._stop_ids()
-
-
-def test_unload_frees_memory_and_reload_gives_the_same_answer(real_dir):
-    chat = Qwen35MLXChat.from_pretrained(converted(real_dir, "fp32"))
-    try:
-        messages = conversation("Hi.")
-        before = chat.generate(messages, SHORT)
-        footprint = chat.memory_footprint
-        assert footprint > 100e6  # the 248,320 x 128 fp32 embedding alone is 127 MB
-        gc.collect()
-        rss_loaded = psutil.Process().memory_info().rss
-        chat.unload()
-        gc.collect()
-        rss_unloaded = psutil.Process().memory_info().rss
-        assert not chat.is_loaded and chat.memory_footprint == 0
-        assert rss_loaded - rss_unloaded > 0.8 * footprint, (rss_loaded, rss_unloaded, footprint)
-        assert chat.generate(messages, SHORT) == before  # using an unloaded model reloads it
-        assert chat.is_loaded and chat.memory_footprint == footprint
-    finally:
-        chat.close()
