@@ -1,5 +1,5 @@
 """The proof: a full-size Qwen3.5-0.8B (random weights, Q4_K_M on llama.cpp) and real Kokoro under a jetsam limit that
-lies below "everything loaded" and above the largest single model.
+lies below "everything loaded and working" and above the largest single model.
 
 Three runs of the same five-turn conversation, each in its own process:
 1. everything loaded, no limit: the reference replies, and the sizes the limit is derived from (measured, not assumed):
@@ -31,6 +31,8 @@ MAX_TOKENS = 3
 
 def pipeline(gguf, kokoro: tuple[str, str, str], out, memory: str = "") -> str:
     model, voices, voice = kokoro
+    # repetition_penalty 10: greedy decoding of random weights otherwise repeats one whitespace token (nothing to say);
+    # one snapshot is all a linear conversation needs and keeps the floor flat.
     return f"""stages:
   - type: llm
     backend: llamacpp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -105,3 +106,16 @@ def test_jetsam_limit_must_be_positive(tmp_path):
     result = _run("run", str(_fake_pipeline(tmp_path)), "--jetsam-mb", "-5")
     assert result.returncode == 2
     assert "--jetsam-mb" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_with_a_memory_section_reports_memory_per_turn(tmp_path):
+    """The fake stages hold no weights (nothing to unload); this checks the wiring from pipeline.yaml to metrics."""
+    pipeline = _fake_pipeline(tmp_path)
+    pipeline.write_text(
+        pipeline.read_text() + "memory:\n  policy: sequential\n  llm: fake-llm\n  tts: fake-tts\n  jetsam_mb: 100000\n"
+    )
+    result = _run("run", str(pipeline), "--quiet", "--metrics", str(tmp_path / "m.jsonl"))
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["completed"]
+    assert lines[0]["sequential"] == 1 and lines[0]["peak_rss_mb"] > 10
