@@ -190,6 +190,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=int, default=64, help="chunked prefill from this many tokens on")
     parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[64], help="for the recurrence-only timing")
     parser.add_argument("--hook-chunk-sizes", type=int, nargs="+", default=[64], help="chunk sizes for the hook")
+    parser.add_argument("--recurrence-only", action="store_true", help="time only one layer's recurrence per length")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     dtype = getattr(mx, args.dtype)
@@ -203,6 +204,18 @@ def main() -> None:
         "dtype": args.dtype,
         "prefill": [],
     }
+    if args.recurrence_only:
+        for length in args.lengths:
+            row = {
+                "tokens": length,
+                "recurrence_one_layer": recurrence_only(length, dtype, args.repeats, args.chunk_sizes),
+            }
+            results["prefill"].append(row)
+            print(json.dumps(row), flush=True)
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(results, handle, indent=2)
+        return
     start = time.perf_counter()
     model = build_model(args.quant, dtype)
     print(f"model built in {time.perf_counter() - start:.1f} s on {results['device']}", flush=True)

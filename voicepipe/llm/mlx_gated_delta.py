@@ -38,8 +38,9 @@ __all__ = [
 ]
 
 # Measured with scripts/bench_mlx_prefill.py (BENCHMARKS.md): on an H200, 128-token chunks halve the sequential
-# chunk steps, which are launch-bound there; on a CPU the extra flops of larger chunks cost more than the steps.
-DEFAULT_CHUNK_SIZE = 64
+# chunk steps, which are launch-bound there; on a 2-core CPU the extra flops of larger chunks cost more than the
+# steps save, and 32 was fastest at 128, 1024 and 4096 tokens.
+DEFAULT_CHUNK_SIZE = 32
 GPU_CHUNK_SIZE = 128
 DEFAULT_THRESHOLD = 64
 
