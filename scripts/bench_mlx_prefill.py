@@ -167,6 +167,25 @@ def prefill_without_recurrence(model: nn.Module, tokens: mx.array) -> float:
         qwen3_5.gated_delta_update = original
 
 
+def bench_decode(model: nn.Module, n: int) -> dict[str, Any]:
+    """Greedy decode of ``n`` tokens after a 128-token prompt: mlx-lm, the plain loop, the compiled step."""
+    disable_chunked_prefill(model)
+    prompt = mx.random.randint(0, CONFIG_08B["vocab_size"], (128,))
+    step = compiled_decode_step(model)
+    decode_loop(step, model, prompt, 4)  # trace the compiled pieces
+    decode_mlx_lm(model, prompt, 4)
+    decode = {
+        "tokens": n,
+        "mlx_lm_generate_step_tok_s": n / decode_mlx_lm(model, prompt, n),
+        "plain_loop_tok_s": n / decode_loop(model, model, prompt, n),
+        "compiled_step_tok_s": n / decode_loop(step, model, prompt, n),
+    }
+    decode["compiled_speedup"] = decode["compiled_step_tok_s"] / decode["mlx_lm_generate_step_tok_s"]
+    decode["eval_overhead_us"] = 1e6 * eval_overhead()
+    decode["weights_mb"] = sum(v.nbytes for _, v in tree_flatten(model.parameters())) / 1e6
+    return decode
+
+
 def eval_overhead(n: int = 200) -> float:
     """Seconds one ``mx.eval`` of a trivial compiled graph costs: the floor under any per-token loop."""
     fn = mx.compile(lambda x: x * 2 + 1)
@@ -186,7 +205,7 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="*", default=[128, 1024, 4096], help="none: decode only")
     parser.add_argument("--repeats", type=int, default=3, help="timed prefills per length and mode (median kept)")
     parser.add_argument("--baseline-max", type=int, default=1 << 30, help="skip mlx-lm prefill above this length")
-    parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--decode-tokens", type=int, default=64, help="0: no decode")
     parser.add_argument("--threshold", type=int, default=64, help="chunked prefill from this many tokens on")
     parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[64], help="for the recurrence-only timing")
     parser.add_argument("--hook-chunk-sizes", type=int, nargs="+", default=[64], help="chunk sizes for the hook")
@@ -228,19 +247,29 @@ def main() -> None:
     for length in args.lengths:
         tokens = mx.random.randint(0, CONFIG_08B["vocab_size"], (1, length))
         row: dict[str, Any] = {"tokens": length}
-        modes = [(f"voicepipe_c{size}_ms", size) for size in args.hook_chunk_sizes] + [("mlx_lm_ms", None)]
-        for name, size in modes:
-            if size is None and length > args.baseline_max:
-                continue
+        modes = [(f"voicepipe_c{size}_ms", size) for size in args.hook_chunk_sizes]
+        if length <= args.baseline_max:
+            modes.append(("mlx_lm_ms", None))
+
+        def use(size: int | None) -> None:
             if size is None:
                 disable_chunked_prefill(model)
             else:
                 enable_chunked_prefill(model, args.threshold, chunk_size=size)
-            time_prefill(model, tokens[:, : min(length, 256)])  # new shapes: trace outside the timing
+
+        for _, size in modes:  # new shapes: trace and warm outside the timing
+            use(size)
+            time_prefill(model, tokens[:, : min(length, 256)])
             if size is not None:
                 time_prefill(model, tokens)
-            times = [time_prefill(model, tokens) for _ in range(args.repeats if size or length <= 1024 else 1)]
-            row[name] = 1e3 * statistics.median(times)
+        times: dict[str, list[float]] = {name: [] for name, _ in modes}
+        for repeat in range(args.repeats):  # interleaved, so load changes hit every mode alike
+            for name, size in modes:
+                if size is None and repeat > 0 and length > 1024:
+                    continue  # mlx-lm's token loop at 4096 is too slow to repeat
+                use(size)
+                times[name].append(time_prefill(model, tokens))
+        row.update({name: 1e3 * statistics.median(values) for name, values in times.items()})
         row["voicepipe_ms"] = min(row[f"voicepipe_c{size}_ms"] for size in args.hook_chunk_sizes)
         if "mlx_lm_ms" in row:
             row["speedup"] = row["mlx_lm_ms"] / row["voicepipe_ms"]
@@ -252,23 +281,9 @@ def main() -> None:
         results["prefill"].append(row)
         print(json.dumps(row), flush=True)
 
-    disable_chunked_prefill(model)
-    prompt = mx.random.randint(0, CONFIG_08B["vocab_size"], (128,))
-    n = args.decode_tokens
-    step = compiled_decode_step(model)
-    decode_loop(step, model, prompt, 4)  # trace the compiled pieces
-    decode_mlx_lm(model, prompt, 4)
-    decode = {
-        "tokens": n,
-        "mlx_lm_generate_step_tok_s": n / decode_mlx_lm(model, prompt, n),
-        "plain_loop_tok_s": n / decode_loop(model, model, prompt, n),
-        "compiled_step_tok_s": n / decode_loop(step, model, prompt, n),
-    }
-    decode["compiled_speedup"] = decode["compiled_step_tok_s"] / decode["mlx_lm_generate_step_tok_s"]
-    decode["eval_overhead_us"] = 1e6 * eval_overhead()
-    decode["weights_mb"] = sum(v.nbytes for _, v in tree_flatten(model.parameters())) / 1e6
-    results["decode"] = decode
-    print(json.dumps(decode), flush=True)
+    if args.decode_tokens > 0:
+        results["decode"] = bench_decode(model, args.decode_tokens)
+        print(json.dumps(results["decode"]), flush=True)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)
