@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from voicepipe.frames import (
     TranscriptFrame,
 )
 from voicepipe.llm.stage import LLMConfig, LLMStage
-from voicepipe.stage import Direction, Stage
+from voicepipe.stage import Direction, Source, Stage
 from voicepipe.testing.harness import Pause, run_pipeline, run_stage
 
 pytest.importorskip("llama_cpp")
@@ -59,42 +61,97 @@ async def test_replies_stream_and_history_grows(tiny_gguf: Path) -> None:
     assert not stage.is_loaded  # cleanup closed the model
 
 
+class ScriptedSource(Source):
+    """Emits frames; an ``asyncio.Event`` among them makes it wait until a later stage sets it (no timing guesses)."""
+
+    def __init__(self, items: list) -> None:  # noqa: ANN001
+        super().__init__(name="scripted-source")
+        self.items = items
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        for item in self.items:
+            if isinstance(item, asyncio.Event):
+                await asyncio.wait_for(item.wait(), 120)
+            elif isinstance(item, Pause):
+                await asyncio.sleep(item.seconds)
+            else:
+                yield item
+
+
+class Signal(Stage):
+    """Sets ``event`` once ``count`` frames of ``kind`` went by; optionally reports them as heard (a sink cut off by
+    barge-in reports the heard prefix upstream with ``PlaybackFrame``)."""
+
+    def __init__(self, kind: type[Frame], count: int, heard_chars: int | None = None) -> None:
+        super().__init__(name="signal")
+        self.kind, self.count, self.heard_chars, self.seen = kind, count, heard_chars, 0
+        self.event = asyncio.Event()
+
+    async def process(self, frame: Frame) -> None:
+        if isinstance(frame, self.kind):
+            self.seen += 1
+            if self.heard_chars is not None and isinstance(frame, LLMResponseEndFrame):
+                heard = PlaybackFrame(text=frame.text[: self.heard_chars], finished=False, turn_id=frame.turn_id)
+                await self.push(heard, Direction.UPSTREAM)
+            if self.seen == self.count:
+                self.event.set()
+        await self.push(frame)
+
+
 async def test_interruption_stops_the_reply_and_history_keeps_what_was_emitted(tiny_gguf: Path) -> None:
     stage = _stage(tiny_gguf, max_tokens=2000)
-    out = await run_stage(
-        stage, [TranscriptFrame(text="Tell me a long story.", turn_id=1), Pause(1.0), InterruptionFrame(turn_id=1)]
-    )
+    signal = Signal(LLMTokenFrame, 3)
+    source = ScriptedSource([TranscriptFrame(text="Tell me a long story.", turn_id=1), signal.event])
+    source.items.append(InterruptionFrame(turn_id=1))
+    out = await run_pipeline([source, stage, signal])
     tokens = [f.text for f in out if isinstance(f, LLMTokenFrame)]
-    assert 0 < len(tokens) < 2000
+    assert 3 <= len(tokens) < 2000
     assert not [f for f in out if isinstance(f, LLMResponseEndFrame)]  # the reply was cut, not finished
     assert any(isinstance(f, InterruptionFrame) for f in out)  # forwarded to TTS and the sink
     assert stage.history[-1].role == "assistant" and stage.history[-1].content == "".join(tokens)
 
 
-class HeardPrefixSink(Stage):
-    """Plays nothing: reports that only the first ``chars`` characters of each reply were heard (a sink cut off by
-    barge-in), as a real sink does through ``PlaybackFrame`` upstream."""
-
-    def __init__(self, chars: int) -> None:
-        super().__init__(name="heard-prefix-sink")
-        self.chars = chars
-
-    async def process(self, frame: Frame) -> None:
-        if isinstance(frame, LLMResponseEndFrame):
-            heard = PlaybackFrame(text=frame.text[: self.chars], finished=False, turn_id=frame.turn_id)
-            await self.push(heard, Direction.UPSTREAM)
-        await self.push(frame)
-
-
 async def test_barge_in_keeps_only_the_heard_prefix(tiny_gguf: Path) -> None:
     stage = _stage(tiny_gguf)
-    frames = [TranscriptFrame(text="Hello there.", turn_id=1), Pause(3.0), InterruptionFrame(turn_id=2)]
-    frames += [Pause(0.2), TranscriptFrame(text="Sorry, go on.", turn_id=2)]
-    out = await run_pipeline([stage, HeardPrefixSink(chars=4)], frames)
+    sink = Signal(LLMResponseEndFrame, 1, heard_chars=4)
+    frames = [TranscriptFrame(text="Hello there.", turn_id=1), sink.event, InterruptionFrame(turn_id=2)]
+    frames += [TranscriptFrame(text="Sorry, go on.", turn_id=2)]
+    out = await run_pipeline([ScriptedSource(frames), stage, sink])
     first = next(f for f in out if isinstance(f, LLMResponseEndFrame) and f.turn_id == 1)
     assert len(first.text) > 4
     assert [m.role for m in stage.history] == ["user", "assistant", "user", "assistant"]
     assert stage.history[1].content == first.text[:4]  # what the user heard, not what was generated
+
+
+class FullPlaybackSink(Stage):
+    """Reports each reply as heard in full, as a sink does once the turn's audio is out."""
+
+    def __init__(self) -> None:
+        super().__init__(name="sink")
+        self.event = asyncio.Event()
+
+    async def process(self, frame: Frame) -> None:
+        if isinstance(frame, LLMResponseEndFrame):
+            await self.push(PlaybackFrame(text=frame.text, finished=True, turn_id=frame.turn_id), Direction.UPSTREAM)
+            self.event.set()
+        await self.push(frame)
+
+
+async def test_heard_reply_is_prefilled_before_the_next_turn(tiny_gguf: Path) -> None:
+    stage = _stage(tiny_gguf)
+    sink = FullPlaybackSink()
+    frames = [TranscriptFrame(text="Hello there.", turn_id=1), sink.event, Pause(0.5)]
+    frames += [TranscriptFrame(text="What is Swift?", turn_id=2)]
+    out = await run_pipeline([ScriptedSource(frames), stage, sink])
+    metrics = [f for f in out if isinstance(f, MetricsFrame) and f.stage == "llm"]
+    assert [m.turn_id for m in metrics] == [1, 2]
+    from voicepipe.llm import ChatMessage
+
+    new_tokens = len(stage.model.encode_chat([ChatMessage("user", "What is Swift?")], disable_thinking=True))
+    stage.model.close()
+    # the warmed snapshot held everything up to the end of reply 1: turn 2 prefilled only its own message
+    assert metrics[1].values["llm_prefill_tokens"] == new_tokens
+    assert stage.history[1].content == next(f.text for f in out if isinstance(f, LLMResponseEndFrame))
 
 
 async def test_failing_model_fails_the_turn_not_the_pipeline(tiny_gguf: Path) -> None:

@@ -160,6 +160,9 @@ class LLMStage(Stage):
         self.history.append(ChatMessage("user", frame.text.strip()))
         self._trim_history()
         turn, parts = frame.turn_id, []
+        if self._background:
+            # A warm-up still running prefills exactly what this turn would prefill anyway: let it finish first.
+            await asyncio.wait(set(self._background))
         failed = True
         try:
             async with contextlib.aclosing(self.model.agenerate_stream(self.messages(), self._sampling)) as stream:
