@@ -155,6 +155,7 @@ def _state_type(feature):
     return tuple(t.shape), ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(t.dataType)
 
 
+@pytest.mark.slow  # converts the tiny checkpoint once (about a minute)
 def test_package_spec(converted, tiny_real):
     """prefill and decode functions: int32 inputs, fp16 logits [1, 1, 248320], the same four fp16 states."""
     spec, functions = _function_descriptions(converted / PACKAGE)
@@ -184,6 +185,7 @@ def _program_ops(package):
             yield name, op
 
 
+@pytest.mark.slow  # converts the tiny checkpoint once (about a minute)
 def test_int8_weights(converted, tiny_real):
     """Every projection weight and the (tied) embedding are INT8 with per-channel scales, shared by both functions;
     the RoPE tables stay fp16."""
@@ -206,6 +208,7 @@ def test_int8_weights(converted, tiny_real):
     assert weights < 1.25 * params, (weights, params)
 
 
+@pytest.mark.slow  # converts the tiny checkpoint once (about a minute)
 def test_manifest_and_tokenizer_copied(converted):
     manifest = json.loads((converted / MANIFEST).read_text())
     assert manifest["max_context"] == MAX_CONTEXT and manifest["seq_len"] == SEQ_LEN
@@ -298,9 +301,8 @@ def test_int8_package_predicts_like_transformers(converted, tiny_real):
 @macos
 @pytest.mark.macos
 def test_coreml_chat_generates(converted):
-    from voicepipe.llm.coreml import Qwen35CoreMLChat
-
     from voicepipe.llm import ChatMessage, ChatSamplingConfig
+    from voicepipe.llm.coreml import Qwen35CoreMLChat
 
     chat = Qwen35CoreMLChat.from_pretrained(converted)
     reply = list(chat.generate_stream([ChatMessage("user", "Hi")], ChatSamplingConfig(temperature=0, max_tokens=8)))
