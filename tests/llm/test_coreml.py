@@ -186,6 +186,26 @@ def _program_ops(package):
 
 
 @pytest.mark.slow  # converts the tiny checkpoint once (about a minute)
+def test_every_layer_writes_its_state(converted, tiny_real):
+    """Both functions write each state once per layer that owns a slice of it (a lost in-place write in the trace
+    would leave the model stateless on the Mac, silently)."""
+    shape = load_checkpoint(tiny_real, max_context=8).shape
+    per_state = {
+        "key_cache": len(shape.full_layers),
+        "value_cache": len(shape.full_layers),
+        "conv_state": len(shape.linear_layers),
+        "recurrent_state": len(shape.linear_layers),
+    }
+    writes: dict[str, dict[str, int]] = {}
+    for function, op in _program_ops(converted / PACKAGE):
+        if op.type == "write_state":
+            name = op.inputs["input"].arguments[0].name
+            writes.setdefault(function, {}).setdefault(name, 0)
+            writes[function][name] += 1
+    assert writes == {"prefill": per_state, "decode": per_state}
+
+
+@pytest.mark.slow  # converts the tiny checkpoint once (about a minute)
 def test_int8_weights(converted, tiny_real):
     """Every projection weight and the (tied) embedding are INT8 with per-channel scales, shared by both functions;
     the RoPE tables stay fp16."""
