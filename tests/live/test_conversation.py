@@ -73,7 +73,9 @@ async def test_spoken_question_gets_one_spoken_reply(room, whisper_dir, piper_mo
 
     said = transcripts(timeline)
     assert len(said) == 1, [t.text for t in said]
-    assert "capital of france" in said[0].text.lower()
+    assert "capital" in said[0].text.lower() and "france" in said[0].text.lower(), said[
+        0
+    ].text  # tiny.en wording varies
     assert len(ended_turns(collector)) == 1 and not ended_turns(collector)[0].interrupted
     reply = [f for _, n, f in timeline.of(LLMResponseEndFrame) if n == "llm"][0].text
     assert reply.strip()

@@ -40,3 +40,23 @@ async def test_streams_open_at_the_devices_own_rate(room):
     finally:
         await mic.cleanup()
         await speaker.cleanup()
+
+
+async def test_a_reply_that_fails_midway_still_ends_its_turn(room):
+    """Without an end of reply (the LLM failed), the speaker must not stay "speaking": the echo guard would mute the
+    microphone for good."""
+    import numpy as np
+
+    from voicepipe.frames import BotSpeakingFrame, EndOfTurnFrame, ErrorFrame, TTSAudioFrame
+    from voicepipe.testing.harness import Pause, run_pipeline_collect
+
+    tone = (0.1 * np.sin(np.arange(2400) / 24000 * 2 * np.pi * 220)).astype(np.float32)
+    frames = [
+        TTSAudioFrame(pcm=tone, sample_rate=24000, chunk_text="Hello there.", char_end=12, turn_id=1),
+        ErrorFrame(message="llm: engine failed", stage="llm", turn_id=1),
+        Pause(2.0),
+    ]
+    collector, _ = await run_pipeline_collect([SpeakerSink(SpeakerConfig(device="pulse"), name="speaker")], frames)
+    speaking = [f.speaking for n, f in collector.upstream if n == "speaker" and isinstance(f, BotSpeakingFrame)]
+    assert speaking == [True, False]
+    assert [f.turn_id for f in collector.of_type(EndOfTurnFrame)] == [1]

@@ -63,6 +63,8 @@ __all__ = [
 log = logging.getLogger("voicepipe.audio.device")
 
 Latency = Literal["low", "high"] | float
+#: PortAudio's "high" latency is only ~35 ms on PulseAudio's ALSA device; under CPU load such a buffer underruns and
+#: the stream stalls for a second or more (measured here), so both stages default to 100 ms.
 _FALLBACK_RATES = (48000, 44100, 32000, 24000, 16000)
 
 
@@ -168,7 +170,7 @@ class MicConfig(StageConfig):
         None, ge=8000, le=192000, description="Rate to open the device at; default: its own"
     )
     block_ms: int = Field(20, ge=5, le=200, description="Duration of each audio frame sent downstream.")
-    latency: Latency = Field("high", description="PortAudio latency: 'low', 'high' or seconds ('high' is robust).")
+    latency: Latency = Field(0.1, description="PortAudio buffer: seconds, or 'low'/'high' (the device's own figures).")
 
 
 class MicSource(Source):
@@ -270,7 +272,7 @@ class SpeakerConfig(StageConfig):
     device_rate: int | None = Field(
         None, ge=8000, le=192000, description="Rate to open the device at; default: its own"
     )
-    latency: Latency = Field("high", description="PortAudio latency: 'low', 'high' or seconds ('high' is robust).")
+    latency: Latency = Field(0.1, description="PortAudio buffer: seconds, or 'low'/'high' (the device's own figures).")
     buffer_s: float = Field(2.0, gt=0.1, le=60.0, description="Audio queued ahead of the device at most.")
 
 
@@ -372,6 +374,7 @@ class SpeakerSink(Sink):
         self._closing = False
         self._reported = ""  # heard text last reported upstream for the current turn
         self._ticker: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.device_name = ""
         self.device_rate = 0
         self.samples_played = 0
@@ -422,10 +425,11 @@ class SpeakerSink(Sink):
 
     async def cleanup(self) -> None:
         self._closing = True
-        if self._ticker is not None:
-            self._ticker.cancel()
-            await asyncio.gather(self._ticker, return_exceptions=True)
-            self._ticker = None
+        tasks = [*self._background, *([self._ticker] if self._ticker is not None else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._ticker = None
         if self._stream is not None:
             stream, self._stream = self._stream, None
             await asyncio.to_thread(_close_stream, stream)
@@ -499,10 +503,44 @@ class SpeakerSink(Sink):
             self._buffer.clear()
         elif isinstance(frame, EndFrame):
             await self._wait_until(lambda: self._played_position() >= self._buffer.written)
+        elif isinstance(frame, ErrorFrame) and not frame.fatal and frame.turn_id > 0 and frame.turn_id >= self._turn:
+            self._end_when_played(frame.turn_id)  # a failed reply may never send its end: do not stay "speaking"
         await self.push(frame)
+
+    def _end_when_played(self, turn: int, *, quiet_s: float = 1.0, give_up_s: float = 10.0) -> None:
+        """In the background: end ``turn`` once its audio has played and no more came for ``quiet_s``.
+
+        For replies that failed: their end of reply may never come. (The error, a system frame, can overtake the
+        reply's queued audio, so the turn may not have started playing yet; ``give_up_s`` bounds that wait.)
+        """
+
+        async def finish() -> None:
+            loop = asyncio.get_running_loop()
+            start = quiet_from = loop.time()
+            written = -1
+            while turn not in self._ended_turns and self._turn <= turn:
+                await asyncio.sleep(0.05)
+                now = loop.time()
+                if self._turn < turn:  # its audio has not arrived (yet)
+                    if now - start > give_up_s:
+                        return
+                    continue
+                if self._buffer.written != written or self._played_position() < self._buffer.written:
+                    written, quiet_from = self._buffer.written, now
+                elif now - quiet_from >= quiet_s:
+                    self._update_heard()
+                    await self._end_turn(turn, self._heard.text)
+                    await self.push(EndOfTurnFrame(turn_id=turn))
+                    return
+
+        task = asyncio.get_running_loop().create_task(finish(), name=f"{self.name}:end-turn-{turn}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _play(self, frame: TTSAudioFrame) -> None:
         if frame.turn_id != self._turn:
+            if self._speaking and self._turn not in self._ended_turns:  # the last reply never ended: end it now
+                await self._end_turn(self._turn, self._heard.text)
             self._start_turn(frame.turn_id)
         pcm = to_mono(frame.pcm).astype(np.float32, copy=False)
         if frame.sample_rate != self.device_rate:

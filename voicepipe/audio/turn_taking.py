@@ -79,7 +79,7 @@ class TurnTaking(Stage):
         if isinstance(frame, BotSpeakingFrame):
             if frame.speaking:
                 self._bot_turn = frame.turn_id or -1
-            elif frame.turn_id in (self._bot_turn, 0) or self._bot_turn == -1:
+            elif not frame.turn_id or frame.turn_id >= self._bot_turn:
                 self._bot_turn = 0
                 self._muted_until = time.monotonic() + self.config.echo_tail_ms / 1000
                 if self._held:  # the reply ended while the user was starting to speak: that is a normal turn
