@@ -265,12 +265,17 @@ macos = pytest.mark.skipif(sys.platform != "darwin", reason="CoreML prediction n
 
 
 def _coreml_logits(package, prompt, steps, compute_units):
-    prefill = ct.models.MLModel(str(package), compute_units=compute_units, function_name="prefill")
-    decode = ct.models.MLModel(str(package), compute_units=compute_units, function_name="decode")
-    state = decode.make_state()
+    from voicepipe.llm.coreml import _FunctionStates
+
+    functions = {
+        name: ct.models.MLModel(str(package), compute_units=compute_units, function_name=name)
+        for name in ("prefill", "decode")
+    }
+    prefill, decode = functions["prefill"], functions["decode"]
+    states = _FunctionStates(functions, STATE_NAMES)  # copies the state across when switching functions
     for ids, mask, position in _chunks(prompt, SEQ_LEN):
         feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "position": position.numpy()}
-        out = prefill.predict(feed, state=state)["logits"]
+        out = prefill.predict(feed, state=states.for_function("prefill"))["logits"]
     rows, tokens = [out[0, 0].astype(np.float32)], list(prompt)
     for _ in range(steps):
         tokens.append(int(rows[-1].argmax()))
@@ -279,7 +284,7 @@ def _coreml_logits(package, prompt, steps, compute_units):
             "attention_mask": np.ones((1, 1), dtype=np.int32),
             "position": np.array([len(tokens) - 1], dtype=np.int32),
         }
-        rows.append(decode.predict(feed, state=state)["logits"][0, 0].astype(np.float32))
+        rows.append(decode.predict(feed, state=states.for_function("decode"))["logits"][0, 0].astype(np.float32))
     return np.stack(rows), tokens
 
 

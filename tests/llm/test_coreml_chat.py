@@ -22,7 +22,7 @@ transformers = pytest.importorskip("transformers")
 
 from voicepipe.errors import UserError  # noqa: E402
 from voicepipe.llm import ChatMessage, ChatSamplingConfig  # noqa: E402
-from voicepipe.llm.coreml import Qwen35CoreMLChat, sample_token  # noqa: E402
+from voicepipe.llm.coreml import Qwen35CoreMLChat, _FunctionStates, sample_token  # noqa: E402
 from voicepipe.llm.coreml_convert import MANIFEST, PACKAGE, _manifest, trace_function  # noqa: E402
 from voicepipe.llm.coreml_model import STATE_NAMES, load_checkpoint  # noqa: E402
 from voicepipe.testing.checkpoints import tiny_checkpoint  # noqa: E402
@@ -231,3 +231,37 @@ def test_sampler():
         for _ in range(2)
     ]
     assert seeded[0] == seeded[1]
+
+
+class _FakeMLState:
+    """Stand-in for CoreML's ``MLState`` (macOS only): named arrays behind read_state / write_state."""
+
+    def __init__(self) -> None:
+        self.arrays = {name: np.zeros(2, dtype=np.float16) for name in STATE_NAMES}
+
+    def read_state(self, name):
+        return self.arrays[name]
+
+    def write_state(self, name, value):
+        self.arrays[name] = np.array(value, dtype=np.float16)
+
+
+class _FakeFunction:
+    def make_state(self):
+        return _FakeMLState()
+
+
+def test_function_states_follow_the_active_function():
+    """Each function has its own MLState; switching copies the four arrays over, snapshots read the active one."""
+    states = _FunctionStates({"prefill": _FakeFunction(), "decode": _FakeFunction()}, STATE_NAMES)
+    prefill_state = states.for_function("prefill")
+    prefill_state.write_state("recurrent_state", np.array([1.0, 2.0]))
+    decode_state = states.for_function("decode")
+    assert decode_state is not prefill_state
+    np.testing.assert_array_equal(decode_state.read_state("recurrent_state"), [1.0, 2.0])
+    decode_state.write_state("key_cache", np.array([3.0, 4.0]))
+    np.testing.assert_array_equal(states.read("key_cache"), [3.0, 4.0])
+    assert states.for_function("prefill") is prefill_state
+    np.testing.assert_array_equal(prefill_state.read_state("key_cache"), [3.0, 4.0])
+    states.write("conv_state", np.array([5.0, 6.0]))
+    np.testing.assert_array_equal(prefill_state.read_state("conv_state"), [5.0, 6.0])
