@@ -465,7 +465,7 @@ def load_checkpoint(checkpoint: str | Path, *, max_context: int) -> Qwen35ForCor
             key = prefix + theirs
             if key not in tensors:
                 raise ModelLoadError(f"{checkpoint}: tensor {key} is missing; is this a Qwen3.5 checkpoint?")
-            t = tensors[key].to(torch.float32)
+            t = tensors.pop(key).to(torch.float32)  # pop: the full model need not be held twice
             if how == "plus1":
                 t = t + 1.0
             elif how == "neg_exp":
