@@ -172,12 +172,15 @@ def bench_decode(model: nn.Module, n: int) -> dict[str, Any]:
     disable_chunked_prefill(model)
     prompt = mx.random.randint(0, CONFIG_08B["vocab_size"], (128,))
     step = compiled_decode_step(model)
+    per_layer = compiled_decode_step(model, segments=False)
     decode_loop(step, model, prompt, 4)  # trace the compiled pieces
+    decode_loop(per_layer, model, prompt, 4)
     decode_mlx_lm(model, prompt, 4)
     decode = {
         "tokens": n,
         "mlx_lm_generate_step_tok_s": n / decode_mlx_lm(model, prompt, n),
         "plain_loop_tok_s": n / decode_loop(model, model, prompt, n),
+        "compiled_per_layer_tok_s": n / decode_loop(per_layer, model, prompt, n),
         "compiled_step_tok_s": n / decode_loop(step, model, prompt, n),
     }
     decode["compiled_speedup"] = decode["compiled_step_tok_s"] / decode["mlx_lm_generate_step_tok_s"]

@@ -287,11 +287,12 @@ def test_hook_leaves_short_prompts_and_other_models_alone(tiny_checkpoint, monke
     assert enable_chunked_prefill(plain.language_model.model.norm) == 0  # nothing to hook there
 
 
-def test_compiled_decode_step_matches_model(tiny_model) -> None:
+@pytest.mark.parametrize("segments", [True, False])
+def test_compiled_decode_step_matches_model(tiny_model, segments: bool) -> None:
     prompt = np.random.default_rng(5).integers(0, TINY_CONFIG["vocab_size"], 40).tolist()
     tokens_ref, logits_ref = greedy(tiny_model, prompt, steps=20)
 
-    step = compiled_decode_step(tiny_model)
+    step = compiled_decode_step(tiny_model, segments=segments)
     cache = tiny_model.make_cache()
     assert step(mx.array([prompt]), cache) is not None  # a whole prompt falls back to the model itself
     cache = tiny_model.make_cache()

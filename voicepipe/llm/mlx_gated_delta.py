@@ -326,7 +326,7 @@ def disable_chunked_prefill(model: nn.Module) -> int:
     return restored
 
 
-def compiled_decode_step(model: nn.Module) -> Callable[[mx.array, list[Any]], mx.array]:
+def compiled_decode_step(model: nn.Module, *, segments: bool = True) -> Callable[[mx.array, list[Any]], mx.array]:
     """A one-token forward for an mlx-lm Qwen3.5 model with its static-shape parts under ``mx.compile``.
 
     In a decode step the embedding, every linear-attention layer (its conv and recurrent states have fixed shapes),
@@ -337,6 +337,10 @@ def compiled_decode_step(model: nn.Module) -> Callable[[mx.array, list[Any]], mx
     cache types run mlx-lm's layer whole). Use it as ``logits = step(tokens[:, None], cache)`` once the prompt has
     been prefilled through the model (other inputs fall back to ``model``). Weights are captured when a piece is
     first traced: build a new step after reloading or re-quantizing the model.
+
+    ``segments=True`` (when every attention layer is mlx-lm's Qwen3-Next attention) compiles each run of layers
+    between two KV-cache appends as one function (7 compiled calls a token for Qwen3.5 instead of 32); False compiles
+    layer by layer.
     """
     from mlx_lm.models.cache import ArraysCache, KVCache
     from mlx_lm.models.qwen3_next import Qwen3NextAttention
@@ -355,23 +359,7 @@ def compiled_decode_step(model: nn.Module) -> Callable[[mx.array, list[Any]], mx
         return mx.compile(run)
 
     def attention_blocks(layer: nn.Module) -> tuple[Callable[..., Any], Callable[..., mx.array]]:
-        attn = layer.self_attn
-
-        def before(h: mx.array, offset: mx.array) -> tuple[mx.array, mx.array, mx.array, mx.array]:
-            x = layer.input_layernorm(h)
-            batch, length, _ = x.shape
-            queries, gate = mx.split(attn.q_proj(x).reshape(batch, length, attn.num_attention_heads, -1), 2, axis=-1)
-            keys = attn.k_norm(attn.k_proj(x).reshape(batch, length, attn.num_key_value_heads, -1))
-            values = attn.v_proj(x).reshape(batch, length, attn.num_key_value_heads, -1).transpose(0, 2, 1, 3)
-            queries = attn.rope(attn.q_norm(queries).transpose(0, 2, 1, 3), offset=offset)
-            keys = attn.rope(keys.transpose(0, 2, 1, 3), offset=offset)
-            return queries, keys, values, gate.reshape(batch, length, -1)
-
-        def after(h: mx.array, out: mx.array, gate: mx.array) -> mx.array:
-            batch, _, length, _ = out.shape
-            h = h + attn.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1) * mx.sigmoid(gate))
-            return h + layer.mlp(layer.post_attention_layernorm(h))
-
+        before, after = _attention_parts(layer)
         return mx.compile(before), mx.compile(after)
 
     def mlp_block(layer: nn.Module) -> Callable[[mx.array], mx.array]:
@@ -389,6 +377,8 @@ def compiled_decode_step(model: nn.Module) -> Callable[[mx.array, list[Any]], mx
         head = mx.compile(lambda h: inner.embed_tokens.as_linear(inner.norm(h)))
     else:
         head = mx.compile(lambda h: language.lm_head(inner.norm(h)))
+    if segments and all(layer.is_linear or type(layer.self_attn) is Qwen3NextAttention for layer in layers):
+        return _segmented_decode_step(model, layers, embed, head)
     blocks = [block(layer) for layer in layers]
 
     def step(tokens: mx.array, cache: list[Any]) -> mx.array:
@@ -411,5 +401,94 @@ def compiled_decode_step(model: nn.Module) -> Callable[[mx.array, list[Any]], mx
                 h = h + layer.self_attn(layer.input_layernorm(h), None, c)
                 h = fn(h) if callable(fn) else h + layer.mlp(layer.post_attention_layernorm(h))
         return head(h)
+
+    return step
+
+
+def _attention_parts(layer: nn.Module) -> tuple[Callable[..., Any], Callable[..., mx.array]]:
+    """mlx-lm's ``Qwen3NextAttention.__call__`` for one decode token, split at the KV cache: ``before`` (norm,
+    projections, q/k norms, RoPE at an array offset) and ``after`` (gated output projection, residual, MLP block)."""
+    attn = layer.self_attn
+
+    def before(h: mx.array, offset: mx.array) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+        x = layer.input_layernorm(h)
+        batch, length, _ = x.shape
+        queries, gate = mx.split(attn.q_proj(x).reshape(batch, length, attn.num_attention_heads, -1), 2, axis=-1)
+        keys = attn.k_norm(attn.k_proj(x).reshape(batch, length, attn.num_key_value_heads, -1))
+        values = attn.v_proj(x).reshape(batch, length, attn.num_key_value_heads, -1).transpose(0, 2, 1, 3)
+        queries = attn.rope(attn.q_norm(queries).transpose(0, 2, 1, 3), offset=offset)
+        keys = attn.rope(keys.transpose(0, 2, 1, 3), offset=offset)
+        return queries, keys, values, gate.reshape(batch, length, -1)
+
+    def after(h: mx.array, out: mx.array, gate: mx.array) -> mx.array:
+        batch, _, length, _ = out.shape
+        h = h + attn.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1) * mx.sigmoid(gate))
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    return before, after
+
+
+def _segmented_decode_step(
+    model: nn.Module, layers: list[nn.Module], embed: Callable[..., mx.array], head: Callable[..., mx.array]
+) -> Callable[[mx.array, list[Any]], mx.array]:
+    """:func:`compiled_decode_step` with one compiled function per run of layers between KV-cache appends."""
+    from mlx_lm.models.cache import ArraysCache, KVCache
+
+    attention = [i for i, layer in enumerate(layers) if not layer.is_linear]
+    parts = {i: _attention_parts(layers[i]) for i in attention}
+
+    def segment(
+        finish: int | None, linears: list[int], begin: int | None
+    ) -> Callable[[list[mx.array]], list[mx.array]]:
+        # Inputs: [tokens] or [h, attention out, gate] of the attention layer `finish`; the RoPE offset; the conv and
+        # recurrent state of each linear layer. Outputs: the next attention layer's q, k, v, gate and the residual
+        # h (or the logits after the last layer), then the new states.
+        def run(arrays: list[mx.array]) -> list[mx.array]:
+            it = iter(arrays)
+            h = embed(next(it)) if finish is None else parts[finish][1](next(it), next(it), next(it))
+            offset = next(it)
+            states = []
+            for i in linears:
+                cache = ArraysCache(size=2)
+                cache[0], cache[1] = next(it), next(it)
+                h = layers[i](h, None, cache)
+                states += [cache[0], cache[1]]
+            if begin is None:
+                return [head(h), *states]
+            return [*parts[begin][0](h, offset), h, *states]
+
+        return mx.compile(run)
+
+    plan = []
+    for k, start in enumerate([-1, *attention]):
+        end = attention[k] if k < len(attention) else len(layers)
+        linears = list(range(start + 1, end))
+        plan.append((start if start >= 0 else None, linears, end if end < len(layers) else None))
+    compiled = [segment(*p) for p in plan]
+
+    def step(tokens: mx.array, cache: list[Any]) -> mx.array:
+        if (
+            tokens.shape[1] != 1
+            or any(layer.is_linear and c[0] is None for layer, c in zip(layers, cache, strict=True))
+            or any(type(cache[i]) is not KVCache for i in attention)
+        ):
+            return model(tokens, cache=cache)
+        offset = mx.array(cache[attention[0]].offset if attention else 0)
+        carry = [tokens]
+        logits = None
+        for (_, linears, begin), fn in zip(plan, compiled, strict=True):
+            outs = fn([*carry, offset, *[s for i in linears for s in (cache[i][0], cache[i][1])]])
+            fixed = 1 if begin is None else 5
+            for j, i in enumerate(linears):
+                cache[i][0], cache[i][1] = outs[fixed + 2 * j], outs[fixed + 2 * j + 1]
+                cache[i].advance(1)
+            if begin is None:
+                logits = outs[0]
+            else:
+                queries, keys, values, gate, h = outs[:5]
+                keys, values = cache[begin].update_and_fetch(keys, values)
+                out = mx.fast.scaled_dot_product_attention(queries, keys, values, scale=layers[begin].self_attn.scale)
+                carry = [h, out, gate]
+        return logits
 
     return step
