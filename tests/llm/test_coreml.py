@@ -259,6 +259,13 @@ def test_script_help_runs():
     assert exc.value.code == 0
 
 
+def test_script_user_error_exits_2(tmp_path, capsys):
+    from voicepipe.llm.coreml_convert import main
+
+    assert main([str(tmp_path), str(tmp_path / "out")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
 # --- macOS only: the package itself ------------------------------------------------------------------------------
 
 macos = pytest.mark.skipif(sys.platform != "darwin", reason="CoreML prediction needs macOS (coremltools cannot run it)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -121,12 +122,6 @@ def convert(
     progress: bool = True,
 ) -> Path:
     """Convert ``checkpoint`` (an HF Qwen3.5 directory) into ``output``; returns the ``.mlpackage`` path."""
-    ct = require("coremltools", extra="coreml", purpose="CoreML conversion")
-    require("torch", extra="dev", purpose="CoreML conversion (tracing)")
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from voicepipe.llm.coreml_model import load_checkpoint
-
     checkpoint, output = Path(checkpoint), Path(output)
     if not (checkpoint / "config.json").is_file():
         raise UserError(f"{checkpoint}: not an HF checkpoint directory (no config.json); pass a local checkpoint path")
@@ -138,6 +133,11 @@ def convert(
         raise UserError(f"seq_len: {seq_len} must be a power of two >= 2 and <= max_context ({max_context})")
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise UserError(f"{output}: already exists and is not empty; choose another path or pass --overwrite")
+    ct = require("coremltools", extra="coreml", purpose="CoreML conversion")
+    require("torch", extra="dev", purpose="CoreML conversion (tracing)")
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from voicepipe.llm.coreml_model import load_checkpoint
 
     steps = 3 + 2 * (2 + (quantize == "int8"))
     with Progress(
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
         )
     except UserError as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     print(package)
     return 0
