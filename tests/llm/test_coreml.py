@@ -206,6 +206,19 @@ def test_every_layer_writes_its_state(converted, tiny_real):
 
 
 @pytest.mark.slow  # converts the tiny checkpoint once (about a minute)
+def test_token_ids_stay_int32(converted):
+    """coremltools' default pipeline narrows gather indices to 16 bits for the Neural Engine, which would corrupt every
+    token id above 65,535 (the vocabulary has 248,320): no 16-bit integer may appear in either function."""
+    narrow = {
+        (function, op.type, o.name)
+        for function, op in _program_ops(converted / PACKAGE)
+        for o in op.outputs
+        if ct.proto.MIL_pb2.DataType.Name(o.type.tensorType.dataType) in ("INT16", "UINT16")
+    }
+    assert not narrow
+
+
+@pytest.mark.slow  # converts the tiny checkpoint once (about a minute)
 def test_int8_weights(converted, tiny_real):
     """Every projection weight and the (tied) embedding are INT8 with per-channel scales, shared by both functions;
     the RoPE tables stay fp16."""
