@@ -7,8 +7,13 @@ matmuls go through BLAS: preloading OpenBLAS (``LD_PRELOAD=.../openblas-pthread/
 
 from __future__ import annotations
 
+import concurrent.futures
+import queue
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -20,6 +25,43 @@ __all__ = ["MLXWhisperTranscriber", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "mlx-community/whisper-tiny.en-mlx"
 _WINDOW = 30 * SAMPLE_RATE  # Whisper's input window
+T = TypeVar("T")
+
+
+class _MLXThread:
+    """One process-lifetime daemon thread for every MLX call of this engine.
+
+    Hand-written because of an MLX bug (ml-explore/mlx#3126, still in mlx 0.32.4 on Linux): when a thread that ran
+    MLX work exits, the process may abort at exit ("terminate called without an active exception"; 1 run in 6 here).
+    A daemon thread that never exits does not trigger it (0 in 12). Started on first use, never in a constructor.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def call(self, fn: Callable[..., T], /, *args: Any) -> T:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="voicepipe-mlx-whisper", daemon=True)
+                self._thread.start()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._jobs.put((fn, args, future))
+        return future.result()
+
+    def _loop(self) -> None:
+        while True:
+            fn, args, future = self._jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to the caller, who re-raises it
+                future.set_exception(exc)
+
+
+_MLX = _MLXThread()
 
 
 class MLXWhisperTranscriber:
@@ -41,8 +83,10 @@ class MLXWhisperTranscriber:
         self._model = None
 
     def load(self) -> None:
-        if self._model is not None:
-            return
+        if self._model is None:
+            _MLX.call(self._load)
+
+    def _load(self) -> None:
         require("mlx_whisper", extra="mlx-whisper", purpose="the mlx-whisper engine")
         import mlx.core as mx
         from mlx.utils import tree_map
@@ -71,6 +115,9 @@ class MLXWhisperTranscriber:
         self._model = model
 
     def unload(self) -> None:
+        _MLX.call(self._drop)
+
+    def _drop(self) -> None:
         self._model = None
 
     @property
@@ -86,8 +133,10 @@ class MLXWhisperTranscriber:
         return sum(p.nbytes for _, p in tree_flatten(self._model.parameters()))
 
     def transcribe(self, pcm: np.ndarray) -> Transcription:
-        if self._model is None:
-            self.load()
+        self.load()
+        return _MLX.call(self._transcribe, pcm)
+
+    def _transcribe(self, pcm: np.ndarray) -> Transcription:
         import mlx.core as mx
         from mlx_whisper.audio import N_FRAMES, log_mel_spectrogram, pad_or_trim
         from mlx_whisper.decoding import DecodingOptions
