@@ -110,9 +110,55 @@ class RawBaseline:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def raw_baseline(args: argparse.Namespace) -> RawBaseline | None:
+def mlx_raw_baseline(engine: ChatModel) -> RawBaseline:
+    """mlx-lm's own ``generate_step`` on the engine's loaded model (same weights, run on the engine's thread)."""
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+    from mlx_lm.models.cache import make_prompt_cache
+
+    model = engine._model
+
+    def greedy(logprobs: Any) -> Any:
+        return mx.argmax(logprobs, axis=-1)
+
+    def run(tokens: list[int], n: int) -> tuple[float, float]:
+        start = time.perf_counter()
+        steps = generate_step(
+            mx.array(tokens), model, max_tokens=n, sampler=greedy, prompt_cache=make_prompt_cache(model)
+        )
+        first = None
+        for token, _ in steps:
+            int(token)
+            first = first or time.perf_counter()
+        return first - start, time.perf_counter() - first
+
+    def prefill(tokens: list[int]) -> float:
+        return engine._call(run, tokens, 1)[0]
+
+    def decode(tokens: list[int], n: int) -> float:
+        return (n - 1) / engine._call(run, tokens, n)[1]
+
+    return RawBaseline(prefill, decode, engine.memory_footprint)
+
+
+def preload_openblas() -> None:
+    """MLX's Linux CPU wheel calls cblas_sgemm; Debian's OpenBLAS makes fp32 matmuls ~20x faster than the bundled
+    reference BLAS. LD_PRELOAD only takes effect at process start, so re-execute this script with it set."""
+    from voicepipe.llm.mlx import OPENBLAS
+
+    if sys.platform != "linux" or "openblas" in os.environ.get("LD_PRELOAD", "") or not os.path.exists(OPENBLAS):
+        return
+    if os.environ.get("VOICEPIPE_NO_OPENBLAS") == "1":
+        return
+    env = {**os.environ, "LD_PRELOAD": f"{OPENBLAS} {os.environ.get('LD_PRELOAD', '')}".strip()}
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def raw_baseline(args: argparse.Namespace, engine: ChatModel | None = None) -> RawBaseline | None:
+    if args.backend == "mlx" and engine is not None:
+        return mlx_raw_baseline(engine)
     if args.backend != "llamacpp":
-        return None  # e.g. a raw mlx_lm.generate_step baseline plugs in here
+        return None
     import llama_cpp
 
     llm = llama_cpp.Llama(
@@ -163,11 +209,11 @@ def vp_decode(model: ChatModel, tokens: list[int], n: int) -> float:
     return (len(out) - 1) / decode_s if len(out) > 1 else 0.0
 
 
-def conversation_ttft(model: ChatModel, turns: int, *, warm: bool) -> list[dict[str, float]]:
+def conversation_ttft(model: ChatModel, turns: int, *, warm: bool, reply_tokens: int = 24) -> list[dict[str, float]]:
     """TTFT per turn of a greedy conversation (short replies). ``warm``: prefill each finished turn, as LLMStage does
     while the user is silent. Also measures turn N cold (state reset) for comparison."""
     model.reset_state()
-    sampling = ChatSamplingConfig(temperature=0.0, max_tokens=24, disable_thinking=True)
+    sampling = ChatSamplingConfig(temperature=0.0, max_tokens=reply_tokens, disable_thinking=True)
     messages = [ChatMessage("system", "You are a helpful voice assistant. Answer briefly.")]
     rows = []
     for i in range(turns):
@@ -207,14 +253,19 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--reply-tokens", type=int, default=24, help="max tokens per reply in the conversation runs")
+    parser.add_argument("--skip-warmed", action="store_true", help="only the cache-only conversation (slow engines)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    if args.backend == "mlx":
+        preload_openblas()
 
     load_start = os.getloadavg()
     results: dict[str, Any] = {
         "backend": args.backend,
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
         "loadavg_start": load_start,
+        "ld_preload": os.environ.get("LD_PRELOAD", ""),
     }
     if args.backend == "llamacpp":
         args.gguf = resolve_llamacpp_model(args)
@@ -232,7 +283,7 @@ def main() -> int:
     results["peak_rss_mb_voicepipe"] = peak_rss_mb()
     results["ceiling_tok_s"] = results["read_bandwidth_gbs"] * 1e9 / model.memory_footprint
 
-    raw = raw_baseline(args)
+    raw = raw_baseline(args, model)
     rows: dict[str, dict[str, float]] = {}
     for name, n in (("prefill_128_ms", p128), ("prefill_1024_ms", p1024)):
         vp, rw = [], []
@@ -253,8 +304,11 @@ def main() -> int:
     results["peak_rss_mb_total"] = peak_rss_mb()
     del raw
 
-    results["conversation_cache_only"] = conversation_ttft(model, args.turns, warm=False)
-    results["conversation_warmed"] = conversation_ttft(model, args.turns, warm=True)
+    results["conversation_cache_only"] = conversation_ttft(
+        model, args.turns, warm=False, reply_tokens=args.reply_tokens
+    )
+    if not args.skip_warmed:
+        results["conversation_warmed"] = conversation_ttft(model, args.turns, warm=True, reply_tokens=args.reply_tokens)
     results["loadavg_end"] = os.getloadavg()
     model.close()
 
@@ -266,6 +320,8 @@ def main() -> int:
     for name, row in rows.items():
         print(f"| {name} | {row['voicepipe']:.1f} | {row['raw']:.1f} | {row['ratio']:.3f} |")
     for key in ("conversation_cache_only", "conversation_warmed"):
+        if key not in results:
+            continue
         conv = results[key]
         print(
             f"{key}: turn 1 TTFT {conv[0]['ttft_s'] * 1000:.0f} ms ({conv[0]['prefilled']} tokens prefilled); "
