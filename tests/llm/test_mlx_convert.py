@@ -151,6 +151,18 @@ def test_quantized_conversion(hf_dir, tmp_path, quantization, bits):
     assert np.isfinite(mlx_logits(model)).all()
 
 
+def test_cpu_prefill_path_of_quantized_layers_matches_the_quantized_kernel(hf_dir, tmp_path):
+    """Many rows go through the dequantized weight (CPU has no quantized GEMM); results equal MLX's quantized kernel."""
+    model, _ = load_mlx_model(convert_checkpoint(hf_dir, tmp_path / "q8", quantization="int8", progress=False))
+    layer = model.language_model.model.layers[0].mlp.up_proj
+    assert type(layer) is mlx_convert.cpu_prefill_linear_class()
+    x = mx.random.normal((1, 16, layer.weight.shape[1] * 32 // 8), key=mx.random.key(0))
+    fast, kernel = layer(x), nn.QuantizedLinear.__call__(layer, x)
+    assert rel_err(fast, kernel) <= 1e-5
+    one = x[:, :1]
+    assert rel_err(layer(one), kernel[:, :1]) <= 1e-5  # a single row takes the quantized kernel itself
+
+
 def test_from_pretrained_converts_once_and_quantizes(hf_dir, isolated_cache, monkeypatch):
     calls = []
     real_convert = mlx_convert.convert_checkpoint

@@ -134,6 +134,13 @@ def _state_arrays(value: Any) -> list[Any]:
     return [] if value is None or isinstance(value, int | float | str) else [value]
 
 
+def _output_layer(text_model: Any, hidden: Any) -> Any:
+    """mlx-lm's qwen3_5 output layer (tied embedding or lm_head) applied to ``hidden``."""
+    if text_model.args.tie_word_embeddings:
+        return text_model.model.embed_tokens.as_linear(hidden)
+    return text_model.lm_head(hidden)
+
+
 def _snapshot_layer(cache: Any) -> tuple[type, Any]:
     """(cache class, copied state) for one layer; a KV cache keeps only its filled part, not its spare capacity."""
     mx = require("mlx.core", extra="mlx")
@@ -243,11 +250,16 @@ class Qwen35MLXChat(ChatModel):
     def _forward(self, tokens: list[int]) -> None:
         mx = require("mlx.core", extra="mlx")
         tokens = [int(t) for t in tokens]
+        text_model = self._model.language_model
         for start in range(0, len(tokens), PREFILL_STEP):
-            chunk = tokens[start : start + PREFILL_STEP]
-            logits = self._model(mx.array([chunk]), cache=self._cache)[:, -1, :]
-            mx.eval(logits, [c.state for c in self._cache])
-            self._last_logits = logits
+            hidden = text_model.model(mx.array([tokens[start : start + PREFILL_STEP]]), cache=self._cache)
+            if start + PREFILL_STEP < len(tokens):
+                mx.eval([c.state for c in self._cache])
+                continue
+            # Logits of the last position only: mlx-lm's Model.__call__ computes them for every position, and the
+            # 248k-wide output layer is the largest matmul of the model.
+            self._last_logits = _output_layer(text_model, hidden[:, -1:, :])[:, -1, :]
+            mx.eval(self._last_logits, [c.state for c in self._cache])
         self._context.extend(tokens)
 
     def _save_state(self) -> Any:

@@ -42,6 +42,7 @@ __all__ = [
     "QUANTIZATION_BITS",
     "checkpoint_kind",
     "convert_checkpoint",
+    "cpu_prefill_linear_class",
     "fp32_norm_class",
     "load_mlx_model",
     "prepare_model",
@@ -182,6 +183,46 @@ def fp32_norm_class() -> type:
     return Fp32RMSNorm
 
 
+#: Inputs with at least this many rows (prompt tokens) take the dequantize + fp32 matmul path on the CPU.
+CPU_PREFILL_ROWS = 8
+
+
+@functools.cache
+def cpu_prefill_linear_class() -> type:
+    """``QuantizedLinear`` that, on the CPU, multiplies many rows through the dequantized fp32 weight.
+
+    Hand-written because MLX's CPU quantized matmul has no matrix-matrix kernel: 128 prompt rows cost 128 times one
+    row (measured: 0.86 s for a 3584x1024 INT4 weight), while dequantizing (14 ms) and one fp32 GEMM through BLAS
+    (13 ms with OpenBLAS preloaded) cost ~50 ms. Decode (one row) keeps MLX's quantized kernel. Only swapped in when
+    the default device is the CPU; Metal and CUDA have fast quantized GEMMs.
+    """
+    mx = _mx()
+    nn = require("mlx.nn", extra="mlx")
+
+    class CpuPrefillQuantizedLinear(nn.QuantizedLinear):
+        def __call__(self, x: Any) -> Any:
+            if x.ndim < 2 or x.size // x.shape[-1] < CPU_PREFILL_ROWS or self.mode != "affine":
+                return super().__call__(x)
+            weight = mx.dequantize(self.weight, self.scales, self.biases, self.group_size, self.bits, self.mode)
+            y = x.astype(mx.float32) @ weight.astype(mx.float32).T
+            if "bias" in self:
+                y = y + self.bias
+            return y.astype(x.dtype)
+
+    return CpuPrefillQuantizedLinear
+
+
+def _use_cpu_prefill_linears(model: nn.Module) -> None:
+    mx = _mx()
+    nn = require("mlx.nn", extra="mlx")
+    if mx.default_device().type != mx.cpu:
+        return
+    cls = cpu_prefill_linear_class()
+    for _, module in model.named_modules():
+        if type(module) is nn.QuantizedLinear:
+            module.__class__ = cls  # same parameters, another __call__
+
+
 def _use_fp32_norms(model: nn.Module) -> None:
     """Swap mlx-lm's ``nn.RMSNorm`` modules (the ``1 + w`` norms) for ``Fp32RMSNorm``, keeping their weights."""
     nn = require("mlx.nn", extra="mlx")
@@ -195,6 +236,7 @@ def _use_fp32_norms(model: nn.Module) -> None:
 def prepare_model(model: nn.Module) -> nn.Module:
     """Last step of every load: the one place where engine-level changes to mlx-lm's model are applied."""
     _use_fp32_norms(model)
+    _use_cpu_prefill_linears(model)
     return model
 
 
@@ -294,7 +336,7 @@ def load_mlx_model(path: str | Path, *, quantization: str | None = None) -> tupl
     if bits is not None and have is None:
         _quantize(model, bits)
         config["quantization"] = {"group_size": GROUP_SIZE, "bits": bits, "mode": "affine"}
-    prepare_model(model)
+    prepare_model(model)  # after quantizing: it adapts quantized layers too
     mx.eval(model.parameters())
     return model, config
 
