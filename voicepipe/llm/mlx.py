@@ -6,9 +6,11 @@ cache objects, sampling through mlx-lm's ``make_sampler`` / ``make_logits_proces
 the multi-turn prompt cache (the DeltaNet state of the linear-attention layers cannot be trimmed, so the base class
 snapshots at turn boundaries and this engine copies the cache arrays).
 
-On Apple Silicon MLX runs on Metal. On Linux it runs on the CPU, slowly (mlx-lm's gated-delta recurrence is a token
-loop without Metal kernels, and bf16/quantized matmuls do not use BLAS); fp32 matmuls speed up ~20x when Debian's
-OpenBLAS is preloaded: ``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3`` (see ``OPENBLAS``).
+On Apple Silicon MLX runs on Metal. On Linux it runs on the CPU, slowly: mlx-lm's gated-delta recurrence is a token
+loop without Metal kernels, MLX's CPU quantized matmul has no matrix-matrix kernel (prompts therefore go through
+dequantized fp32 weights, see ``mlx_convert.cpu_prefill_linear_class``), and only fp32 matmuls use BLAS, which gets
+~20x faster when Debian's OpenBLAS is preloaded (apt ``libopenblas0-pthread``):
+``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3`` (``OPENBLAS``; ``scripts/bench_llm.py`` does it).
 
 Using an unloaded model reloads it transparently (the base class's policy); the prompt-cache snapshots survive.
 """
