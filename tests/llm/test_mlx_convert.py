@@ -126,6 +126,31 @@ def test_qwen3_5_text_model_type_is_accepted(hf_dir, tmp_path, isolated_cache):
         chat.close()
 
 
+def test_vision_language_layout_converts_to_the_text_model(hf_dir, tmp_path):
+    """The official Qwen/Qwen3.5-0.8B repo is a vision-language checkpoint: text weights under model.language_model,
+    a vision tower and an MTP head that the chat model does not use, and the text config nested in text_config."""
+    from safetensors.numpy import load_file, save_file
+
+    vl_dir = tmp_path / "vl"
+    shutil.copytree(hf_dir, vl_dir)
+    text = json.loads((hf_dir / "config.json").read_text())
+    tie = text.pop("tie_word_embeddings")
+    config = {
+        "model_type": "qwen3_5",
+        "tie_word_embeddings": tie,
+        "text_config": {**text, "model_type": "qwen3_5_text"},
+    }
+    (vl_dir / "config.json").write_text(json.dumps(config))
+    tensors = {
+        k.replace("model.", "model.language_model.", 1): v for k, v in load_file(hf_dir / "model.safetensors").items()
+    }
+    tensors["model.visual.patch_embed.proj.weight"] = np.zeros((8, 3), dtype=np.float32)
+    tensors["mtp.fc.weight"] = np.zeros((4, 4), dtype=np.float32)
+    save_file(tensors, vl_dir / "model.safetensors", metadata={"format": "pt"})
+    model, _ = load_mlx_model(convert_checkpoint(vl_dir, tmp_path / "mlx", progress=False))
+    assert rel_err(mlx_logits(model), hf_logits(hf_dir)) <= 1e-3
+
+
 @pytest.mark.parametrize(("quantization", "bits"), [("int8", 8), ("int4", 4)])
 def test_quantized_conversion(hf_dir, tmp_path, quantization, bits):
     fp_model, _ = load_mlx_model(convert_checkpoint(hf_dir, tmp_path / "fp", progress=False))

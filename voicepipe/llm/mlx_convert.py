@@ -245,6 +245,8 @@ def _model_config(config: dict[str, Any]) -> dict[str, Any]:
     config = json.loads(json.dumps(config))
     config["model_type"] = "qwen3_5"
     text = config.get("text_config", config)
+    if text is not config and "tie_word_embeddings" in config:
+        text.setdefault("tie_word_embeddings", config["tie_word_embeddings"])  # mlx-lm reads it from text_config
     rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
     for key in ("rope_theta", "partial_rotary_factor"):
         if key in text and key not in rope:
