@@ -110,6 +110,7 @@ class MemoryGovernor:
         self._rss_mark = 0
         self._llm_parked = False  # unloaded by the governor (upstream frames for it wait)
         self._before: GovernorTap | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._after_llm: GovernorTap | None = None
 
     # -- wiring ----------------------------------------------------------------------------------------------------
@@ -355,6 +356,24 @@ class MemoryGovernor:
             self._phase_peak(turn)  # the TTS phase starts now
             turn.values["tts_load_ms"] = await self._load_tts(reason=f"to speak turn {turn_id}")
 
+    def interrupted(self) -> None:
+        """Barge-in during a sequential turn: the reply is cut, so swap back to the LLM now, not at the next turn.
+
+        Done in a task (system frames must stay quick). The LLM stage may reload its model by itself for the cut
+        history (a cache warm-up); unloading the TTS first keeps that overlap short.
+        """
+        if self.mode != "sequential" or not self._llm_parked:
+            return
+
+        async def swap_back() -> None:
+            async with self._locked():
+                await self._unload_tts(reason="after a barge-in")
+                await self._load_llm(reason="after a barge-in")
+
+        task = asyncio.get_running_loop().create_task(swap_back())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def audio_out(self, frame: TTSAudioFrame) -> None:
         turn = self._turn(frame.turn_id)
         now = time.monotonic()
@@ -393,6 +412,8 @@ class MemoryGovernor:
         return values
 
     async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self.monitor is not None and self._own_monitor:
             self.monitor.stop()
 
@@ -437,6 +458,8 @@ class GovernorTap(Stage):
         if self.role == "before-llm":
             if isinstance(frame, TranscriptFrame) and frame.final and frame.turn_id > 0:
                 await g.turn_starts(frame.turn_id)
+            elif isinstance(frame, InterruptionFrame):
+                g.interrupted()
             await self.push(frame)
         elif self.role == "after-llm":
             await self._after_llm(frame)
