@@ -258,26 +258,28 @@ class Qwen35MLXChat(ChatModel):
             if start + PREFILL_STEP < len(tokens):
                 mx.eval([c.state for c in self._cache])
                 continue
-            # Logits of the last position only: mlx-lm's Model.__call__ computes them for every position, and the
-            # 248k-wide output layer is the largest matmul of the model.
+            # Logits of the last position only (mlx-lm's Model.__call__ computes them for every position, and the
+            # 248k-wide output layer is the largest matmul of the model), and lazily: a conversation's history is fed
+            # up to a turn boundary to be snapshotted, and nothing is sampled there.
             self._last_logits = _output_layer(text_model, hidden[:, -1:, :])[:, -1, :]
-            mx.eval(self._last_logits, [c.state for c in self._cache])
+            mx.eval([c.state for c in self._cache])
         self._context.extend(tokens)
 
     def _save_state(self) -> Any:
         mx = require("mlx.core", extra="mlx")
         layers = tuple(_snapshot_layer(c) for c in self._cache)
         mx.eval(_state_arrays([s for _, s in layers]))
-        return layers, self._last_logits
+        # No logits: the base class feeds at least one token after restoring a snapshot, and a lazy logits graph
+        # would keep this turn's activations alive for as long as the snapshot lives.
+        return layers
 
     def _restore_state(self, state: Any) -> None:
-        layers, logits = state
-        self._cache = [cls() if s is None else cls.from_state(_copy_tree(s)) for cls, s in layers]
-        self._last_logits = logits
+        self._cache = [cls() if s is None else cls.from_state(_copy_tree(s)) for cls, s in state]
+        self._last_logits = None
         self._context = []
 
     def _state_nbytes(self, state: Any) -> int:
-        return sum(a.nbytes for a in _state_arrays([s for _, s in state[0]]))
+        return sum(a.nbytes for a in _state_arrays([s for _, s in state]))
 
     # -- sampling ----------------------------------------------------------------------------------------------------
 
