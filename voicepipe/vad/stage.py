@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from voicepipe.audio.convert import to_mono
 from voicepipe.frames import (
     AudioFrame,
     CancelFrame,
@@ -26,7 +27,7 @@ from voicepipe.stage import Stage, StageConfig
 from voicepipe.vad.base import SAMPLE_RATE, VADModel
 from voicepipe.vad.segmenter import Event, Pause, Segment, Segmenter, SegmenterConfig, SpeechEnd, SpeechStart
 
-__all__ = ["VADStage", "VADConfig", "make_vad_model", "to_mono_16k"]
+__all__ = ["VADStage", "VADConfig", "make_vad_model"]
 
 
 class VADConfig(StageConfig):
@@ -76,12 +77,6 @@ def make_vad_model(config: VADConfig) -> VADModel:
     return WebRTCVAD(config.aggressiveness, config.frame_ms, noise_gate_db=config.noise_gate_db)
 
 
-def to_mono_16k(pcm: np.ndarray) -> np.ndarray:
-    """Average the channels of a (samples, channels) block; mono passes through. float32 out."""
-    pcm = np.asarray(pcm, dtype=np.float32)
-    return pcm.mean(axis=1, dtype=np.float32) if pcm.ndim == 2 else pcm
-
-
 class VADStage(Stage):
     """Segments microphone audio into user turns with webrtcvad or Silero (entry point ``vad``)."""
 
@@ -119,7 +114,7 @@ class VADStage(Stage):
 
     def _resample(self, frame: AudioFrame) -> np.ndarray:
         """Mono, then 16 kHz through one soxr stream (stateful, so block edges leave no clicks)."""
-        mono = to_mono_16k(frame.pcm)
+        mono = to_mono(np.asarray(frame.pcm, dtype=np.float32))
         if frame.sample_rate == SAMPLE_RATE:
             return mono
         fmt = (frame.sample_rate, 1)
