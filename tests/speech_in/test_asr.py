@@ -121,3 +121,23 @@ async def test_8k_44k1_and_stereo_input_transcribe_the_same(make_asr, clean_clip
         transcripts = _transcripts(await _turns(make_asr, audio, rate))
         assert len(transcripts) == 2
         assert wer(" ".join(CLEAN_SET[:2]), " ".join(t.text for t in transcripts)) <= 0.1
+
+
+async def test_a_neural_voice_piper_joe_is_transcribed_like_espeak(make_asr) -> None:
+    """The clean set spoken by a real neural voice (Piper en_US-joe from PyPI), not only by espeak-ng's formants."""
+    pytest.importorskip("piper", reason="needs the piper extra")
+    from voicepipe.testing.tts_assets import piper_joe_model_path
+    from voicepipe.tts.piper import PiperEngine
+
+    engine = PiperEngine(piper_joe_model_path())
+    engine.load()
+    try:
+        clips = [
+            speech.pad(speech.resample(engine.synthesize(t), engine.sample_rate, 16000), 0.6, 0.8) for t in CLEAN_SET
+        ]
+    finally:
+        engine.unload()
+    transcripts = _transcripts(await _turns(make_asr, speech.concat(*clips)))
+    assert len(transcripts) == len(CLEAN_SET), [t.text for t in transcripts]
+    error = wer(" ".join(CLEAN_SET), " ".join(t.text for t in transcripts))
+    assert error <= 0.10, [t.text for t in transcripts]
