@@ -54,7 +54,7 @@ async def test_a_reply_that_fails_midway_still_ends_its_turn(room):
     frames = [
         TTSAudioFrame(pcm=tone, sample_rate=24000, chunk_text="Hello there.", char_end=12, turn_id=1),
         ErrorFrame(message="llm: engine failed", stage="llm", turn_id=1),
-        Pause(2.0),
+        Pause(4.0),  # the turn ends ~1 s after its audio has played; leave room on a loaded machine
     ]
     collector, _ = await run_pipeline_collect([SpeakerSink(SpeakerConfig(device="pulse"), name="speaker")], frames)
     speaking = [f.speaking for n, f in collector.upstream if n == "speaker" and isinstance(f, BotSpeakingFrame)]
