@@ -171,3 +171,23 @@ def test_config_errors_name_the_field() -> None:
         LLMConfig(temprature=0.5)
     with pytest.raises(ValidationError, match="top_p"):
         LLMConfig(top_p=0)
+
+
+def test_history_is_trimmed_to_half_the_window_so_the_prompt_cache_misses_rarely() -> None:
+    """Each trim changes the prompt's prefix (a prompt-cache miss): trimming to half the window keeps misses rare."""
+    from voicepipe.llm.chat_format import ChatMessage
+    from voicepipe.llm.stage import LLMConfig, LLMStage
+
+    stage = LLMStage(LLMConfig(max_history=8))
+    trims = 0
+    for turn in range(1, 21):
+        before = list(stage.history)
+        stage.history += [ChatMessage("user", f"q{turn}"), ChatMessage("assistant", f"a{turn}")]
+        stage._trim_history()
+        if stage.history[: len(before)] != before:
+            trims += 1
+        assert len(stage.history) <= 8
+        assert stage.history[0].role == "user"
+        assert stage.history[-1] == ChatMessage("assistant", f"a{turn}")
+    assert trims <= 20 // 2, f"{trims} of 20 turns changed the prefix"
+    assert trims >= 3  # the window really is enforced

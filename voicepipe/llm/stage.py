@@ -212,9 +212,11 @@ class LLMStage(Stage):
         self._warm()
 
     def _trim_history(self) -> None:
-        excess = len(self.history) - self.config.max_history
-        if excess > 0:
-            del self.history[:excess]
+        # Dropping the oldest messages changes the prompt's prefix, so the prompt cache cannot serve the next turn.
+        # Trimming one turn at a time would make every turn past the window a full prefill; trimming down to half
+        # the window makes that one turn in every max_history / 4.
+        if len(self.history) > self.config.max_history:
+            del self.history[: len(self.history) - self.config.max_history // 2]
         while self.history and self.history[0].role != "user":
             del self.history[0]
 
