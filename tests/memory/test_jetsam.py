@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,37 +13,67 @@ import pytest
 import soundfile as sf
 
 from voicepipe.memory.jetsam import RssWatchdog
+
+
+def _in_fresh_process(body: str) -> dict:
+    """Run ``body`` in a new interpreter and return the JSON it prints.
+
+    Resident-memory checks need a process whose allocator holds no freed pages: in the long-lived test process, a
+    200 MB allocation can be served from memory earlier tests freed, and the RSS never rises.
+    """
+    result = subprocess.run([sys.executable, "-c", body], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+WATCHDOG_PEAK = """
+import json, time
+import numpy as np
+from voicepipe.memory.jetsam import RssWatchdog
 from voicepipe.memory.rss import MB, rss_bytes
+dog = RssWatchdog(hz=100)
+dog.start()
+try:
+    before = rss_bytes()
+    block = np.ones(200 * MB // 8)  # 200 MB, every page touched
+    time.sleep(0.3)
+    del block
+    time.sleep(0.3)
+finally:
+    dog.stop()
+print(json.dumps({"hz": dog.sample_rate_hz, "peak": dog.peak_bytes, "before": before, "MB": MB}))
+"""
 
 
 def test_watchdog_samples_at_least_50_hz_and_records_the_peak():
-    dog = RssWatchdog(hz=100)
-    dog.start()
-    try:
-        before = rss_bytes()
-        block = np.ones(200 * MB // 8)  # 200 MB, every page touched
-        time.sleep(0.3)
-        del block
-        time.sleep(0.3)
-    finally:
-        dog.stop()
-    assert dog.sample_rate_hz >= 50, dog.sample_rate_hz
-    assert dog.peak_bytes >= before + 190 * MB
+    r = _in_fresh_process(WATCHDOG_PEAK)
+    assert r["hz"] >= 50, r["hz"]
+    assert r["peak"] >= r["before"] + 190 * r["MB"]
+
+
+SPIKE = """
+import json, time
+import numpy as np
+from voicepipe.memory.jetsam import RssWatchdog
+from voicepipe.memory.rss import MB, rss_bytes
+seen = []
+base = rss_bytes()
+dog = RssWatchdog(limit_mb=(base + 150 * MB) / MB, hz=50, on_exceed=lambda *a: seen.append(a))
+dog.start()
+try:
+    dog.sample()
+    block = np.ones(300 * MB // 8)  # allocated and freed well within one 20 ms interval on most runs
+    del block
+    time.sleep(0.1)
+finally:
+    dog.stop()
+print(json.dumps({"seen": [list(map(int, s)) for s in seen]}))
+"""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's RSS high-water mark is Linux-only")
 def test_a_spike_between_two_samples_still_crosses_the_limit():
-    seen: list[tuple[int, int, int]] = []
-    base = rss_bytes()
-    dog = RssWatchdog(limit_mb=(base + 150 * MB) / MB, hz=50, on_exceed=lambda *a: seen.append(a))
-    dog.start()
-    try:
-        dog.sample()
-        block = np.ones(300 * MB // 8)  # allocated and freed well within one 20 ms interval on most runs
-        del block
-        time.sleep(0.1)
-    finally:
-        dog.stop()
+    seen = _in_fresh_process(SPIKE)["seen"]
     assert seen, "the 300 MB spike was missed"
     _, peak, limit = seen[0]
     assert peak > limit
