@@ -29,7 +29,7 @@ from .scenario import (
     converse,
     ended_turns,
     live_pipeline,
-    question,
+    neural_question,
     real_llm,
     transcripts,
     wait_for,
@@ -64,7 +64,7 @@ async def test_spoken_question_gets_one_spoken_reply(room, whisper_dir, piper_mo
     recording = room.record("bot.monitor")
 
     async def script(timeline, collector):
-        room.play(question("What is the capital of France?"), SAMPLE_RATE, "user")
+        room.play(neural_question("What is the capital of France?", piper_model), SAMPLE_RATE, "user")
         await wait_for(lambda: ended_turns(collector), 90, "the end of the first turn")
         await asyncio.sleep(1.5)  # a second turn would have started by now
 
@@ -105,7 +105,7 @@ async def test_echo_guard_keeps_the_assistant_from_answering_itself(
     mic_input = room.record("user.monitor")
 
     async def script(timeline, collector):
-        room.play(question("What is the capital of France?"), SAMPLE_RATE, "user")
+        room.play(neural_question("What is the capital of France?", piper_model), SAMPLE_RATE, "user")
         await wait_for(lambda: ended_turns(collector), 90, "the end of the first turn")
         if guarded:
             await asyncio.sleep(3.0)  # long enough for the echo to have become a second turn
