@@ -35,23 +35,13 @@ from voicepipe.llm.mlx_gated_delta import (
     disable_chunked_prefill,
     enable_chunked_prefill,
 )
+from voicepipe.testing.checkpoints import REAL_SHAPE
 
-# Qwen3.5-0.8B's text config (DESIGN.md: measured facts).
+# Qwen3.5-0.8B's text config: the real shape (one definition, in voicepipe.testing.checkpoints) plus what mlx-lm needs.
 CONFIG_08B: dict[str, Any] = {
+    **REAL_SHAPE,
     "model_type": "qwen3_5",
-    "vocab_size": 248320,
-    "hidden_size": 1024,
-    "intermediate_size": 3584,
-    "num_hidden_layers": 24,
     "full_attention_interval": 4,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 2,
-    "head_dim": 256,
-    "linear_num_key_heads": 16,
-    "linear_num_value_heads": 16,
-    "linear_key_head_dim": 128,
-    "linear_value_head_dim": 128,
-    "linear_conv_kernel_dim": 4,
     "rms_norm_eps": 1e-6,
     "tie_word_embeddings": True,
     "max_position_embeddings": 262144,
