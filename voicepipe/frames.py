@@ -42,6 +42,9 @@ class Frame:
 
     turn_id: int = 0
     timestamp: float = field(default_factory=time.monotonic)
+    #: Name of the stage that produced this frame, set by the pipeline when the frame is first pushed. Observers are
+    #: told about a frame once, there; stages that forward it unchanged do not make it count again.
+    origin: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def is_system(self) -> bool:

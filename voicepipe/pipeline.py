@@ -7,6 +7,10 @@ other handles system frames at once. An interruption cancels the data frame in f
 interruption, and drops the data frames queued before it (``EndFrame`` excepted); frames queued after it survive,
 since they belong to the new turn.
 
+Observers (metrics, the live view) are told about each frame once, when the stage that produced it pushes it (the
+pipeline tags it with ``Frame.origin``); stages that forward it unchanged, such as the memory governor's taps or a
+plugin between two stages, do not show it again, so a reply or an error is never counted twice.
+
 A stage that raises does not take the pipeline down: the error is logged and an ``ErrorFrame`` goes downstream, so
 only that turn fails. A fatal ``ErrorFrame`` (e.g. the microphone disappeared), the end of input (``EndFrame`` out of
 the last stage) or cancellation (Ctrl-C) stops the pipeline; every task is cancelled and awaited and every stage is
@@ -85,7 +89,9 @@ class FrameQueue:
 
 
 class FrameObserver(Protocol):
-    """Sees every frame that moves between stages (metrics, live view). Must be quick and must not raise."""
+    """Sees every frame once, when the stage that produced it pushes it (metrics, live view); ``source`` is that
+    stage. Forwarding a frame unchanged does not show it again, so an observer may accumulate what it sees. Must be
+    quick and must not raise."""
 
     def on_frame(self, frame: Frame, source: Stage | None, direction: Direction) -> None: ...
 
@@ -230,7 +236,9 @@ class VoicePipeline:
         target = index + 1 if direction is Direction.DOWNSTREAM else index - 1
 
         async def push(frame: Frame) -> None:
-            self._notify(frame, stage, direction)
+            if frame.origin is None:  # first push: this stage produced it; later hops only forward it
+                frame.origin = stage.name
+                self._notify(frame, stage, direction)
             if isinstance(frame, EndFrame) and direction is Direction.DOWNSTREAM:
                 self._end_pushed.add(index)
             if 0 <= target < len(self.stages):

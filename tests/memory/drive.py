@@ -54,10 +54,9 @@ class TurnSource(Source):
 class Recorder:
     """Observer: the chunks the chunker sent, the audio that reached the sink, metrics, replies, per turn."""
 
-    def __init__(self, out: Path, source: TurnSource, before_sink: Stage) -> None:
+    def __init__(self, out: Path, source: TurnSource) -> None:
         self.out = out
         self.source = source
-        self.before_sink = before_sink
         self.turns: dict[int, dict[str, Any]] = defaultdict(
             lambda: {"chunks": {}, "spoken": {}, "audio_s": 0.0, "metrics": {}, "reply": None}
         )
@@ -75,7 +74,7 @@ class Recorder:
             turn["reply"] = frame.text
         elif isinstance(frame, MetricsFrame):
             turn["metrics"].update(frame.values)
-        elif isinstance(frame, TTSAudioFrame) and source is self.before_sink:  # audio handed to the sink to play
+        elif isinstance(frame, TTSAudioFrame):  # seen once, as the TTS hands it on towards the sink
             if "first_audio_s" not in turn:
                 turn["first_audio_s"] = time.monotonic() - self.started.get(frame.turn_id, time.monotonic())
             turn["audio_s"] += frame.duration
@@ -102,7 +101,7 @@ async def main(spec: dict[str, Any]) -> None:
     stages, governor, watchdog = apply_memory(
         [source, *build_stages(loaded)], loaded.settings.memory, spec.get("jetsam_mb")
     )
-    recorder = Recorder(out, source, stages[-2])
+    recorder = Recorder(out, source)
     pipeline = VoicePipeline(stages, observers=[recorder])
     pipeline.on_output(recorder.on_output)
     if watchdog is not None:

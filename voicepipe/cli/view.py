@@ -14,7 +14,7 @@ import json
 import sys
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any, TextIO
 
 from voicepipe.frames import (
@@ -91,7 +91,6 @@ class JsonView(QuietView):
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
-        self._interruptions: set[float] = set()
 
     def _emit(self, obj: dict[str, Any]) -> None:
         print(json.dumps(obj), file=self.stream, flush=True)
@@ -101,8 +100,7 @@ class JsonView(QuietView):
             return
         if isinstance(frame, TranscriptFrame) and frame.final:
             self._emit({"event": "transcript", "turn": frame.turn_id, "text": frame.text})
-        elif isinstance(frame, InterruptionFrame) and frame.timestamp not in self._interruptions:
-            self._interruptions.add(frame.timestamp)  # it passes every stage: report it once
+        elif isinstance(frame, InterruptionFrame):
             self._emit({"event": "interruption", "turn": frame.turn_id, "reason": frame.reason})
         elif isinstance(frame, ErrorFrame):
             self._emit(
@@ -130,18 +128,11 @@ class ConversationState:
         self.interrupted = False
         self.error = ""
         self.turns: deque[TurnMetrics] = deque(maxlen=history)
-        # frames pass every stage: count each once. The frames are kept (a few hundred) so their ids stay unique.
-        self._seen: OrderedDict[tuple[int, int], Frame] = OrderedDict()
 
     def on_frame(self, frame: Frame, source: Stage | None, direction: Direction) -> None:
+        # the pipeline shows each frame once, where it was produced: accumulating reply text here is safe
         if isinstance(frame, AudioFrame | TTSAudioFrame | UserAudioFrame | MetricsFrame):
             return
-        key = (id(frame), 0 if direction is Direction.DOWNSTREAM else 1)
-        if key in self._seen:
-            return
-        self._seen[key] = frame
-        if len(self._seen) > 512:
-            self._seen.popitem(last=False)
         if direction is Direction.UPSTREAM:
             if isinstance(frame, BotSpeakingFrame):
                 self.state = "speaking" if frame.speaking else "listening"
