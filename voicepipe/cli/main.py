@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Sequence
 
 from voicepipe import __version__
-from voicepipe.errors import ConfigError, UserError
+from voicepipe.errors import ConfigError, StageError, UserError
 
 __all__ = ["main", "COMMANDS"]
 
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from voicepipe.pipeline import PipelineError
 
-        if isinstance(exc, PipelineError):
+        if isinstance(exc, PipelineError | StageError):  # an engine or server failed: one line, not a bug report
             print(f"error: {exc}", file=sys.stderr)
             return 1
         traceback.print_exc()

@@ -6,7 +6,14 @@ owns the weights and its own prompt cache, so ``unload``/``warm``/``reset_state`
 is 0. The standard library's ``http.client`` streams the server-sent events (no extra dependency).
 
 A server that fails or dies mid-reply raises ``StageError`` with one clear line: the pipeline turns that into an
-``ErrorFrame``, so the turn fails and the conversation goes on.
+``ErrorFrame``, so the turn fails and the conversation goes on. Failures a retry can cure (nothing listening, a
+dropped connection before any text) are marked ``retryable``; the LLM stage retries those a bounded number of times.
+At startup, nothing listening is the user's to fix (``UserError``: start the server or fix the URL); an HTTP error or
+a server that does not answer within ``timeout`` is one ``StageError`` line.
+
+The server is not trusted to stop: the reply ends after ``max_tokens`` streamed deltas or after ``reply_timeout_s``
+seconds, whatever the server does (a server that ignores ``max_tokens`` would otherwise stream forever). Each read
+waits at most ``timeout`` seconds, so a silent server ends the turn within ``reply_timeout_s + timeout``.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import http.client
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -46,6 +54,7 @@ class RemoteChat:
         model: str | None = None,
         api_key: str | None = None,
         timeout: float = 60.0,
+        reply_timeout_s: float = 120.0,
         extra_body: dict[str, Any] | None = None,
     ) -> None:
         parts = urlsplit(base_url)
@@ -54,7 +63,12 @@ class RemoteChat:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        if not timeout > 0 or not reply_timeout_s > 0:
+            raise UserError(
+                f"llm.options: timeout={timeout!r} and reply_timeout_s={reply_timeout_s!r} must be positive seconds"
+            )
         self.timeout = timeout
+        self.reply_timeout_s = reply_timeout_s
         self.extra_body = dict(extra_body or {})
         self.last_stats = GenerationStats()
         self.last_thinking = ""
@@ -82,7 +96,12 @@ class RemoteChat:
 
     def load(self) -> None:
         """Check that the server answers (``GET /models``), so a wrong URL fails at setup with a clear line."""
-        self._request("GET", "/models").close()
+        try:
+            self._request("GET", "/models").close()
+        except StageError as exc:
+            if isinstance(exc.__cause__, ConnectionRefusedError | socket.gaierror):
+                raise UserError(str(exc)) from exc  # nothing listening there: the user starts it or fixes the URL
+            raise
 
     def unload(self) -> None: ...
 
@@ -128,6 +147,7 @@ class RemoteChat:
         response = self._request("POST", "/chat/completions", self._body(messages, sampling))
         think = _ThinkFilter()
         received = 0
+        deadline = time.monotonic() + self.reply_timeout_s
         try:
             for event in _sse_events(response, self.base_url):
                 choice = (event.get("choices") or [{}])[0]
@@ -145,6 +165,21 @@ class RemoteChat:
                     yield text
                 if choice.get("finish_reason"):
                     stats.stop_reason = "eos" if choice["finish_reason"] == "stop" else choice["finish_reason"]
+                # our own limits, whatever the server does with max_tokens: one streamed delta is one token
+                if stats.generated_tokens >= sampling.max_tokens and not stats.stop_reason:
+                    stats.stop_reason = "length"
+                    log.warning(
+                        "remote LLM at %s sent more than max_tokens=%d; reply cut", self.base_url, sampling.max_tokens
+                    )
+                    break
+                if time.monotonic() > deadline and not stats.stop_reason:
+                    stats.stop_reason = "timeout"
+                    log.warning(
+                        "remote LLM at %s: reply still streaming after %.0f s; reply cut",
+                        self.base_url,
+                        self.reply_timeout_s,
+                    )
+                    break
             tail = think.flush()
             if tail:
                 yield tail
@@ -152,10 +187,11 @@ class RemoteChat:
             stats.stop_reason = "cancelled"
             raise
         except (OSError, http.client.HTTPException) as exc:  # includes a read timeout on a stalled server
+            what = f"sent nothing for {self.timeout:g} s" if isinstance(exc, TimeoutError) else "dropped the connection"
             raise StageError(
-                f"remote LLM at {self.base_url} dropped the connection mid-reply after {received} chars "
+                f"remote LLM at {self.base_url} {what} mid-reply after {received} chars "
                 f"({type(exc).__name__}); the turn failed",
-                retryable=True,
+                retryable=received == 0,  # nothing was said yet: trying again cannot repeat words
             ) from exc
         finally:
             response.close()
@@ -211,6 +247,19 @@ class RemoteChat:
         try:
             conn.request(method, parts.path.rstrip("/") + path, body=payload, headers=headers)
             response = conn.getresponse()
+        except TimeoutError as exc:
+            conn.close()
+            raise StageError(
+                f"remote LLM at {self.base_url} did not answer {method} {path} within {self.timeout:g} s; check the "
+                "server (or raise the llm stage's options.timeout)",
+                retryable=True,
+            ) from exc
+        except (http.client.RemoteDisconnected, ConnectionResetError) as exc:
+            conn.close()
+            raise StageError(
+                f"remote LLM at {self.base_url} closed the connection without answering {method} {path}",
+                retryable=True,
+            ) from exc
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise StageError(
@@ -219,9 +268,12 @@ class RemoteChat:
                 retryable=True,
             ) from exc
         if response.status != 200:
-            detail = response.read(300).decode("utf-8", "replace").strip()
+            detail = " ".join(response.read(300).decode("utf-8", "replace").split())  # one line
             response.close()
-            raise StageError(f"remote LLM at {self.base_url}: HTTP {response.status} for {path}: {detail}")
+            raise StageError(
+                f"remote LLM at {self.base_url}: HTTP {response.status} for {path}: {detail or response.reason}",
+                retryable=response.status in (429, 502, 503, 504),  # busy or restarting: worth another try
+            )
         return response
 
 

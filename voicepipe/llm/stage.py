@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from typing import Any, Literal
 
 from pydantic import Field
 
+from voicepipe.errors import StageError
 from voicepipe.frames import (
     Frame,
     InterruptionFrame,
@@ -59,6 +61,8 @@ class LLMConfig(StageConfig):
     max_history: int = Field(20, ge=2, description="Messages kept besides the system prompt.")
     warm_cache: bool = Field(True, description="Prefill the finished conversation while the user is silent.")
     options: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for from_pretrained.")
+    retries: int = Field(2, ge=0, le=10, description="Tries again after a retryable failure before any reply text.")
+    retry_backoff_s: float = Field(0.5, ge=0, le=60, description="Wait before the first retry; doubles each time.")
 
     def sampling(self) -> ChatSamplingConfig:
         return ChatSamplingConfig(
@@ -165,10 +169,24 @@ class LLMStage(Stage):
             await asyncio.wait(set(self._background))
         failed = True
         try:
-            async with contextlib.aclosing(self.model.agenerate_stream(self.messages(), self._sampling)) as stream:
-                async for delta in stream:
-                    parts.append(delta)
-                    await self.push(LLMTokenFrame(text=delta, turn_id=turn))
+            for attempt in itertools.count(1):
+                try:
+                    async with contextlib.aclosing(
+                        self.model.agenerate_stream(self.messages(), self._sampling)
+                    ) as stream:
+                        async for delta in stream:
+                            parts.append(delta)
+                            await self.push(LLMTokenFrame(text=delta, turn_id=turn))
+                    break
+                except StageError as exc:
+                    # a retry is safe only before any text went out (the user would hear words twice otherwise)
+                    if not exc.retryable or parts or attempt > self.config.retries:
+                        raise
+                    delay = self.config.retry_backoff_s * 2 ** (attempt - 1)
+                    log.warning(
+                        "%s: %s; trying again in %.1f s (%d/%d)", self.name, exc, delay, attempt, self.config.retries
+                    )
+                    await asyncio.sleep(delay)
             failed = False
         except asyncio.CancelledError:
             failed = False  # interrupted: the partial reply was emitted and stays (see _keep_only_heard)
