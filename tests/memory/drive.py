@@ -5,13 +5,16 @@ and by scripts/bench_memory.py, since the jetsam simulator may kill it).
 
 SPEC: ``{"pipeline": YAML text of the stages after the source (and its memory: section), "prompts": [...],
 "jetsam_mb": N or null, "out": path}``. Each prompt is sent as a final ``TranscriptFrame`` once the previous turn's
-``EndOfTurnFrame`` has left the sink, exactly as ``voicepipe run`` would wire the stages (``apply_memory``). One JSON
-line per finished turn is appended to ``out`` at once (a killed run leaves the turns it finished), then a summary.
+``EndOfTurnFrame`` has left the sink, exactly as ``voicepipe run`` would wire the stages (``apply_memory``). With
+``"prompts": null`` the pipeline's own first stage is the source (e.g. a ``wav-source`` not paced, whose questions
+arrive as fast as they are recognised). One JSON line per finished turn is appended to ``out`` at once (a killed run
+leaves the turns it finished), then a summary with the governor's load/unload event log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 import time
@@ -54,7 +57,7 @@ class TurnSource(Source):
 class Recorder:
     """Observer: the chunks the chunker sent, the audio that reached the sink, metrics, replies, per turn."""
 
-    def __init__(self, out: Path, source: TurnSource) -> None:
+    def __init__(self, out: Path, source: TurnSource | None) -> None:
         self.out = out
         self.source = source
         self.turns: dict[int, dict[str, Any]] = defaultdict(
@@ -66,7 +69,7 @@ class Recorder:
         if direction is not Direction.DOWNSTREAM or frame.turn_id <= 0:
             return
         turn = self.turns[frame.turn_id]
-        if isinstance(frame, TranscriptFrame) and isinstance(source, TurnSource):
+        if isinstance(frame, TranscriptFrame) and frame.final and frame.turn_id not in self.started:
             self.started[frame.turn_id] = time.monotonic()
         elif isinstance(frame, TextChunkFrame) and source is not None and source.name == "chunker":
             turn["chunks"][frame.index] = frame.text
@@ -90,16 +93,17 @@ class Recorder:
             turn["spoken"] = {str(k): v for k, v in turn["spoken"].items()}
             with self.out.open("a") as handle:
                 handle.write(json.dumps(turn) + "\n")
-            self.source.turn_over.set()
+            if self.source is not None:
+                self.source.turn_over.set()
 
 
 async def main(spec: dict[str, Any]) -> None:
     out = Path(spec["out"])
     out.write_text("")
     loaded = parse_pipeline(spec["pipeline"], "drive.yaml")
-    source = TurnSource(spec["prompts"])
+    source = TurnSource(spec["prompts"]) if spec["prompts"] is not None else None
     stages, governor, watchdog = apply_memory(
-        [source, *build_stages(loaded)], loaded.settings.memory, spec.get("jetsam_mb")
+        [*([source] if source else []), *build_stages(loaded)], loaded.settings.memory, spec.get("jetsam_mb")
     )
     recorder = Recorder(out, source)
     pipeline = VoicePipeline(stages, observers=[recorder])
@@ -114,7 +118,11 @@ async def main(spec: dict[str, Any]) -> None:
             watchdog.stop()
     summary: dict[str, Any] = {"summary": True, "wall_s": time.monotonic() - started}
     if governor is not None:
-        summary.update(governor=governor.summary(), decisions=governor.decisions)
+        summary.update(
+            governor=governor.summary(),
+            decisions=governor.decisions,
+            events=[dataclasses.asdict(event) for event in governor.events],
+        )
     if watchdog is not None:
         summary.update(peak_rss_mb=watchdog.peak_bytes / MB, sample_rate_hz=watchdog.sample_rate_hz)
     with out.open("a") as handle:

@@ -23,6 +23,18 @@ points where the governor must act; the stages themselves only need the memory h
   ``after-tts`` sees the end of the reply once the TTS has synthesized all of it, unloads the TTS and reloads the LLM
   while the sink is still playing the last audio, and reports how much of the reload was hidden behind that playback.
 
+Sequential turns never overlap, whatever the arrival pattern: when the next question arrives while the last reply is
+still being spoken (a WAV fed faster than real time, a user who talks on), ``before-llm`` holds it until that reply is
+synthesized and the TTS unloaded; a turn gives up its place when its reply is synthesized, when it is interrupted, or
+when the LLM fails on it. Reloading a model costs more than its loaded size for a moment (file reads, buffers); that
+transient is part of the LLM's measured working set, so policy ``auto`` counts it against the budget.
+
+Every load and unload, and every change of the two models' state the taps notice (a model that loaded itself), goes
+into ``events`` with both models' state after it: the record that proves "never both at once".
+
+A model that cannot be loaded again (its file removed or corrupted while it was unloaded) is tried once more; then the
+run stops with one line (a fatal ``ErrorFrame``), instead of failing every later turn.
+
 Playback is modelled as a speaker would play the audio: each block starts when it arrives or when the one before
 ended, whichever is later; so "hidden" means hidden behind audio a speaker would still be playing.
 """
@@ -36,9 +48,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from voicepipe.errors import ConfigError
+from voicepipe.errors import ConfigError, StageError
 from voicepipe.frames import (
     EndFrame,
+    ErrorFrame,
     Frame,
     InterruptionFrame,
     LLMResponseEndFrame,
@@ -51,7 +64,7 @@ from voicepipe.memory.jetsam import RssWatchdog
 from voicepipe.memory.rss import MB, release_freed_memory, rss_bytes
 from voicepipe.stage import Direction, Stage
 
-__all__ = ["MemoryGovernor", "StageMemory", "GovernorTap"]
+__all__ = ["MemoryGovernor", "StageMemory", "GovernorTap", "ModelEvent", "ReloadFailed"]
 
 log = logging.getLogger("voicepipe.memory")
 Mode = Literal["concurrent", "sequential"]
@@ -79,6 +92,20 @@ class StageMemory:
             "unload_drop_mb": round(self.unload_drop / MB, 1),
             "working_mb": round(self.working / MB, 1),
         }
+
+
+class ReloadFailed(StageError):
+    """A model the governor had unloaded could not be loaded again (twice): the run cannot go on."""
+
+
+@dataclass(frozen=True)
+class ModelEvent:
+    """One entry of the governor's event log: what happened, and whether each model was loaded right after it."""
+
+    at: float
+    what: str
+    llm_loaded: bool
+    tts_loaded: bool
 
 
 @dataclass
@@ -112,6 +139,11 @@ class MemoryGovernor:
         self._before: GovernorTap | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._after_llm: GovernorTap | None = None
+        self.events: list[ModelEvent] = []
+        self._idle: asyncio.Event | None = None  # set while no turn holds the models (sequential turns wait for it)
+        self._active: int | None = None  # the turn holding them
+        self._phase = "idle"  # of the active turn: "llm" (writing) or "tts" (speaking)
+        self._failed: ReloadFailed | None = None  # a reload that failed in a background swap
 
     # -- wiring ----------------------------------------------------------------------------------------------------
 
@@ -169,6 +201,8 @@ class MemoryGovernor:
             self.monitor.start()
         release_freed_memory()
         self.baseline = self.floor = self._rss_mark = rss_bytes()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def _setup_after_llm(self) -> None:
         llm = self._stage(self.llm)
@@ -259,6 +293,7 @@ class MemoryGovernor:
         await llm.unload()
         release_freed_memory()
         ms = (time.perf_counter() - started) * 1000
+        self.note(f"unloaded {llm.name}")
         self._llm_parked = True
         self.llm_memory.unload_drop = before - rss_bytes()
         self._decide(
@@ -272,7 +307,7 @@ class MemoryGovernor:
         ms = 0.0
         if not llm.is_loaded:
             started = time.perf_counter()
-            await llm.load()
+            await self._reload(llm, reason)
             ms = (time.perf_counter() - started) * 1000
             self._decide(f"loaded {llm.name} {reason}: {ms:.0f} ms, RSS now {rss_bytes() / MB:.0f} MB")
         self._llm_parked = False
@@ -289,6 +324,7 @@ class MemoryGovernor:
         await tts.unload()
         release_freed_memory()
         ms = (time.perf_counter() - started) * 1000
+        self.note(f"unloaded {tts.name}")
         self.tts_memory.unload_drop = before - rss_bytes()
         self._decide(
             f"unloaded {tts.name} {reason}: {ms:.0f} ms, RSS -{self.tts_memory.unload_drop / MB:.0f} MB, "
@@ -301,10 +337,46 @@ class MemoryGovernor:
         if tts.is_loaded:
             return 0.0
         started = time.perf_counter()
-        await tts.load()
+        await self._reload(tts, reason)
         ms = (time.perf_counter() - started) * 1000
         self._decide(f"loaded {tts.name} {reason}: {ms:.0f} ms, RSS now {rss_bytes() / MB:.0f} MB")
         return ms
+
+    async def _reload(self, stage: Stage, reason: str) -> None:
+        """Load ``stage`` again; one more try if that fails, then ``ReloadFailed`` (the run stops)."""
+        for attempt in (1, 2):
+            try:
+                await stage.load()
+                break
+            except Exception as exc:
+                detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+                if attempt == 2:
+                    raise ReloadFailed(
+                        f"memory governor: {stage.name} could not be loaded again {reason} ({detail}); its model "
+                        "changed or disappeared while it was unloaded, so the run stops"
+                    ) from exc
+                log.warning("memory governor: loading %s again failed (%s); trying once more", stage.name, detail)
+        self.note(f"loaded {stage.name}")
+
+    def note(self, what: str) -> None:
+        """Log an event with both models' state after it."""
+        llm, tts = self._stage(self.llm), self._stage(self.tts)
+        self.events.append(ModelEvent(time.monotonic(), what, llm.is_loaded, tts.is_loaded))
+
+    def check_state(self, where: str) -> None:
+        """Called by the taps on every frame: log a model that loaded or unloaded itself since the last event."""
+        llm, tts = self._stage(self.llm), self._stage(self.tts)
+        last = self.events[-1] if self.events else None
+        if last is None or (last.llm_loaded, last.tts_loaded) != (llm.is_loaded, tts.is_loaded):
+            self.note(f"seen at {where}")
+
+    def _release(self, turn_id: int | None = None) -> None:
+        """The active turn (or ``turn_id``, if it is the active one) no longer holds the models."""
+        if turn_id is not None and turn_id != self._active:
+            return
+        self._active, self._phase = None, "idle"
+        if self._idle is not None:
+            self._idle.set()
 
     def _locked(self) -> asyncio.Lock:
         if self._lock is None:
@@ -329,17 +401,35 @@ class MemoryGovernor:
         return peak
 
     async def turn_starts(self, turn_id: int) -> None:
-        """A final transcript is about to reach the LLM: make sure it can run."""
+        """A final transcript is about to reach the LLM: make sure it can run.
+
+        Sequential turns wait here until the turn before has been spoken and the TTS unloaded (the user may ask the
+        next question while the last reply still plays): two turns in flight would put both models in memory.
+        """
+        if self._failed is not None:
+            raise self._failed
+        if self._idle is None:
+            self._idle = asyncio.Event()
+            self._idle.set()
+        if self.mode == "sequential" and not self._idle.is_set():
+            log.info("memory governor: turn %d waits until turn %s has been spoken", turn_id, self._active)
+            await self._idle.wait()
+        self._idle.clear()
+        self._active, self._phase = turn_id, "llm"
         turn = self._turn(turn_id)
-        async with self._locked():
-            if self.mode == "sequential":
-                ms = await self._unload_tts(reason=f"before turn {turn_id} (it was still loaded)")
-                if ms:
-                    turn.values["tts_unload_ms"] = turn.values.get("tts_unload_ms", 0.0) + ms
-            waited = await self._load_llm(reason=f"before turn {turn_id} (not reloaded in time)")
-            if waited:
-                turn.values["llm_reload_exposed_ms"] = waited
-            self._phase_peak(turn)  # the LLM phase starts now
+        try:
+            async with self._locked():
+                if self.mode == "sequential":
+                    ms = await self._unload_tts(reason=f"before turn {turn_id} (it was still loaded)")
+                    if ms:
+                        turn.values["tts_unload_ms"] = turn.values.get("tts_unload_ms", 0.0) + ms
+                self._phase_peak(turn)  # the LLM phase starts now, its reload transient included
+                waited = await self._load_llm(reason=f"before turn {turn_id} (not reloaded in time)")
+                if waited:
+                    turn.values["llm_reload_exposed_ms"] = waited
+        except BaseException:
+            self._release(turn_id)
+            raise
 
     async def reply_written(self, turn_id: int) -> None:
         """The LLM finished this turn's reply (sequential mode): swap the LLM out and the TTS in."""
@@ -354,25 +444,40 @@ class MemoryGovernor:
             turn.values["llm_rss_drop_mb"] = self.llm_memory.unload_drop / MB
             turn.values["llm_phase_peak_mb"] = llm_peak / MB
             self._phase_peak(turn)  # the TTS phase starts now
+            if turn_id == self._active:
+                self._phase = "tts"
             turn.values["tts_load_ms"] = await self._load_tts(reason=f"to speak turn {turn_id}")
 
     def interrupted(self) -> None:
-        """Barge-in during a sequential turn: the reply is cut, so swap back to the LLM now, not at the next turn.
+        """Barge-in: the reply is cut, so the turn gives up the models; in a sequential turn swap back to the LLM now,
+        not at the next turn.
 
         Done in a task (system frames must stay quick). The LLM stage may reload its model by itself for the cut
-        history (a cache warm-up); unloading the TTS first keeps that overlap short.
+        history (a cache warm-up); unloading the TTS first keeps that overlap short. A reload that fails there stops
+        the run at the next turn.
         """
         if self.mode != "sequential" or not self._llm_parked:
+            self._release()
             return
 
         async def swap_back() -> None:
-            async with self._locked():
-                await self._unload_tts(reason="after a barge-in")
-                await self._load_llm(reason="after a barge-in")
+            try:
+                async with self._locked():
+                    await self._unload_tts(reason="after a barge-in")
+                    await self._load_llm(reason="after a barge-in")
+            except ReloadFailed as exc:
+                self._failed = exc
+            finally:
+                self._release()
 
         task = asyncio.get_running_loop().create_task(swap_back())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def turn_failed(self, turn_id: int) -> None:
+        """The LLM failed on this turn while writing it: no reply will come, so it gives up the models."""
+        if turn_id == self._active and self._phase == "llm":
+            self._release(turn_id)
 
     def audio_out(self, frame: TTSAudioFrame) -> None:
         turn = self._turn(frame.turn_id)
@@ -394,16 +499,21 @@ class MemoryGovernor:
                 if self.mode == "sequential":
                     ms = await self._unload_tts(reason=f"after speaking turn {turn_id}")
                     turn.values["tts_unload_ms"] = turn.values.get("tts_unload_ms", 0.0) + ms
+                self._phase_peak(turn)
                 reload_ms = await self._load_llm(reason=f"after turn {turn_id}, while its audio plays")
+                reload_peak = self._phase_peak(turn)
+                if self.mode == "sequential":  # the TTS is out: this peak is the LLM's reload transient alone
+                    # (file reads, buffers): part of what the LLM needs, so it counts against the budget
+                    self.llm_memory.working = max(self.llm_memory.working, reload_peak - self.floor)
                 ended = time.monotonic()
                 hidden = max(0.0, min(ended, turn.play_end) - started)
                 turn.values["llm_reload_ms"] = reload_ms
                 turn.values["swap_back_ms"] = (ended - started) * 1000
                 turn.values["reload_hidden_ms"] = hidden * 1000
                 turn.values["reload_exposed_ms"] = (ended - started - hidden) * 1000
-                self._phase_peak(turn)
             else:
                 self._rethink(turn)
+        self._release(turn_id)
         turn.values["peak_rss_mb"] = turn.peak / MB
         turn.values["sequential"] = 1.0 if sequential else 0.0
         values = {k: round(v, 1) for k, v in turn.values.items()}
@@ -454,9 +564,19 @@ class GovernorTap(Stage):
             await self.governor.stop()
 
     async def process(self, frame: Frame) -> None:
+        self.governor.check_state(self.name)
+        try:
+            await self._process(frame)
+        except ReloadFailed as exc:
+            # fatal: every later turn would fail the same way; the pipeline stops and the CLI prints this one line
+            await self.push(ErrorFrame(message=str(exc), stage=self.name, fatal=True, turn_id=frame.turn_id))
+
+    async def _process(self, frame: Frame) -> None:
         g = self.governor
+        if isinstance(frame, ErrorFrame) and frame.stage == self._llm_name() and self.role == "after-tts":
+            g.turn_failed(frame.turn_id)
         if self.role == "before-llm":
-            if isinstance(frame, TranscriptFrame) and frame.final and frame.turn_id > 0:
+            if isinstance(frame, TranscriptFrame) and frame.final and frame.text.strip() and frame.turn_id > 0:
                 await g.turn_starts(frame.turn_id)
             elif isinstance(frame, InterruptionFrame):
                 g.interrupted()
@@ -471,12 +591,17 @@ class GovernorTap(Stage):
                 await self.push(MetricsFrame(stage="memory", turn_id=frame.turn_id, values=values))
             await self.push(frame)
 
+    def _llm_name(self) -> str:
+        return self.governor.llm.name if self.governor.llm is not None else ""
+
     async def _after_llm(self, frame: Frame) -> None:
         """Sequential mode: hold the reply until the LLM is done and unloaded and the TTS is loaded."""
         if isinstance(frame, InterruptionFrame):
             self._held.clear()  # the interrupted reply is not spoken
             await self.push(frame)
             return
+        if isinstance(frame, ErrorFrame) and frame.stage == self._llm_name():
+            self._held = [f for f in self._held if f.turn_id != frame.turn_id]  # that reply will never end
         if self.governor.mode != "sequential" or frame.is_system:
             await self.push(frame)
             return
