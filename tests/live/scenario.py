@@ -14,7 +14,7 @@ from voicepipe.frames import BotSpeakingFrame, EndOfTurnFrame, Frame, Transcript
 from voicepipe.pipeline import VoicePipeline
 from voicepipe.stage import Direction, Stage
 from voicepipe.testing.harness import FrameCollector
-from voicepipe.testing.speech import SAMPLE_RATE, espeak, pad
+from voicepipe.testing.speech import SAMPLE_RATE, espeak, pad, piper
 
 
 class Timeline:
@@ -54,18 +54,8 @@ def question(text: str) -> np.ndarray:
 
 
 def neural_question(text: str, piper_model: str) -> np.ndarray:
-    """The same, read by the Piper joe voice: tiny.en hears a neural voice more reliably than espeak-ng's formants
-    (through the sound server espeak's "capital of France" came back as "capital and friends" in some runs)."""
-    from voicepipe.testing.speech import resample
-    from voicepipe.tts.piper import PiperEngine
-
-    engine = PiperEngine(piper_model)
-    engine.load()
-    try:
-        pcm = engine.synthesize(text)
-    finally:
-        engine.unload()
-    return pad(resample(pcm, engine.sample_rate, SAMPLE_RATE), lead=0.3, trail=0.3)
+    """The same, read by the Piper joe voice (see ``voicepipe.testing.speech.piper``)."""
+    return pad(piper(text, piper_model), lead=0.3, trail=0.3)
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
