@@ -1,0 +1,245 @@
+"""Soak: many turns through one pipeline with a real LLM and a real TTS; does anything grow?
+
+Each turn is a typed question (a final transcript, the LLM's input) sent as soon as the previous turn's reply has
+left the sink, so nothing waits in real time: LLM (the real Qwen2.5-Coder-0.5B-Instruct Q4_K_M on llama.cpp, greedy)
+-> chunker -> Piper or Kokoro -> WAV sink (a temporary file, deleted afterwards). After each turn the process's
+resident memory, its thread count and the event loop's task count are sampled. Reported, after a warm-up:
+
+- RSS growth from the end of the warm-up to the last turn (limit ``--max-rss-growth-pct``, 5 %);
+- thread and asyncio-task counts at the end of the warm-up and at the end (no growth allowed);
+- the p50 of the time from question to first reply audio over the last ``--window`` turns vs the first ``--window``
+  after the warm-up (limit ``--max-drift-pct``, 10 %).
+
+The exit status is 1 when a limit is exceeded. The full soak (results go to BENCHMARKS.md, on a quiet machine):
+
+    .venv/bin/python scripts/soak.py --turns 500 --tts piper --json soak-piper.json
+    .venv/bin/python scripts/soak.py --turns 500 --tts kokoro --json soak-kokoro.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from voicepipe.config import build_stages, parse_pipeline
+from voicepipe.frames import EndOfTurnFrame, ErrorFrame, Frame, TranscriptFrame
+from voicepipe.memory.rss import MB, rss_bytes
+from voicepipe.metrics import MetricsObserver, TurnMetrics
+from voicepipe.pipeline import VoicePipeline
+from voicepipe.stage import Source
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "How far away is the moon?",
+    "How do I boil an egg?",
+    "Who wrote Romeo and Juliet?",
+    "How many legs does a spider have?",
+    "Why is the sky blue?",
+    "How do you say hello in Spanish?",
+    "What is the tallest mountain in the world?",
+    "Tell me something about elephants.",
+    "What year did the first moon landing happen?",
+    "What is two plus three?",
+    "Name a fruit that is yellow.",
+]
+
+
+class QuestionSource(Source):
+    """Sends question after question as final transcripts, each once the previous reply has left the sink."""
+
+    def __init__(self, turns: int) -> None:
+        super().__init__(name="questions")
+        self.count = turns
+        self.turn_over = asyncio.Event()
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        for i in range(self.count):
+            self.turn_over.clear()
+            yield TranscriptFrame(text=QUESTIONS[i % len(QUESTIONS)], final=True, turn_id=self.turns.next())
+            await self.turn_over.wait()
+
+
+def pipeline_yaml(model: str, tts: str, out: Path, max_tokens: int, max_history: int) -> str:
+    if tts == "kokoro":
+        from voicepipe.testing.tts_assets import KOKORO_TEST_VOICE, kokoro_model_path, kokoro_voices_path
+
+        tts_stage = (
+            f"  - type: kokoro\n    model: {kokoro_model_path()}\n    voices: {kokoro_voices_path()}\n"
+            f"    voice: {KOKORO_TEST_VOICE}\n"
+        )
+    else:
+        from voicepipe.testing.tts_assets import piper_joe_model_path
+
+        tts_stage = f"  - type: piper\n    model: {piper_joe_model_path()}\n"
+    return f"""stages:
+  - type: llm
+    backend: llamacpp
+    model: {model}
+    temperature: 0
+    max_tokens: {max_tokens}
+    max_history: {max_history}
+  - type: chunker
+{tts_stage}  - type: wav-sink
+    path: {out}
+"""
+
+
+def p50(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+async def soak(args: argparse.Namespace, out_wav: Path) -> dict[str, Any]:
+    loaded = parse_pipeline(
+        pipeline_yaml(args.model, args.tts, out_wav, args.max_tokens, args.max_history), "soak.yaml"
+    )
+    source = QuestionSource(args.turns)
+    samples: list[dict[str, Any]] = []
+    finished: dict[int, TurnMetrics] = {}
+    metrics = MetricsObserver(lambda turn: finished.__setitem__(turn.turn_id, turn))
+    errors: list[str] = []
+    started = time.monotonic()
+
+    def on_output(frame: Frame) -> None:
+        if isinstance(frame, ErrorFrame):
+            errors.append(frame.message)
+        if isinstance(frame, EndOfTurnFrame) and frame.turn_id > 0:
+            samples.append(
+                {
+                    "turn": frame.turn_id,
+                    "rss_mb": rss_bytes() / MB,
+                    "threads": threading.active_count(),
+                    "tasks": len(asyncio.all_tasks()),
+                }
+            )
+            if args.progress and frame.turn_id % 10 == 0:
+                s = samples[-1]
+                print(f"turn {frame.turn_id}: RSS {s['rss_mb']:.0f} MB, {s['threads']} threads, {s['tasks']} tasks")
+            source.turn_over.set()
+
+    pipeline = VoicePipeline([source, *build_stages(loaded)], observers=[metrics])
+    pipeline.on_output(on_output)
+    await pipeline.run()
+    metrics.flush()
+    wall = time.monotonic() - started
+
+    latency = {}
+    for turn_id, turn in finished.items():
+        t = turn.times
+        if "transcript" in t and "first_audio" in t:
+            latency[turn_id] = (t["first_audio"] - t["transcript"]) * 1000
+    warm = samples[min(args.warmup, len(samples)) - 1] if samples else None
+    last = samples[-1] if samples else None
+    after = [latency[s["turn"]] for s in samples[args.warmup :] if s["turn"] in latency]
+    window = min(args.window, len(after) // 2)
+    first_p50, last_p50 = p50(after[:window]), p50(after[-window:] if window else [])
+    report: dict[str, Any] = {
+        "turns": len(samples),
+        "turns_asked": args.turns,
+        "tts": args.tts,
+        "model": Path(args.model).name,
+        "max_tokens": args.max_tokens,
+        "max_history": args.max_history,
+        "warmup_turns": args.warmup,
+        "window": window,
+        "wall_s": round(wall, 1),
+        "errors": errors,
+        "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "replies_sample": [finished[i].reply for i in sorted(finished)[:3]],
+    }
+    if warm is not None and last is not None:
+        growth = (last["rss_mb"] - warm["rss_mb"]) / warm["rss_mb"] * 100
+        report.update(
+            rss_after_warmup_mb=round(warm["rss_mb"], 1),
+            rss_end_mb=round(last["rss_mb"], 1),
+            rss_peak_mb=round(max(s["rss_mb"] for s in samples), 1),
+            rss_growth_pct=round(growth, 2),
+            threads_after_warmup=warm["threads"],
+            threads_end=last["threads"],
+            threads_max=max(s["threads"] for s in samples[args.warmup - 1 :]),
+            tasks_after_warmup=warm["tasks"],
+            tasks_end=last["tasks"],
+            tasks_max=max(s["tasks"] for s in samples[args.warmup - 1 :]),
+        )
+    if first_p50 is not None and last_p50 is not None:
+        report.update(
+            latency_p50_first_ms=round(first_p50, 1),
+            latency_p50_last_ms=round(last_p50, 1),
+            latency_drift_pct=round((last_p50 - first_p50) / first_p50 * 100, 2),
+        )
+    report["samples"] = samples
+    report["failures"] = check(report, args)
+    return report
+
+
+def check(report: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    failures = []
+    if report["turns"] != report["turns_asked"]:
+        failures.append(f"only {report['turns']} of {report['turns_asked']} turns finished")
+    if report["errors"]:
+        failures.append(f"{len(report['errors'])} stage errors, first: {report['errors'][0]}")
+    if "rss_growth_pct" not in report:
+        return failures + ["no turn finished after the warm-up"]
+    if report["rss_growth_pct"] > args.max_rss_growth_pct:
+        failures.append(
+            f"RSS grew {report['rss_growth_pct']:.1f} % after the warm-up (limit {args.max_rss_growth_pct} %)"
+        )
+    for what in ("threads", "tasks"):
+        if report[f"{what}_end"] > report[f"{what}_after_warmup"]:
+            failures.append(f"{what} grew from {report[f'{what}_after_warmup']} to {report[f'{what}_end']}")
+    drift = report.get("latency_drift_pct")
+    if args.max_drift_pct is not None and drift is not None and abs(drift) > args.max_drift_pct:
+        failures.append(f"latency p50 drifted {drift:+.1f} % (limit {args.max_drift_pct} %)")
+    return failures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--turns", type=int, default=500)
+    parser.add_argument("--tts", choices=("piper", "kokoro"), default="piper")
+    parser.add_argument("--model", help="chat GGUF (default: the real Qwen2.5-Coder-0.5B-Instruct Q4_K_M)")
+    parser.add_argument("--max-tokens", type=int, default=48, help="reply length cap (a spoken answer)")
+    parser.add_argument(
+        "--max-history", type=int, default=20, help="LLM history kept (the steady state starts once it is full)"
+    )
+    parser.add_argument("--warmup", type=int, help="turns not measured (default: 10 %% of the turns, at least 3)")
+    parser.add_argument("--window", type=int, default=50, help="turns in each latency p50 window")
+    parser.add_argument("--max-rss-growth-pct", type=float, default=5.0)
+    parser.add_argument("--max-drift-pct", type=float, default=10.0, help="latency drift limit (negative: off)")
+    parser.add_argument("--json", metavar="PATH", help="write the report (with per-turn samples) here")
+    parser.add_argument("--progress", action="store_true", help="a line every 10 turns")
+    args = parser.parse_args()
+    if args.turns < 2:
+        parser.error("--turns must be at least 2")
+    if args.warmup is None:
+        args.warmup = max(3, args.turns // 10)
+    args.warmup = max(1, min(args.warmup, args.turns - 1))
+    if args.max_drift_pct is not None and args.max_drift_pct < 0:
+        args.max_drift_pct = None
+    if args.model is None:
+        from voicepipe.testing.llm_assets import qwen25_05b_gguf
+
+        args.model = str(qwen25_05b_gguf())
+    with tempfile.TemporaryDirectory(prefix="voicepipe-soak-") as tmp:
+        report = asyncio.run(soak(args, Path(tmp) / "replies.wav"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    summary = {k: v for k, v in report.items() if k != "samples"}
+    print(json.dumps(summary, indent=2))
+    for failure in report["failures"]:
+        print(f"FAIL: {failure}", file=sys.stderr)
+    return 1 if report["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
