@@ -488,7 +488,8 @@ class MemoryGovernor:
         """The TTS has synthesized the whole reply: in sequential mode swap back while the audio plays. Returns the
         turn's values for its ``MetricsFrame``."""
         turn = self._turn(turn_id)
-        sequential = self.mode == "sequential"
+        # a late end of a turn that already gave up the models (interrupted) must not swap them under the next turn
+        sequential = self.mode == "sequential" and self._active in (None, turn_id)
         async with self._locked():
             phase_peak = self._phase_peak(turn)
             if sequential:
