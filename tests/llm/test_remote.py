@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from voicepipe.errors import StageError
+from voicepipe.errors import StageError, UserError
 from voicepipe.frames import ErrorFrame, Frame, LLMResponseEndFrame, LLMTokenFrame, TranscriptFrame
 from voicepipe.llm import ChatMessage, ChatModel, ChatSamplingConfig, load_chat
 from voicepipe.llm.remote import RemoteChat
@@ -93,8 +93,12 @@ async def test_remote_async_stream_and_thinking_filter(server: str) -> None:
 
 
 def test_unreachable_server_is_one_clear_error() -> None:
-    with pytest.raises(StageError, match="unreachable.*start the server"):
+    # at startup nothing listening is the user's to fix (exit 2); mid-conversation it is a retryable StageError
+    with pytest.raises(UserError, match="unreachable.*start the server"):
         RemoteChat(f"http://127.0.0.1:{_free_port()}/v1").load()
+    with pytest.raises(StageError, match="unreachable.*start the server") as caught:
+        list(RemoteChat(f"http://127.0.0.1:{_free_port()}/v1").generate_stream(MESSAGES))
+    assert caught.value.retryable
 
 
 class KillServerOnFirstToken(Stage):
