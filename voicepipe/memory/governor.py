@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -139,7 +140,7 @@ class MemoryGovernor:
         self._before: GovernorTap | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._after_llm: GovernorTap | None = None
-        self.events: list[ModelEvent] = []
+        self.events: deque[ModelEvent] = deque(maxlen=10_000)  # bounded: a long conversation must not grow it
         self._idle: asyncio.Event | None = None  # set while no turn holds the models (sequential turns wait for it)
         self._active: int | None = None  # the turn holding them
         self._phase = "idle"  # of the active turn: "llm" (writing) or "tts" (speaking)
