@@ -6,7 +6,9 @@ left the sink, so nothing waits in real time: LLM (the real Qwen2.5-Coder-0.5B-I
 resident memory, its thread count and the event loop's task count are sampled. Reported, after a warm-up:
 
 - RSS growth from the end of the warm-up to the last turn (limit ``--max-rss-growth-pct``, 5 %);
-- thread and asyncio-task counts at the end of the warm-up and at the end (no growth allowed);
+- thread and asyncio-task counts at the end of the warm-up and at the end (no growth allowed); the event loop's
+  default executor (``asyncio.to_thread``, named ``asyncio_N``) starts workers on demand up to its fixed bound, so its
+  workers are counted apart and only checked against that bound;
 - the p50 of the time from question to first reply audio over the last ``--window`` turns vs the first ``--window``
   after the warm-up (limit ``--max-drift-pct``, 10 %).
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import sys
@@ -117,7 +120,8 @@ async def soak(args: argparse.Namespace, out_wav: Path) -> dict[str, Any]:
                 {
                     "turn": frame.turn_id,
                     "rss_mb": rss_bytes() / MB,
-                    "threads": threading.active_count(),
+                    "threads": sum(1 for t in threading.enumerate() if not t.name.startswith("asyncio_")),
+                    "pool_threads": sum(1 for t in threading.enumerate() if t.name.startswith("asyncio_")),
                     "tasks": len(asyncio.all_tasks()),
                 }
             )
@@ -167,6 +171,8 @@ async def soak(args: argparse.Namespace, out_wav: Path) -> dict[str, Any]:
             threads_after_warmup=warm["threads"],
             threads_end=last["threads"],
             threads_max=max(s["threads"] for s in samples[args.warmup - 1 :]),
+            pool_threads_max=max(s["pool_threads"] for s in samples),
+            pool_threads_bound=min(32, (os.cpu_count() or 1) + 4),  # ThreadPoolExecutor's default max_workers
             tasks_after_warmup=warm["tasks"],
             tasks_end=last["tasks"],
             tasks_max=max(s["tasks"] for s in samples[args.warmup - 1 :]),
@@ -197,6 +203,8 @@ def check(report: dict[str, Any], args: argparse.Namespace) -> list[str]:
     for what in ("threads", "tasks"):
         if report[f"{what}_end"] > report[f"{what}_after_warmup"]:
             failures.append(f"{what} grew from {report[f'{what}_after_warmup']} to {report[f'{what}_end']}")
+    if report["pool_threads_max"] > report["pool_threads_bound"]:
+        failures.append(f"{report['pool_threads_max']} default-executor threads, over its bound")
     drift = report.get("latency_drift_pct")
     if args.max_drift_pct is not None and drift is not None and abs(drift) > args.max_drift_pct:
         failures.append(f"latency p50 drifted {drift:+.1f} % (limit {args.max_drift_pct} %)")
