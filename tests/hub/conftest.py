@@ -93,7 +93,7 @@ def hub_env(server: HubServer, home: Path) -> dict[str, str]:
         HF_HOME=str(home / "hf"),
         HF_HUB_CACHE=str(home / "hf" / "hub"),
         HF_HUB_DISABLE_TELEMETRY="1",
-        VOICEPIPE_CACHE=str(home / "voicepipe"),
+        VOICEPIPE_CACHE=str(home / "voicepipe-cache"),
     )
     return env
 

@@ -302,7 +302,9 @@ class _Handler(BaseHTTPRequestHandler):
         f = next((f for r in hub.repos.values() for f in r.files.values() if f.sha256 == sha), None)
         if f is None:
             return self._error(404, None, "no such object")
-        self._body(f, {"ETag": f'"{sha}"', "Accept-Ranges": "bytes"}, head=head)
+        name = f.path.rsplit("/", 1)[-1]  # the CDN names the file, which is what progress bars show
+        disposition = f"attachment; filename*=UTF-8''{name}; filename=\"{name}\";"
+        self._body(f, {"ETag": f'"{sha}"', "Accept-Ranges": "bytes", "Content-Disposition": disposition}, head=head)
 
     def _body(self, f: _File, headers: dict[str, str], *, head: bool) -> None:
         start = 0
