@@ -140,6 +140,7 @@ def test_run_pipeline_first_time_downloads_and_converts_with_progress_then_runs_
     fetched = {line.split(":")[0] for line in shown if re.match(r"Fetching \d+ files: 100%", line)}
     assert fetched == {"Fetching 4 files", "Fetching 6 files"}, shown  # Whisper's snapshot and Qwen's
     assert any("GGUF ready: model-q4_k_m.gguf" in line for line in shown), shown  # the conversion's progress
+    assert not [line for line in shown if "converting to" in line], shown  # not llama.cpp's log of every tensor
     replies = [line.strip("│ ") for line in shown if "assistant:" in line]  # redrawn as the reply streams in
     assert replies and len(replies[-1]) > len("assistant: "), shown  # random weights, but it generated
     assert sf.info(tmp_path / "a.wav").duration > 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -140,8 +142,26 @@ def test_an_unreachable_hub_with_nothing_cached_names_the_fix(hub: HubServer, mo
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    # huggingface_hub retries a refused connection with back-off (1+2+4+8+8 s); the waits are skipped here
+    monkeypatch.setattr("huggingface_hub.utils._http.time", SimpleNamespace(sleep=lambda s: None, time=time.time))
     monkeypatch.setattr(constants, "ENDPOINT", dead)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
     with pytest.raises(ModelLoadError) as exc:
         fetch_file(PIPER, PIPER_FILE, progress=False)
     assert "the hub cannot be reached; download it while online" in one_line(exc)
+
+
+def test_whisper_model_names_resolve_to_hub_repos_or_say_what_is_wrong(hub: HubServer):
+    pytest.importorskip("faster_whisper")
+    from voicepipe.asr.faster_whisper import FasterWhisperTranscriber
+
+    engine = FasterWhisperTranscriber("tiny.en")  # faster-whisper's size name for Systran/faster-whisper-tiny.en
+    engine.load()
+    assert engine.is_loaded and engine.memory_footprint > 0
+    assert any(r.path.startswith("/api/models/Systran/faster-whisper-tiny.en/") for r in hub.requests)
+    with pytest.raises(
+        ModelLoadError, match="'tiny.xx' is neither a directory, a repo id .* nor a faster-whisper size"
+    ):
+        FasterWhisperTranscriber("tiny.xx").load()
+    with pytest.raises(ModelLoadError, match="asr.model: no such directory: ./models/whisper"):
+        FasterWhisperTranscriber("./models/whisper").load()

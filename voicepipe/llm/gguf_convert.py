@@ -14,6 +14,7 @@ import ctypes
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -185,7 +186,14 @@ def quantize_gguf(src: str | Path, dst: str | Path, quantization: str, *, thread
     params.ftype = QUANTIZATIONS[quantization]
     params.nthread = threads
     partial = dst.with_name(dst.name + ".partial")
-    code = llama_cpp.llama_model_quantize(str(src).encode(), str(partial).encode(), ctypes.byref(params))
+    # llama.cpp logs every tensor it converts (hundreds of lines) through this logger; the progress bar says enough
+    llama_log = logging.getLogger("llama-cpp-python")
+    level = llama_log.level
+    llama_log.setLevel(logging.ERROR)
+    try:
+        code = llama_cpp.llama_model_quantize(str(src).encode(), str(partial).encode(), ctypes.byref(params))
+    finally:
+        llama_log.setLevel(level)
     if code != 0 or not partial.exists():
         partial.unlink(missing_ok=True)
         raise ModelLoadError(f"{src}: llama.cpp could not quantize it to {quantization} (code {code})")
