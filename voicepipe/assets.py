@@ -16,6 +16,7 @@ Offline (``HF_HUB_OFFLINE=1``) the cache is used as it is: no request, no hashin
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -163,7 +164,13 @@ def _verify(repo: str, commit: str, files: dict[str, Path], *, progress: bool) -
     pending = {name: path for name, path in files.items() if not record.is_verified(path)}
     if not pending:
         return
-    expected = _expected_checksums(repo, commit)
+    import httpx2
+
+    try:
+        expected = _expected_checksums(repo, commit)
+    except (OSError, httpx2.TransportError) as exc:  # cached files while the hub is down: usable, checked next time
+        log.info("could not get the checksums of %s from the hub (%s); checking them next time", repo, exc)
+        return
     for name, path in pending.items():
         want = expected.get(name)
         if want is None:
@@ -180,6 +187,7 @@ def _verify(repo: str, commit: str, files: dict[str, Path], *, progress: bool) -
     record.save()
 
 
+@functools.lru_cache(maxsize=32)  # a commit never changes: one listing per repo and commit per process
 def _expected_checksums(repo: str, commit: str) -> dict[str, tuple[str, str]]:
     """Repo path -> (algorithm, hex digest) as the hub reports them for ``commit``."""
     from huggingface_hub import HfApi

@@ -82,6 +82,7 @@ def hub_server() -> Iterator[HubServer]:
         server.add_repo(QWEN, qwen_files())
         server.add_repo(PIPER, piper_files())
         server.add_repo(WHISPER, whisper_files())
+        server.add_repo(KOKORO, kokoro_files())
         yield server
 
 

@@ -134,10 +134,15 @@ def test_offline_with_nothing_cached_names_the_fix(hub: HubServer, offline_later
     assert hub.requests == []
 
 
-def test_an_unreachable_hub_with_nothing_cached_names_the_fix(hub: HubServer, monkeypatch: pytest.MonkeyPatch):
+def test_an_unreachable_hub_uses_the_cache_or_names_the_fix(
+    hub: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
     import socket
 
     from huggingface_hub import constants
+
+    cached = fetch_file(PIPER, f"{PIPER_FILE}.json", progress=False)
+    (tmp_path / "voicepipe-cache" / "hub-verified.json").unlink()  # not yet verified: checked when the hub is back
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -146,6 +151,7 @@ def test_an_unreachable_hub_with_nothing_cached_names_the_fix(hub: HubServer, mo
     monkeypatch.setattr("huggingface_hub.utils._http.time", SimpleNamespace(sleep=lambda s: None, time=time.time))
     monkeypatch.setattr(constants, "ENDPOINT", dead)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
+    assert fetch_file(PIPER, f"{PIPER_FILE}.json", progress=False) == cached
     with pytest.raises(ModelLoadError) as exc:
         fetch_file(PIPER, PIPER_FILE, progress=False)
     assert "the hub cannot be reached; download it while online" in one_line(exc)
