@@ -55,9 +55,7 @@ def fetch_file(
         if not is_offline():
             commit = _commit_of(path, filename)
             _verify(repo, commit, {filename: path}, progress=progress)
-    except ModelLoadError:
-        raise
-    except Exception as exc:
+    except _hub_failures() as exc:
         raise _user_error(exc, repo, filename=filename, revision=revision, field=field) from exc
     return path
 
@@ -80,14 +78,20 @@ def fetch_snapshot(
         if not is_offline():
             files = {p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*")) if p.is_file()}
             _verify(repo, path.name, files, progress=progress)
-    except ModelLoadError:
-        raise
-    except Exception as exc:
+    except _hub_failures() as exc:
         raise _user_error(exc, repo, revision=revision, field=field) from exc
     return path
 
 
 # -- errors ----------------------------------------------------------------------------------------------------------
+
+
+def _hub_failures() -> tuple[type[BaseException], ...]:
+    """What huggingface_hub raises when a download cannot happen: its HTTP and cache errors are ``OSError``s, a bad
+    repo id or an impossible request a ``ValueError``, a dropped connection an ``httpx2`` error."""
+    import httpx2
+
+    return (OSError, ValueError, httpx2.HTTPError)
 
 
 def _user_error(
