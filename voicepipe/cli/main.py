@@ -1,4 +1,5 @@
-"""The ``voicepipe`` command. Exit codes: 0 success, 2 a user mistake (one clear line, no traceback), 1 anything else.
+"""The ``voicepipe`` command. Exit codes: 0 success, 2 a user mistake (one clear line, no traceback), 130 stopped by
+Ctrl-C, 1 anything else (a failed write, a fatal pipeline error: one line; a bug: a traceback).
 
 Each subcommand is a module ``voicepipe.cli.NAME`` exposing ``HELP``, ``configure(parser)`` and ``run(args) -> int``.
 """
@@ -54,6 +55,12 @@ def _setup_logging(verbosity: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from voicepipe.outfile import OutputError
+
     try:
         return int(args._run(args) or 0)
     except ConfigError as exc:
@@ -69,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from voicepipe.pipeline import PipelineError
 
-        if isinstance(exc, PipelineError):
+        if isinstance(exc, PipelineError | OutputError):
             print(f"error: {exc}", file=sys.stderr)
             return 1
         traceback.print_exc()
