@@ -18,6 +18,7 @@ what is not a regular file) is policy no library implements, hence this module.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -126,9 +127,7 @@ class OutputFile:
             raise RuntimeError("OutputFile.commit() before begin()")
         try:
             if self._through:
-                # O_WRONLY without O_CREAT/O_TRUNC: write into the pipe or device as it is
-                fd = os.open(self.target, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
-                with os.fdopen(fd, "wb") as dst, temp.open("rb") as src:
+                with os.fdopen(self._open_through(), "wb") as dst, temp.open("rb") as src:
                     shutil.copyfileobj(src, dst)
                 temp.unlink()
             else:
@@ -142,10 +141,25 @@ class OutputFile:
         except OSError as exc:
             self.discard()
             reason = exc.strerror or str(exc)
-            raise OutputError(
-                f"{self.what} {self.path}: could not write it ({reason}); the previous file is kept"
-            ) from exc
+            kept = "" if self._through else "; the previous file is kept"
+            raise OutputError(f"{self.what} {self.path}: could not write it ({reason}){kept}") from exc
         self.temp = None
+
+    def _open_through(self) -> int:
+        """Open the pipe or device for writing as it is (no O_CREAT, no O_TRUNC). A pipe nobody reads would block
+        forever: it is an error instead."""
+        flags = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+        mode = self._mode()
+        if mode is None or not stat.S_ISFIFO(mode):
+            return os.open(self.target, flags)
+        try:
+            fd = os.open(self.target, flags | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                raise OSError(errno.ENXIO, "no program is reading from the pipe") from exc
+            raise
+        os.set_blocking(fd, True)
+        return fd
 
     def discard(self) -> None:
         """Remove the temporary file; the previous file at the path stays as it was."""

@@ -70,6 +70,12 @@ def test_row01_output_onto_a_fifo_a_device_or_a_symlink_never_replaces_it(tmp_pa
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced"
     assert received and received[0][:4] == b"RIFF" and len(received[0]) > 10_000, "the reader got no WAV"
 
+    unread = tmp_path / "unread"  # a FIFO nobody reads: one line, not a hang
+    os.mkfifo(unread)
+    result = _run(pipeline, bursts_wav, "--output", str(unread))
+    assert result.returncode == 1 and "no program is reading" in one_line(result)
+    assert stat.S_ISFIFO(os.lstat(unread).st_mode)
+
     null = _device(tmp_path / "null", 1, 3)
     result = _run(pipeline, bursts_wav, "--output", str(null))
     assert result.returncode == 0, result.stderr
