@@ -46,6 +46,9 @@ def test_validate_ok_and_plugins_and_devices_work(tmp_path, bursts_wav):
     result = run_cli("plugins", "--json")
     names = {p["name"] for p in json.loads(result.stdout)}
     assert {"wav-source", "wav-sink", "chunker", "fake-llm"} <= names
+    table = run_cli("plugins")
+    assert table.returncode == 0 and "chat models known to work" in table.stdout
+    assert "Qwen2.5-Coder-0.5B" in table.stdout and "Qwen3.5-0.8B" in table.stdout
     result = run_cli("devices")
     assert result.returncode == 0 and result.stdout.strip()
 
