@@ -20,7 +20,6 @@ import functools
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -251,14 +250,16 @@ class _Record:
         self.entries[key] = stamp
 
     def save(self) -> None:
-        """Written through a temp file in the same directory; losing a race with another process only costs a
-        re-check later."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".hub-verified-", suffix=".json")
+        """Best effort (a record that cannot be written only means checking again next time); written through
+        ``OutputFile``, so a concurrent run never sees half a file."""
+        from voicepipe.errors import VoicepipeError
+        from voicepipe.outfile import OutputFile
+
+        output = OutputFile(self.path, what="hub checksum record")
         try:
-            with os.fdopen(fd, "w") as out:
-                json.dump(self.entries, out)
-            if not self.path.is_symlink() and (not self.path.exists() or self.path.is_file()):
-                os.replace(tmp, self.path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            output.begin().write_text(json.dumps(self.entries))
+            output.commit()
+        except (OSError, VoicepipeError) as exc:
+            output.discard()
+            log.info("could not save %s (%s); files will be checked again next time", self.path, exc)
