@@ -98,11 +98,17 @@ def bot_started(timeline: Timeline) -> bool:
 __all__ = ["SAMPLE_RATE", "Timeline", "live_pipeline", "question", "wait_for", "converse", "ended_turns"]
 
 
-def real_llm(gguf: str, *, max_tokens: int = 40, seed: int = 0) -> Stage:
-    """The LLM stage on llama.cpp with the tiny random Qwen3.5: real engine, real tokenizer, gibberish words."""
+def real_llm(gguf: str, *, max_tokens: int = 40, seed: int = 0, temperature: float = 0.6) -> Stage:
+    """The LLM stage on llama.cpp with ``gguf``: the tiny random Qwen3.5 (real engine and tokenizer, gibberish words)
+    or a real chat model (``chat_gguf``)."""
     from voicepipe.llm.stage import LLMConfig, LLMStage
 
     config = LLMConfig(
-        backend="llamacpp", model=gguf, max_tokens=max_tokens, seed=seed, options={"n_ctx": 2048, "progress": False}
+        backend="llamacpp",
+        model=gguf,
+        max_tokens=max_tokens,
+        seed=seed,
+        temperature=temperature,
+        options={"n_ctx": 2048, "progress": False},
     )
     return LLMStage(config, name="llm")

@@ -14,7 +14,7 @@ import itertools
 import logging
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from voicepipe.errors import StageError
 from voicepipe.frames import (
@@ -63,6 +63,15 @@ class LLMConfig(StageConfig):
     options: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for from_pretrained.")
     retries: int = Field(2, ge=0, le=10, description="Tries again after a retryable failure before any reply text.")
     retry_backoff_s: float = Field(0.5, ge=0, le=60, description="Wait before the first retry; doubles each time.")
+
+    @model_validator(mode="after")
+    def _options_fit_the_engine(self) -> LLMConfig:
+        from voicepipe.llm import check_options
+
+        problems = check_options(self.backend, self.options)
+        if problems:
+            raise ValueError("options: " + "; ".join(problems))
+        return self
 
     def sampling(self) -> ChatSamplingConfig:
         return ChatSamplingConfig(
