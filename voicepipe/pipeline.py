@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from voicepipe.errors import UserError
+from voicepipe.errors import StageError, UserError
 from voicepipe.frames import CancelFrame, EndFrame, ErrorFrame, Frame, InterruptionFrame
 from voicepipe.stage import Direction, Sink, Source, Stage, TurnCounter
 
@@ -291,7 +291,7 @@ class VoicePipeline:
                 stage.turns = self.turns
                 try:
                     await stage.setup()
-                except UserError:
+                except (UserError, StageError):  # already one line; a StageError (server, engine) exits 1
                     raise
                 except (Exception, SystemExit) as exc:  # a plugin's bug: one line naming the stage, not a traceback
                     log.debug("setup of %s failed", stage.name, exc_info=exc)
