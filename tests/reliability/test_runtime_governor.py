@@ -18,9 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
+
+from .conftest import cli, tone_bursts
 
 DRIVE = Path(__file__).parents[1] / "memory" / "drive.py"
 
@@ -106,16 +107,6 @@ memory:
     assert not both, both
 
 
-def _tone_turns(path: Path, turns: int) -> Path:
-    rate = 16000
-    t = np.arange(rate) / rate
-    parts = [np.zeros(rate // 2)]
-    for _ in range(turns):
-        parts += [0.3 * np.sin(2 * np.pi * 300 * t), np.zeros(rate)]
-    sf.write(path, np.concatenate(parts).astype(np.float32), rate)
-    return path
-
-
 SABOTAGE = '''
 from pathlib import Path
 
@@ -151,7 +142,8 @@ def test_model_that_cannot_be_loaded_again_stops_the_run_with_one_line(tmp_path:
     shutil.copyfile(piper_model, model)
     shutil.copyfile(f"{piper_model}.json", f"{model}.json")
     (tmp_path / "sabotage_plugin.py").write_text(SABOTAGE)
-    wav = _tone_turns(tmp_path / "in.wav", 3)
+    wav = tmp_path / "in.wav"
+    sf.write(wav, tone_bursts(3), 16000)
     pipeline = tmp_path / "p.yaml"
     # the scripted LLM stands in for a model the governor swaps out (it holds none); the TTS is the real Piper
     pipeline.write_text(
@@ -179,14 +171,11 @@ memory:
 """
     )
     metrics = tmp_path / "m.jsonl"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-m", "voicepipe.cli.main", "run", str(pipeline), "--output", str(tmp_path / "out.wav")]
-        + ["--metrics", str(metrics), "--quiet"],
-        capture_output=True,
-        text=True,
+    proc = cli(
+        *("run", str(pipeline), "--output", str(tmp_path / "out.wav"), "--metrics", str(metrics), "--quiet"),
+        cwd=tmp_path,
+        env={"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]), "COLUMNS": "400"},
         timeout=300,
-        env={**env, "COLUMNS": "400"},
     )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr[-3000:]

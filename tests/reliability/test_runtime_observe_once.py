@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
+
+from .conftest import cli, tone_bursts
 
 REPLY = "Four apples. Then three pears."
 PLUGIN = '''
@@ -33,19 +33,10 @@ class FailSecondTurn(Stage):
 '''
 
 
-def _bursts(path: Path, bursts: int) -> Path:
-    rate = 16000
-    t = np.arange(rate) / rate
-    parts = [np.zeros(rate // 2)]
-    for _ in range(bursts):
-        parts += [0.3 * np.sin(2 * np.pi * 300 * t), np.zeros(rate)]
-    sf.write(path, np.concatenate(parts).astype(np.float32), rate)
-    return path
-
-
 def _run(tmp_path: Path, memory: str) -> tuple[subprocess.CompletedProcess, list[dict], list[dict]]:
     (tmp_path / "plugin_fail_second.py").write_text(PLUGIN)
-    wav = _bursts(tmp_path / "in.wav", 2)
+    wav = tmp_path / "in.wav"
+    sf.write(wav, tone_bursts(2), 16000)
     pipeline = tmp_path / "p.yaml"
     pipeline.write_text(
         f"""stages:
@@ -69,14 +60,10 @@ def _run(tmp_path: Path, memory: str) -> tuple[subprocess.CompletedProcess, list
 {memory}"""
     )
     metrics = tmp_path / "m.jsonl"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-m", "voicepipe.cli.main", "run", str(pipeline), "--output", str(tmp_path / "out.wav")]
-        + ["--metrics", str(metrics), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
+    proc = cli(
+        *("run", str(pipeline), "--output", str(tmp_path / "out.wav"), "--metrics", str(metrics), "--json"),
+        cwd=tmp_path,
+        env={"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])},
     )
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     turns = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []

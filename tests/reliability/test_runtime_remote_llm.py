@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
+
+from .conftest import cli, tone_bursts
 
 MODELS = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode()
 
@@ -108,10 +107,7 @@ def _nothing_listening() -> str:
 
 
 def _run(tmp_path: Path, url: str, llm_extra: str = "") -> tuple[subprocess.CompletedProcess, list[dict]]:
-    rate = 16000
-    t = np.arange(rate) / rate
-    audio = np.concatenate([np.zeros(rate // 2), 0.3 * np.sin(2 * np.pi * 300 * t), np.zeros(rate)])
-    sf.write(tmp_path / "in.wav", audio.astype(np.float32), rate)
+    sf.write(tmp_path / "in.wav", tone_bursts(1), 16000)
     pipeline = tmp_path / "p.yaml"
     pipeline.write_text(
         f"""stages:
@@ -130,12 +126,11 @@ def _run(tmp_path: Path, url: str, llm_extra: str = "") -> tuple[subprocess.Comp
 """
     )
     metrics = tmp_path / "m.jsonl"
-    proc = subprocess.run(
-        [sys.executable, "-m", "voicepipe.cli.main", "run", str(pipeline), "--metrics", str(metrics), "--quiet"],
-        capture_output=True,
-        text=True,
+    proc = cli(
+        *("run", str(pipeline), "--metrics", str(metrics), "--quiet"),
+        cwd=tmp_path,
+        env={"NO_COLOR": "1", "COLUMNS": "400"},
         timeout=60,
-        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "400"},
     )
     turns = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     return proc, turns
