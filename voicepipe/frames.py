@@ -20,7 +20,9 @@ __all__ = [
     "SpeechStartedFrame",
     "SpeechEndedFrame",
     "UserAudioFrame",
+    "SpeechResumedFrame",
     "TranscriptFrame",
+    "ReplyFrame",
     "LLMTokenFrame",
     "LLMResponseEndFrame",
     "TextChunkFrame",
@@ -28,6 +30,9 @@ __all__ = [
     "PlaybackFrame",
     "BotSpeakingFrame",
     "EndOfTurnFrame",
+    "SpeculationStartFrame",
+    "SpeculationConfirmFrame",
+    "SpeculationDiscardFrame",
     "InterruptionFrame",
     "ErrorFrame",
     "MetricsFrame",
@@ -116,6 +121,14 @@ class UserAudioFrame(DataFrame):
 
 
 @dataclass
+class SpeechResumedFrame(DataFrame):
+    """The user went on speaking after a pause that sent a provisional segment: that segment, and anything started
+    on it (a provisional transcript, a speculative reply), is void."""
+
+    audio_time: float = 0.0
+
+
+@dataclass
 class TranscriptFrame(DataFrame):
     """Text recognised from the user. Interim transcripts (``final=False``) may be revised; a final one starts a reply."""
 
@@ -127,15 +140,20 @@ class TranscriptFrame(DataFrame):
 # --- reply ----------------------------------------------------------------------------------------------------------
 
 
+@dataclass(kw_only=True)
+class ReplyFrame(DataFrame):
+    """Base of the frames that carry the assistant's reply (what a speculation gate holds and may drop)."""
+
+
 @dataclass
-class LLMTokenFrame(DataFrame):
+class LLMTokenFrame(ReplyFrame):
     """A piece of the assistant's reply as it streams (never splits a UTF-8 character; think text excluded)."""
 
     text: str
 
 
 @dataclass
-class LLMResponseEndFrame(DataFrame):
+class LLMResponseEndFrame(ReplyFrame):
     """The LLM finished (or stopped) its reply for this turn. ``text`` is the whole reply it produced."""
 
     text: str = ""
@@ -143,7 +161,7 @@ class LLMResponseEndFrame(DataFrame):
 
 
 @dataclass
-class TextChunkFrame(DataFrame):
+class TextChunkFrame(ReplyFrame):
     """A speakable piece of the reply (a clause or sentence), cleaned of markdown and think text."""
 
     text: str
@@ -151,7 +169,7 @@ class TextChunkFrame(DataFrame):
 
 
 @dataclass
-class TTSAudioFrame(DataFrame):
+class TTSAudioFrame(ReplyFrame):
     """Synthesized reply audio (mono float32). ``chunk_index``/``char_end`` say which text this block speaks."""
 
     pcm: np.ndarray
@@ -192,6 +210,34 @@ class EndOfTurnFrame(DataFrame):
     """Everything of this turn has passed the stage that sends it (the sink sends it once its audio is out)."""
 
     interrupted: bool = False
+
+
+# --- speculative replies ------------------------------------------------------------------------------------------
+# The LLM may start a reply on a provisional transcript, before the turn has ended. Its reply frames travel as usual
+# (TTS synthesizes them) but a gate in front of the sink holds them: a start marker travels in order ahead of them,
+# a discard marker in order behind them, and a confirmation overtakes everything (system lane) so the held audio
+# plays the moment the turn is confirmed. ``speculation`` ids are unique per LLM stage.
+
+
+@dataclass
+class SpeculationStartFrame(DataFrame):
+    """The reply frames of this turn that follow are speculative: hold them until confirmed."""
+
+    speculation: int = 0
+
+
+@dataclass
+class SpeculationConfirmFrame(SystemFrame):
+    """The turn ended with the words the speculation answered: play its held reply now and let the rest through."""
+
+    speculation: int = 0
+
+
+@dataclass
+class SpeculationDiscardFrame(DataFrame):
+    """The speculation is void (the user went on, or said something else): drop its held reply frames."""
+
+    speculation: int = 0
 
 
 # --- system ---------------------------------------------------------------------------------------------------------

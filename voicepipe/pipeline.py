@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from voicepipe.frames import CancelFrame, EndFrame, ErrorFrame, Frame, InterruptionFrame
+from voicepipe.speculation import SpeculationGate
 from voicepipe.stage import Direction, Sink, Source, Stage, TurnCounter
 
 __all__ = ["FrameQueue", "FrameObserver", "VoicePipeline", "PipelineError"]
@@ -175,9 +176,19 @@ class _StageRunner:
             )
 
 
+def _with_gate(stages: Sequence[Stage]) -> list[Stage]:
+    """Put a ``SpeculationGate`` in front of the first sink (or at the end) when a stage speculates and none is there."""
+    stages = list(stages)
+    if any(s.speculates for s in stages) and not any(isinstance(s, SpeculationGate) for s in stages):
+        at = next((i for i, s in enumerate(stages) if isinstance(s, Sink)), len(stages))
+        stages.insert(at, SpeculationGate())
+    return stages
+
+
 class VoicePipeline:
     """A linear chain of stages: the first is usually a ``Source``, the last a ``Sink``.
 
+    A stage that speculates gets a ``SpeculationGate`` in front of the sink (``voicepipe.speculation``).
     ``run()`` sets every stage up (sources and sinks first: they are cheap and catch bad paths before models load),
     starts them, waits for the end of input or a fatal error, then tears everything down.
     """
@@ -191,6 +202,7 @@ class VoicePipeline:
     ) -> None:
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
+        stages = _with_gate(stages)
         names = [s.name for s in stages]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
