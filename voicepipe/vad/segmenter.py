@@ -23,7 +23,7 @@ import numpy as np
 
 from voicepipe.vad.base import SAMPLE_RATE, VADModel
 
-__all__ = ["SegmenterConfig", "Segment", "SpeechStart", "Pause", "SpeechEnd", "Event", "Segmenter"]
+__all__ = ["SegmenterConfig", "Segment", "SpeechStart", "Pause", "Resume", "SpeechEnd", "Event", "Segmenter"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,13 @@ class Pause:
 
 
 @dataclass
+class Resume:
+    """Speech went on after a ``Pause`` was reported: that provisional segment is void. ``time``: the voiced frame."""
+
+    time: float
+
+
+@dataclass
 class SpeechEnd:
     """Speech ended (``capped``: split near ``max_segment_s``; the speech goes on in a new segment).
 
@@ -95,7 +102,7 @@ class SpeechEnd:
     capped: bool = False
 
 
-Event = SpeechStart | Pause | SpeechEnd
+Event = SpeechStart | Pause | Resume | SpeechEnd
 
 
 def _samples(ms: float) -> int:
@@ -103,7 +110,7 @@ def _samples(ms: float) -> int:
 
 
 class Segmenter:
-    """Feed 16 kHz mono audio of any length; get ``SpeechStart`` / ``Pause`` / ``SpeechEnd`` events back."""
+    """Feed 16 kHz mono audio of any length; get ``SpeechStart`` / ``Pause`` / ``Resume`` / ``SpeechEnd`` back."""
 
     def __init__(self, model: VADModel, config: SegmenterConfig | None = None) -> None:
         self.model = model
@@ -177,6 +184,8 @@ class Segmenter:
             return
         self._buffer.append(frame)
         if probability >= self._release:
+            if self._pause_sent:
+                events.append(Resume(start / SAMPLE_RATE))
             self._last_voiced_end = end
             self._voiced_n += len(frame)
             self._silence_n = 0

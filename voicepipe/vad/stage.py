@@ -1,7 +1,7 @@
 """The VAD stage: AudioFrames in (any rate, any channel count), speech events and user audio out.
 
 Per turn it emits ``SpeechStartedFrame`` (with a new turn id: the barge-in signal), ``UserAudioFrame(final=False)``
-when a pause begins (early transcription), then ``SpeechEndedFrame`` and ``UserAudioFrame(final=True)``, all with
+when a pause begins (early transcription), ``SpeechResumedFrame`` if the user then goes on, then ``SpeechEndedFrame`` and ``UserAudioFrame(final=True)``, all with
 that turn id. AudioFrames are consumed; every other frame is forwarded.
 """
 
@@ -20,12 +20,22 @@ from voicepipe.frames import (
     EndFrame,
     Frame,
     SpeechEndedFrame,
+    SpeechResumedFrame,
     SpeechStartedFrame,
     UserAudioFrame,
 )
 from voicepipe.stage import Stage, StageConfig
 from voicepipe.vad.base import SAMPLE_RATE, VADModel
-from voicepipe.vad.segmenter import Event, Pause, Segment, Segmenter, SegmenterConfig, SpeechEnd, SpeechStart
+from voicepipe.vad.segmenter import (
+    Event,
+    Pause,
+    Resume,
+    Segment,
+    Segmenter,
+    SegmenterConfig,
+    SpeechEnd,
+    SpeechStart,
+)
 
 __all__ = ["VADStage", "VADConfig", "make_vad_model"]
 
@@ -149,6 +159,8 @@ class VADStage(Stage):
                 await self.push(SpeechStartedFrame(turn_id=self._turn_id, audio_time=event.onset_time))
             elif isinstance(event, Pause):
                 await self.push(self._user_audio(event.segment, final=False))
+            elif isinstance(event, Resume):
+                await self.push(SpeechResumedFrame(turn_id=self._turn_id, audio_time=event.time))
             elif isinstance(event, SpeechEnd):
                 await self.push(
                     SpeechEndedFrame(
