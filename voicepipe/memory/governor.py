@@ -456,6 +456,8 @@ class GovernorTap(Stage):
     async def process(self, frame: Frame) -> None:
         g = self.governor
         if self.role == "before-llm":
+            if isinstance(frame, TranscriptFrame) and not frame.final and g.mode == "sequential":
+                return  # no speculative reply while the models take turns in memory
             if isinstance(frame, TranscriptFrame) and frame.final and frame.turn_id > 0:
                 await g.turn_starts(frame.turn_id)
             elif isinstance(frame, InterruptionFrame):
