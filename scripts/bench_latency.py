@@ -147,7 +147,13 @@ def build_llm(args: argparse.Namespace) -> Stage:
     from voicepipe.llm.stage import LLMConfig, LLMStage
 
     model = load_chat("llamacpp", args.gguf or str(_full_size_gguf()), n_ctx=4096, load=False, progress=False)
-    config = LLMConfig(backend="llamacpp", max_tokens=args.max_tokens, disable_thinking=True, seed=0)
+    config = LLMConfig(
+        backend="llamacpp",
+        max_tokens=args.max_tokens,
+        disable_thinking=True,
+        seed=0,
+        speculative=args.speculative,
+    )
     return LLMStage(config, name="llm", model=ScriptedTextChat(model, REPLIES))
 
 
@@ -271,14 +277,20 @@ async def run_once(args: argparse.Namespace, tts: str) -> dict[str, Any]:
             "turn": turn.turn_id,
             "question": QUESTIONS[i],
             "transcript": turn.transcript,
+            "speculative": turn.speculative,
             "voice_to_voice_ms": (t["first_audio"] - voice_end) * 1000,
             "endpointing_ms": (watcher.speech_end_seen.get(turn.turn_id, t["transcript"]) - voice_end) * 1000,
             "asr_ms": (t["transcript"] - watcher.speech_end_seen.get(turn.turn_id, t["transcript"])) * 1000,
-            "llm_first_token_ms": (t["first_token"] - t["transcript"]) * 1000,
-            "first_chunk_ms": (t["first_chunk"] - t["first_token"]) * 1000,
-            "tts_first_audio_ms": (t["first_audio"] - t["first_chunk"]) * 1000,
             "reply": turn.reply[:80],
         }
+        # a speculative turn's reply started before its final transcript: these parts do not apply to it
+        for key, (a, b) in {
+            "llm_first_token_ms": ("transcript", "first_token"),
+            "first_chunk_ms": ("first_token", "first_chunk"),
+            "tts_first_audio_ms": ("first_chunk", "first_audio"),
+        }.items():
+            if a in t and b in t:
+                row[key] = (t[b] - t[a]) * 1000
         turns.append(row)
     counted = [r for r in turns if not r.get("failed")][1:]  # the first turn warms up caches
     keys = (
@@ -342,6 +354,12 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=96, help="reply length cap")
     parser.add_argument("--hangover-ms", type=int, default=500, help="VAD: silence that ends a turn")
     parser.add_argument("--pause-ms", type=int, default=200, help="VAD: silence after which transcription starts")
+    parser.add_argument(
+        "--speculative",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="LLM: start the reply at the pause, held until the turn ends (the default; --no-speculative: off)",
+    )
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--json", metavar="OUT.json", help="write all turns and the summary here")
     args = parser.parse_args()
