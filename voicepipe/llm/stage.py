@@ -24,7 +24,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from voicepipe.frames import (
     CancelFrame,
@@ -81,6 +81,15 @@ class LLMConfig(StageConfig):
         True, description="Start the reply when the user pauses; it is held until the turn ends with the same words."
     )
     options: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for from_pretrained.")
+
+    @model_validator(mode="after")
+    def _options_fit_the_engine(self) -> LLMConfig:
+        from voicepipe.llm import check_options
+
+        problems = check_options(self.backend, self.options)
+        if problems:
+            raise ValueError("options: " + "; ".join(problems))
+        return self
 
     def sampling(self) -> ChatSamplingConfig:
         return ChatSamplingConfig(
