@@ -349,9 +349,9 @@ async def child_voicepipe(args: argparse.Namespace) -> dict[str, Any]:
         if spec.type_name == "asr":
             config = config.model_copy(update={"model": voices["whisper"]})
         elif spec.type_name == "llm":
-            config = config.model_copy(update={"backend": "llamacpp", "model": str(args.gguf)})
-            # the 0.5B chat GGUF has no think block: an empty one in the prompt makes it answer with nothing
-            config = config.model_copy(update={"max_tokens": args.max_tokens, "disable_thinking": False})
+            config = config.model_copy(
+                update={"backend": "llamacpp", "model": str(args.gguf), "max_tokens": args.max_tokens}
+            )
         elif issubclass(spec.stage_class, TTSStage):
             tts = {"engine": args.tts, "voices": None, "voice": None}
             if args.tts == "piper":

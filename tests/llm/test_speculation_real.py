@@ -70,7 +70,6 @@ async def test_a_discarded_speculation_leaves_no_trace_and_a_confirmed_one_is_ke
             model=str(qwen05),
             temperature=0.0,
             max_tokens=10,
-            disable_thinking=False,  # this model has no think block
             options={"n_ctx": 1024, "progress": False},
         ),
         name="llm",
