@@ -306,6 +306,7 @@ async def child_voicepipe(args: argparse.Namespace) -> dict[str, Any]:
         AudioFrame,
         Frame,
         LLMTokenFrame,
+        SpeculationConfirmFrame,
         SpeechEndedFrame,
         TextChunkFrame,
         TranscriptFrame,
@@ -335,8 +336,10 @@ async def child_voicepipe(args: argparse.Namespace) -> dict[str, Any]:
             names = {SpeechEndedFrame: "vad_end", LLMTokenFrame: "first_token", TextChunkFrame: "first_chunk"}
             if type(frame) in names:
                 times.setdefault(names[type(frame)], time.monotonic())
-            elif isinstance(frame, TranscriptFrame) and frame.final:
-                times.setdefault("transcript", time.monotonic())
+            elif isinstance(frame, TranscriptFrame):
+                times.setdefault("transcript" if frame.final else "provisional_transcript", time.monotonic())
+            elif isinstance(frame, SpeculationConfirmFrame):
+                times.setdefault("speculation_confirmed", time.monotonic())
             elif isinstance(frame, TTSAudioFrame) and pipeline.stages.index(source) == len(pipeline.stages) - 2:
                 times.setdefault("first_audio", time.monotonic())  # what reaches the speaker
                 done.set()

@@ -211,3 +211,26 @@ async def test_the_gate_holds_releases_and_drops_by_speculation() -> None:
     out = await run_pipeline([SpeculationGate()], frames)
     assert [f.text for f in out if isinstance(f, LLMTokenFrame)] == ["new", "more"]
     assert [type(f) for f in out if not isinstance(f, LLMTokenFrame)] == [SpeechResumedFrame]
+
+
+def test_the_live_view_shows_a_speculative_reply_only_once_its_turn_is_confirmed() -> None:
+    from voicepipe.cli.view import ConversationState
+
+    view = ConversationState()
+    llm = Stage(name="llm")
+
+    def see(*frames: Frame) -> None:
+        for frame in frames:
+            view.on_frame(frame, llm, Direction.DOWNSTREAM)
+
+    see(
+        SpeculationStartFrame(turn_id=1, speculation=1),
+        LLMTokenFrame(text="Sure, a table", turn_id=1),
+        SpeculationDiscardFrame(turn_id=1, speculation=1),
+        SpeculationStartFrame(turn_id=1, speculation=2),
+        LLMTokenFrame(text="Two people", turn_id=1),
+    )
+    assert view.reply == ""  # nothing is shown while the turn may still go on
+    see(TranscriptFrame(text="book a table for two", turn_id=1), SpeculationConfirmFrame(turn_id=1, speculation=2))
+    see(LLMTokenFrame(text=" at eight.", turn_id=1))
+    assert view.reply == "Two people at eight."
