@@ -50,17 +50,21 @@ class Script(Source):
 
 
 class FirstTokens:
-    """Observer: sets ``event`` once the LLM has pushed ``count`` tokens (the speculation is well under way)."""
+    """Observer: ``event(turn)`` is set once the LLM has pushed ``count`` tokens of that turn (a reply under way)."""
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self.event = asyncio.Event()
+        self.seen: dict[int, int] = {}
+        self.events: dict[int, asyncio.Event] = {}
+
+    def event(self, turn: int) -> asyncio.Event:
+        return self.events.setdefault(turn, asyncio.Event())
 
     def on_frame(self, frame: Frame, source: Stage | None, direction: Direction) -> None:
         if direction is Direction.DOWNSTREAM and isinstance(frame, LLMTokenFrame) and source and source.name == "llm":
-            self.count -= 1
-            if self.count <= 0:
-                self.event.set()
+            self.seen[frame.turn_id] = self.seen.get(frame.turn_id, 0) + 1
+            if self.seen[frame.turn_id] >= self.count:
+                self.event(frame.turn_id).set()
 
 
 async def test_a_discarded_speculation_leaves_no_trace_and_a_confirmed_one_is_kept(qwen05: Path) -> None:
@@ -81,11 +85,14 @@ async def test_a_discarded_speculation_leaves_no_trace_and_a_confirmed_one_is_ke
                 [
                     SpeechStartedFrame(turn_id=1),
                     TranscriptFrame(text="What is the capital of France", final=False, turn_id=1),
-                    started.event,  # the speculative reply about France is being generated ...
+                    started.event(1),  # the speculative reply about France is being generated ...
                     SpeechResumedFrame(turn_id=1),  # ... when the user goes on
                     TranscriptFrame(text="What is the capital of Italy?", final=False, turn_id=1),
                     TranscriptFrame(text="What is the capital of Italy?", turn_id=1),
-                    TranscriptFrame(text="And of Spain?", turn_id=2),
+                    SpeechStartedFrame(turn_id=2),
+                    TranscriptFrame(text="And of Portugal", final=False, turn_id=2),
+                    started.event(2),  # a second turn's speculation, after a confirmed reply ...
+                    TranscriptFrame(text="And of Spain?", turn_id=2),  # ... that the final words do not match
                 ]
             ),
             llm,
@@ -102,14 +109,18 @@ async def test_a_discarded_speculation_leaves_no_trace_and_a_confirmed_one_is_ke
     assert [llm.history[0].content, llm.history[2].content] == ["What is the capital of Italy?", "And of Spain?"]
     assert [llm.history[1].content, llm.history[3].content] == [e.text for e in ends]
     assert "France" not in "".join(m.content for m in llm.history)
-    assert llm.discarded_speculations == 1
+    assert "Portugal" not in "".join(m.content for m in llm.history)
+    assert llm.discarded_speculations == 2
 
     model = llm.model
     assert model.prompt_cache._snapshots, "the confirmed turns left snapshots"
     for key in model.prompt_cache._snapshots:
-        assert "France" not in model.detokenize(key)
-    assert "France" not in model.detokenize(model._state_tokens or [])
+        assert "France" not in model.detokenize(key) and "Portugal" not in model.detokenize(key)
+    assert "Portugal" not in model.detokenize(model._state_tokens or [])
 
     metrics = {f.turn_id: f.values for f in out if isinstance(f, MetricsFrame) and "llm_speculative" in f.values}
     assert metrics[1]["llm_speculative"] == 1.0  # turn 1's reply is the speculation, adopted as generated
-    assert metrics[2]["llm_cached_tokens"] > 0  # turn 2 continued from the confirmed state
+    assert metrics[2]["llm_speculative"] == 0.0  # turn 2 was answered anew ...
+    # ... and rewinding the discarded speculation kept turn 1's cached state: it was not prefilled again
+    turn1 = model._call(model._history_tokens, llm.messages()[:2])  # the system prompt and the Italy question
+    assert metrics[2]["llm_cached_tokens"] >= len(turn1)
