@@ -205,8 +205,7 @@ class LLMStage(Stage):
 
     def messages(self) -> list[ChatMessage]:
         """What the model sees: the system prompt and the kept history."""
-        system = [ChatMessage("system", self.config.system_prompt)] if self.config.system_prompt else []
-        return system + self.history
+        return self._messages(self.history)
 
     async def _reply(self, frame: TranscriptFrame) -> None:
         self._begin_turn(frame.turn_id)
@@ -226,6 +225,7 @@ class LLMStage(Stage):
         return _trimmed(self.history + [ChatMessage("user", text.strip())], self.config.max_history)
 
     def _messages(self, history: list[ChatMessage]) -> list[ChatMessage]:
+        """The system prompt and ``history``."""
         system = [ChatMessage("system", self.config.system_prompt)] if self.config.system_prompt else []
         return system + history
 
