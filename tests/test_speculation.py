@@ -234,3 +234,35 @@ def test_the_live_view_shows_a_speculative_reply_only_once_its_turn_is_confirmed
     see(TranscriptFrame(text="book a table for two", turn_id=1), SpeculationConfirmFrame(turn_id=1, speculation=2))
     see(LLMTokenFrame(text=" at eight.", turn_id=1))
     assert view.reply == "Two people at eight."
+
+
+def test_voice_to_voice_of_a_speculative_turn_counts_from_the_release_not_the_synthesis() -> None:
+    """The audio was ready before the turn ended; what the user waits for is the moment the gate lets it out."""
+    import numpy as np
+
+    from voicepipe.frames import EndOfTurnFrame, SpeechEndedFrame
+    from voicepipe.metrics import MetricsObserver
+
+    now = [0.0]
+    finished = []
+    metrics = MetricsObserver(finished.append, clock=lambda: now[0])
+    tts, gate, sink = Stage(name="tts"), SpeculationGate(), Stage(name="speaker")
+    audio = TTSAudioFrame(pcm=np.zeros(160, dtype=np.float32), sample_rate=16000, turn_id=1)
+    steps: list[tuple[float, Frame, Stage]] = [
+        (0.0, SpeechEndedFrame(turn_id=1, speech_end_timestamp=0.05), Stage(name="vad")),
+        (0.2, SpeculationStartFrame(turn_id=1, speculation=1), Stage(name="llm")),
+        (0.3, LLMTokenFrame(text="Paris.", turn_id=1), Stage(name="llm")),
+        (0.4, audio, tts),  # synthesized, held by the gate
+        (0.5, TranscriptFrame(text="capital of France", turn_id=1), Stage(name="asr")),
+        (0.5, SpeculationConfirmFrame(turn_id=1, speculation=1), Stage(name="llm")),
+        (0.55, audio, gate),  # released
+        (0.6, LLMResponseEndFrame(text="Paris.", turn_id=1), gate),
+        (1.0, EndOfTurnFrame(turn_id=1), sink),
+    ]
+    for t, frame, source in steps:
+        now[0] = t
+        metrics.on_frame(frame, source, Direction.DOWNSTREAM)
+    (turn,) = finished
+    assert turn.speculative and turn.reply == "Paris."
+    assert turn.latencies_ms()["voice_to_voice_ms"] == 500.0
+    assert "llm_first_token_ms" not in turn.latencies_ms()  # the reply began before the transcript: no such part
