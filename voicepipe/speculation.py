@@ -55,7 +55,7 @@ class SpeculationGate(Stage):
             return
         release = self._release
         if release is not None:
-            await release  # released frames go out before anything that arrived after them
+            await asyncio.wait([release])  # released frames go out before anything that arrived after them
             if self._release is release:
                 self._release = None
         if isinstance(frame, SpeculationStartFrame):
