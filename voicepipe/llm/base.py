@@ -7,8 +7,8 @@ policy (``voicepipe.llm.prompt_cache``). An engine subclass implements only the 
 
 Public API: ``generate``, ``generate_stream``, ``agenerate_stream``, ``warm``, ``rewind``, ``reset_state``,
 ``load``/``unload`` (and their ``a``-prefixed async twins), ``is_loaded``, ``memory_footprint``, ``last_thinking``,
-``last_tokens``, ``last_stats``; for tests and benchmarks also ``encode_chat``, ``tokenize``, ``detokenize``, ``generate_tokens`` and
-``logits_for``.
+``last_tokens``, ``last_stats``; for tests and benchmarks also ``encode_chat``, ``tokenize``, ``detokenize``,
+``generate_tokens`` and ``logits_for``.
 
 Engine hooks (all called on the model's one dedicated thread, only while the weights are loaded unless noted):
 
