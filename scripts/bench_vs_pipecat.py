@@ -363,8 +363,6 @@ async def child_voicepipe(args: argparse.Namespace) -> dict[str, Any]:
                 tts.update(model=voices["kokoro_model"], voices=voices["kokoro_voices"], voice=voices["kokoro_voice"])
             stages.append(TTSStage(config.model_copy(update=tts), name=spec.name))
             continue
-        elif spec.type_name == "turn-taking":
-            continue  # the echo guard mutes a microphone that is not there
         stages.append(spec.stage_class(config, name=spec.name))
     stages.append(WavSink(WavSinkConfig(path=str(Path(tmp.name) / "reply.wav")), name="speaker"))
     pipeline = VoicePipeline(stages, observers=[Milestones()])
