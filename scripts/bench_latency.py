@@ -9,6 +9,11 @@ the reply to end before the next one, as a person would. Replies go to a WAV sin
 
     .venv/bin/python scripts/bench_latency.py --tts kokoro piper --turns 10 --json results.json
 
+Speculative replies (the LLM starts at the pause, held until the turn is confirmed) are on, as in the default
+pipeline; ``--no-speculative`` measures without them, for their share. A speculative turn reports no LLM-first-token,
+first-chunk or TTS-first-audio parts (its reply began before its final transcript); voice to voice counts until the
+held audio is released.
+
 Models: faster-whisper tiny.en and Piper/Kokoro from the PyPI packages of the dev extra, and by default a real chat
 model on llama.cpp (Qwen2.5-Coder-0.5B-Instruct Q4_K_M, greedy), so first-token, first-clause and TTS timings come
 from real replies of real length. ``--llm qwen35-shape`` runs the full-size random Qwen3.5-0.8B
