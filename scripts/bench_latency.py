@@ -10,9 +10,10 @@ the reply to end before the next one, as a person would. Replies go to a WAV sin
     .venv/bin/python scripts/bench_latency.py --tts kokoro piper --turns 10 --json results.json
 
 Speculative replies (the LLM starts at the pause, held until the turn is confirmed) are on, as in the default
-pipeline; ``--no-speculative`` measures without them, for their share. A speculative turn reports no LLM-first-token,
-first-chunk or TTS-first-audio parts (its reply began before its final transcript); voice to voice counts until the
-held audio is released.
+pipeline; ``--no-speculative`` measures without them, for their share. ``transcript_to_audio`` is the wait after the
+final transcript (what speculation shortens). A speculative turn reports no LLM-first-token, first-chunk or
+TTS-first-audio parts (its reply began before its final transcript); voice to voice counts until the held audio is
+released.
 
 Models: faster-whisper tiny.en and Piper/Kokoro from the PyPI packages of the dev extra, and by default a real chat
 model on llama.cpp (Qwen2.5-Coder-0.5B-Instruct Q4_K_M, greedy), so first-token, first-clause and TTS timings come
@@ -303,6 +304,7 @@ async def run_once(args: argparse.Namespace, tts: str) -> dict[str, Any]:
             "voice_to_voice_ms": (t["first_audio"] - voice_end) * 1000,
             "endpointing_ms": (watcher.speech_end_seen.get(turn.turn_id, t["transcript"]) - voice_end) * 1000,
             "asr_ms": (t["transcript"] - watcher.speech_end_seen.get(turn.turn_id, t["transcript"])) * 1000,
+            "transcript_to_audio_ms": (t["first_audio"] - t["transcript"]) * 1000,
             "reply": turn.reply[:80],
         }
         # a speculative turn's reply started before its final transcript: these parts do not apply to it
@@ -319,6 +321,7 @@ async def run_once(args: argparse.Namespace, tts: str) -> dict[str, Any]:
         "voice_to_voice_ms",
         "endpointing_ms",
         "asr_ms",
+        "transcript_to_audio_ms",
         "llm_first_token_ms",
         "first_chunk_ms",
         "tts_first_audio_ms",
@@ -350,6 +353,7 @@ def _markdown(results: list[dict[str, Any]]) -> str:
         "voice_to_voice_ms",
         "endpointing_ms",
         "asr_ms",
+        "transcript_to_audio_ms",
         "llm_first_token_ms",
         "first_chunk_ms",
         "tts_first_audio_ms",
