@@ -1,0 +1,196 @@
+"""One CUDA kernel for a Gated-DeltaNet decode step of Qwen3.5: conv update, q/k normalisation, gating and the
+recurrent state update of one token in one launch.
+
+mlx-lm runs this step as ~25 small MLX ops per layer (conv concat and slice, conv1d, silu, split, two rms_norms, the
+gate and beta formulas, the state decay, two reductions, the write, the cast): at one token each is a tiny kernel,
+and on an H200 a decode token is bound by launching them, not by the GPU (BENCHMARKS.md). Neither MLX nor mlx-lm has
+this step as one CUDA kernel, hence this file (``mx.fast.cuda_kernel``; mlx-lm's Metal gated-delta kernel is the
+model for the recurrence part). On Apple GPUs mlx-lm already runs the recurrence as one Metal kernel and this module
+is not used; on the CPU there are no custom kernels: :func:`decode_kernel_available` says when it applies.
+
+Shapes follow mlx-lm's ``GatedDeltaNet`` with the fused input projection of ``voicepipe.llm.mlx_fused``, whose
+output row is ``[qkv (conv_dim) | z (value_dim) | b (Hv) | a (Hv)]``; the kernel reads qkv, b and a from it in place.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import mlx.core as mx
+
+__all__ = ["decode_kernel_available", "gated_delta_decode_step"]
+
+#: Value rows of the state handled by one thread block (one warp per ``_ROWS // _WARPS`` rows).
+_ROWS = 16
+_WARPS = 8
+
+# One block per (batch, value head, group of _ROWS value rows); 8 warps. Every block computes the conv + silu and the
+# L2 norm of its key head's q and k (2 x Dk channels, cheap) into shared memory; each warp then runs the delta rule
+# for its value rows with Dk / 32 state elements per lane, as mlx-lm's Metal kernel does with a SIMD group.
+_SOURCE = r"""
+    constexpr int ConvDim = 2 * Hk * Dk + Hv * Dv;
+    constexpr int RowsPerWarp = Rows / Warps;
+    constexpr int PerLane = Dk / 32;
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int n = blockIdx.z;              // b * Hv + hv
+    const int b_idx = n / Hv;
+    const int hv = n % Hv;
+    const int hk = hv / (Hv / Hk);
+    const int row0 = blockIdx.y * Rows;
+
+    const InT* row = proj + b_idx * ProjDim;             // [qkv | z | b | a]
+    const InT* cs = conv_state + b_idx * (K - 1) * ConvDim;
+    InT* cs_out = conv_state_out + b_idx * (K - 1) * ConvDim;
+
+    __shared__ float sq[Dk];
+    __shared__ float sk[Dk];
+    __shared__ float partial[2][Warps];
+
+    // conv (K taps over the K-1 cached inputs and this token's) + silu for one channel.
+    auto conv_silu = [&](int c) -> float {
+        float acc = 0.0f;
+        for (int j = 0; j < K - 1; ++j) {
+            acc += static_cast<float>(conv_w[c * K + j]) * static_cast<float>(cs[j * ConvDim + c]);
+        }
+        acc += static_cast<float>(conv_w[c * K + K - 1]) * static_cast<float>(row[c]);
+        acc = static_cast<float>(static_cast<InT>(acc));  // the conv output is rounded to the activation dtype
+        return static_cast<float>(static_cast<InT>(acc / (1.0f + expf(-acc))));
+    };
+    // The new conv state of one channel: drop the oldest input, append this token's.
+    auto shift = [&](int c) {
+        for (int j = 0; j < K - 2; ++j) {
+            cs_out[j * ConvDim + c] = cs[(j + 1) * ConvDim + c];
+        }
+        cs_out[(K - 2) * ConvDim + c] = row[c];
+    };
+
+    const bool writes_qk_state = (hv % (Hv / Hk)) == 0 && blockIdx.y == 0;
+    float ssq = 0.0f, ssk = 0.0f;
+    for (int i = tid; i < 2 * Dk; i += Warps * 32) {
+        const int c = (i < Dk) ? hk * Dk + i : Hk * Dk + hk * Dk + (i - Dk);
+        const float x = conv_silu(c);
+        if (i < Dk) { sq[i] = x; ssq += x * x; } else { sk[i - Dk] = x; ssk += x * x; }
+        if (writes_qk_state) shift(c);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        ssq += __shfl_xor_sync(0xffffffff, ssq, o);
+        ssk += __shfl_xor_sync(0xffffffff, ssk, o);
+    }
+    if (lane == 0) { partial[0][warp] = ssq; partial[1][warp] = ssk; }
+    __syncthreads();
+    ssq = 0.0f; ssk = 0.0f;
+    for (int w = 0; w < Warps; ++w) { ssq += partial[0][w]; ssk += partial[1][w]; }
+    // mlx-lm's normalize_qk: q * Dk^-0.5 / |q|, k / |k| (eps 1e-6 added to the sum of squares).
+    const float q_scale = rsqrtf(ssq + 1e-6f) * rsqrtf(static_cast<float>(Dk));
+    const float k_scale = rsqrtf(ssk + 1e-6f);
+
+    const float a = static_cast<float>(row[2 * Hk * Dk + Hv * Dv + Hv * Dv + Hv + hv]) + static_cast<float>(dt_bias[hv]);
+    const float softplus = a > 20.0f ? a : log1pf(expf(a));
+    const float g = expf(-expf(static_cast<float>(A_log[hv])) * softplus);
+    const float beta = 1.0f / (1.0f + expf(-static_cast<float>(row[2 * Hk * Dk + Hv * Dv + Hv * Dv + hv])));
+
+    float kl[PerLane], ql[PerLane];
+    for (int i = 0; i < PerLane; ++i) {
+        kl[i] = sk[lane + 32 * i] * k_scale;
+        ql[i] = sq[lane + 32 * i] * q_scale;
+    }
+    for (int r = 0; r < RowsPerWarp; ++r) {
+        const int dv = row0 + warp * RowsPerWarp + r;
+        const int vc = 2 * Hk * Dk + hv * Dv + dv;
+        float v = 0.0f;
+        if (lane == 0) {
+            v = conv_silu(vc);
+            shift(vc);
+        }
+        v = __shfl_sync(0xffffffff, v, 0);
+        const float* s_in = state + (static_cast<size_t>(n) * Dv + dv) * Dk;
+        float* s_out = state_out + (static_cast<size_t>(n) * Dv + dv) * Dk;
+        float s[PerLane];
+        float kv = 0.0f;
+        for (int i = 0; i < PerLane; ++i) {
+            s[i] = s_in[lane + 32 * i] * g;
+            kv += s[i] * kl[i];
+        }
+        for (int o = 16; o > 0; o >>= 1) kv += __shfl_xor_sync(0xffffffff, kv, o);
+        const float delta = (v - kv) * beta;
+        float out = 0.0f;
+        for (int i = 0; i < PerLane; ++i) {
+            s[i] += kl[i] * delta;
+            out += s[i] * ql[i];
+            s_out[lane + 32 * i] = s[i];
+        }
+        for (int o = 16; o > 0; o >>= 1) out += __shfl_xor_sync(0xffffffff, out, o);
+        if (lane == 0) y[n * Dv + dv] = static_cast<InT>(out);
+    }
+"""
+
+
+@functools.cache
+def _kernel() -> Any:
+    return mx.fast.cuda_kernel(
+        name="voicepipe_gated_delta_decode",
+        input_names=["proj", "conv_state", "conv_w", "A_log", "dt_bias", "state"],
+        output_names=["y", "conv_state_out", "state_out"],
+        source=_SOURCE,
+    )
+
+
+def decode_kernel_available() -> bool:
+    """True when the default device is a CUDA GPU (``VOICEPIPE_MLX_DECODE_KERNEL=0`` turns the kernel off)."""
+    if os.environ.get("VOICEPIPE_MLX_DECODE_KERNEL", "1") == "0":
+        return False
+    return mx.default_device() == mx.gpu and mx.cuda.is_available()
+
+
+def gated_delta_decode_step(
+    proj: mx.array,
+    conv_state: mx.array,
+    conv_weight: mx.array,
+    A_log: mx.array,  # noqa: N803 - mlx-lm's parameter name
+    dt_bias: mx.array,
+    state: mx.array,
+    *,
+    key_heads: int,
+    value_heads: int,
+    key_dim: int,
+    value_dim: int,
+) -> tuple[mx.array, mx.array, mx.array]:
+    """One decode token of a Gated-DeltaNet layer, up to (not including) the gated output norm.
+
+    Args:
+        proj: ``[B, 1, conv_dim + Hv * Dv + 2 * Hv]``, the fused input projection ``[qkv | z | b | a]``.
+        conv_state: ``[B, K - 1, conv_dim]``, the last K-1 conv inputs (mlx-lm's ``cache[0]``).
+        conv_weight: mlx-lm's depthwise ``conv1d.weight``, ``[conv_dim, K, 1]``.
+        A_log, dt_bias: ``[Hv]``; state: ``[B, Hv, Dv, Dk]`` float32 (mlx-lm's ``cache[1]``).
+        key_dim, value_dim: per-head sizes Dk (a multiple of 32) and Dv (a multiple of 16).
+
+    Returns:
+        ``(y [B, 1, Hv, Dv], new conv_state, new state)``, what mlx-lm's layer computes before ``self.norm``.
+    """
+    batch = proj.shape[0]
+    kernel_size = conv_weight.shape[1]
+    if key_dim % 32 or value_dim % _ROWS:
+        raise ValueError(f"decode kernel needs Dk % 32 == 0 and Dv % {_ROWS} == 0, got Dk={key_dim}, Dv={value_dim}")
+    y, conv_out, state_out = _kernel()(
+        inputs=[proj, conv_state, conv_weight, A_log, dt_bias, state],
+        template=[
+            ("InT", proj.dtype),
+            ("Hk", key_heads),
+            ("Hv", value_heads),
+            ("Dk", key_dim),
+            ("Dv", value_dim),
+            ("K", kernel_size),
+            ("ProjDim", proj.shape[-1]),
+            ("Rows", _ROWS),
+            ("Warps", _WARPS),
+        ],
+        grid=(32 * _WARPS, value_dim // _ROWS, batch * value_heads),
+        threadgroup=(32 * _WARPS, 1, 1),
+        output_shapes=[(batch, 1, value_heads, value_dim), conv_state.shape, state.shape],
+        output_dtypes=[proj.dtype, conv_state.dtype, state.dtype],
+    )
+    return y, conv_out, state_out
