@@ -37,7 +37,7 @@ from mlx_lm.generate import generate_step
 from mlx_lm.models import qwen3_5
 from mlx_lm.models.gated_delta import gated_delta_ops, normalize_qk
 
-from voicepipe.llm.mlx import Qwen35MLXChat
+from voicepipe.llm.mlx import Qwen35MLXChat, _note_model_thread
 from voicepipe.llm.mlx_decode_kernel import decode_kernel_available
 from voicepipe.llm.mlx_fused import fuse_projections
 from voicepipe.llm.mlx_gated_delta import (
@@ -187,6 +187,7 @@ class _BenchChat(Qwen35MLXChat):
         self._given = model
 
     def _load_weights(self) -> None:
+        _note_model_thread()  # as the engine's own load: exit waits for this thread's MLX state to go
         self._model, self.config = self._given, {}
         self._step = compiled_decode_step(self._model)
         self._reset_engine()
@@ -203,6 +204,31 @@ def decode_engine(chat: Qwen35MLXChat, prompt: list[int], n: int) -> float:
     chat.generate_tokens(prompt, ChatSamplingConfig(temperature=0.0, repetition_penalty=1.0, max_tokens=n + 1))
     stats = chat.last_stats
     return stats.total_s - stats.first_token_s
+
+
+def greedy_parity(model: nn.Module, step, fused: nn.Module, fused_step, prompt: mx.array, n: int) -> dict[str, Any]:
+    """The fused model (with the kernel where used) against mlx-lm's model on the same weights: how many of ``n``
+    greedy tokens agree before the first difference, and the largest relative logit error up to there."""
+
+    def greedy(net: nn.Module, fn) -> tuple[list[int], list[Any]]:
+        cache = net.make_cache()
+        logits = net(prompt[None], cache=cache)[:, -1]
+        tokens, rows = [], []
+        for _ in range(n):
+            rows.append(logits.astype(mx.float32))
+            token = mx.argmax(logits, axis=-1)
+            tokens.append(token.item())
+            logits = fn(token[:, None], cache)[:, -1]
+        return tokens, rows
+
+    want, want_rows = greedy(model, step)
+    got, got_rows = greedy(fused, fused_step)
+    same = next((i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b), n)
+    errors = [
+        mx.abs(g - w).max().item() / max(mx.abs(w).max().item(), 1e-30)
+        for g, w in zip(got_rows[: same + 1], want_rows[: same + 1], strict=False)
+    ]
+    return {"tokens": n, "same_prefix": same, "max_rel_logit_err": max(errors)}
 
 
 def step_split(step, model: nn.Module, prompt: mx.array, n: int) -> dict[str, float]:
@@ -296,6 +322,7 @@ def bench_decode(model: nn.Module, fused: nn.Module, n: int, profile: int = 0) -
         decode["fused_kernel_tok_s"] = n / decode_loop(fused_kernel, fused, prompt, n)
     decode["engine_tok_s"] = n / decode_engine(chat, prompt.tolist(), n)
     decode["engine_vs_mlx_lm"] = decode["engine_tok_s"] / decode["mlx_lm_generate_step_tok_s"]
+    decode["parity"] = greedy_parity(model, step, fused, best, prompt, 32)
     decode["split_unfused"] = step_split(step, model, prompt, min(n, 64))
     decode["split_best"] = step_split(best, fused, prompt, min(n, 64))
     decode["weights_mb"] = sum(v.nbytes for _, v in tree_flatten(model.parameters())) / 1e6

@@ -356,10 +356,12 @@ class Qwen35MLXChat(ChatModel):
         if self._step is None or not self._context:
             return int(token.item())
         # Queue the forward of this token before reading it (see the module docstring); ``_forward`` settles it.
+        # Two evaluations, as mlx-lm's generate_step: reading the token waits for its own, not for the step after.
+        mx.async_eval(token)
         undo = self._undo_record()
         ahead = self._step(token[:, None], self._cache)[:, -1, :]
         self._ahead = (token, ahead, undo)
-        mx.async_eval(token, ahead)
+        mx.async_eval(ahead)
         return int(token.item())
 
     def _logits(self) -> np.ndarray:

@@ -9,8 +9,8 @@ the input axis, so a row's quantization does not depend on its neighbours), and 
 that run one matmul and split its output. Each output element is the same dot product as before, so results match
 the unfused model (tests/llm/test_mlx_fused.py).
 
-The Gated-DeltaNet decode step (one token, a cached conv state) also runs conv, normalisation, gating and the state
-update as one CUDA kernel when one is available (``voicepipe.llm.mlx_decode_kernel``); otherwise mlx-lm's ops.
+The Gated-DeltaNet decode step (one token, a cached conv state) also runs conv, normalisation, gating, the state
+update and the gated output norm as one CUDA kernel when one is available (``voicepipe.llm.mlx_decode_kernel``); otherwise mlx-lm's ops.
 
 Saved checkpoints keep mlx-lm's unfused layout (``convert_checkpoint`` does not fuse), so mlx-lm can read them.
 Import this module lazily: it imports ``mlx`` and ``mlx_lm`` at the top.
@@ -71,14 +71,15 @@ class FusedGatedDeltaNet(qwen3_5.GatedDeltaNet):
                 self.A_log,
                 self.dt_bias,
                 cache[1],
+                self.norm.weight,
+                self.norm.eps,
                 key_heads=self.num_k_heads,
                 value_heads=self.num_v_heads,
                 key_dim=self.head_k_dim,
                 value_dim=self.head_v_dim,
             )
             cache.advance(1)
-            out = self.norm(out, z)
-            return self.out_proj(out.reshape(batch, length, -1))
+            return self.out_proj(out)
 
         # mlx-lm's GatedDeltaNet.__call__ from here on, with the projections sliced out of ``proj``.
         qkv = proj[..., :z_start]
@@ -132,6 +133,7 @@ class FusedGatedDeltaNet(qwen3_5.GatedDeltaNet):
             and cache[1].dtype == mx.float32
             and self.head_k_dim % 32 == 0
             and self.head_v_dim % 16 == 0
+            and type(self.norm) is qwen3_next.Qwen3NextRMSNormGated
             and decode_kernel_available()
         )
 
