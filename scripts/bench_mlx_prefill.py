@@ -258,11 +258,14 @@ def step_split(step, model: nn.Module, prompt: mx.array, n: int) -> dict[str, fl
 def profile_steps(step, model: nn.Module, prompt: mx.array, n: int) -> None:
     """``n`` synchronous decode steps between cudaProfilerStart and cudaProfilerStop (for ncu)."""
     import ctypes
+    import ctypes.util
     import glob
+    import sys
 
-    import nvidia.cuda_runtime as runtime  # the CUDA runtime wheel mlx-cuda depends on
-
-    lib = ctypes.CDLL(sorted(glob.glob(os.path.join(runtime.__path__[0], "lib", "libcudart.so*")))[0])
+    # The CUDA runtime that mlx-cuda loads: from the nvidia-cuda-runtime wheel (its folder differs between CUDA
+    # versions), else the system's.
+    found = [f for p in sys.path for f in glob.glob(os.path.join(p, "nvidia", "**", "libcudart.so*"), recursive=True)]
+    lib = ctypes.CDLL(sorted(found)[0] if found else ctypes.util.find_library("cudart"))
     cache = model.make_cache()
     token = mx.argmax(model(prompt[None], cache=cache)[:, -1], axis=-1)
     mx.eval(token, state_of(cache))
@@ -279,6 +282,8 @@ def ncu_summary(path: str, steps: int) -> dict[str, Any]:
 
     with open(path) as handle:
         rows = [r for r in csv.reader(line for line in handle if line.startswith('"'))]
+    if not rows:
+        raise SystemExit(f"{path}: no kernel rows; did ncu run with --profile-from-start off around --profile-steps?")
     header, rows = rows[0], rows[1:]
     col = {name: i for i, name in enumerate(header)}
     total_ns, per_kernel = 0.0, {}
@@ -322,10 +327,12 @@ def bench_decode(model: nn.Module, fused: nn.Module, n: int, profile: int = 0) -
         decode["fused_kernel_tok_s"] = n / decode_loop(fused_kernel, fused, prompt, n)
     decode["engine_tok_s"] = n / decode_engine(chat, prompt.tolist(), n)
     decode["engine_vs_mlx_lm"] = decode["engine_tok_s"] / decode["mlx_lm_generate_step_tok_s"]
+    decode["parity_fused_ops"] = greedy_parity(model, step, fused, fused_ops, prompt, 32)
     decode["parity"] = greedy_parity(model, step, fused, best, prompt, 32)
     decode["split_unfused"] = step_split(step, model, prompt, min(n, 64))
     decode["split_best"] = step_split(best, fused, prompt, min(n, 64))
     decode["weights_mb"] = sum(v.nbytes for _, v in tree_flatten(model.parameters())) / 1e6
+    print(json.dumps(decode), flush=True)  # before profiling, which needs Nsight Compute around the process
     if profile:
         profile_steps(best, fused, prompt, profile)
     return decode
@@ -434,7 +441,6 @@ def main() -> None:
 
     if args.decode_tokens > 0:
         results["decode"] = bench_decode(model, fused, args.decode_tokens, args.profile_steps)
-        print(json.dumps(results["decode"]), flush=True)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -87,19 +87,22 @@ _SOURCE = r"""
     __syncthreads();
     ssq = 0.0f; ssk = 0.0f;
     for (int w = 0; w < Warps; ++w) { ssq += partial[0][w]; ssk += partial[1][w]; }
-    // mlx-lm's normalize_qk: q * Dk^-0.5 / |q|, k / |k| (eps 1e-6 added to the sum of squares).
-    const float q_scale = rsqrtf(ssq + 1e-6f) * rsqrtf(static_cast<float>(Dk));
-    const float k_scale = rsqrtf(ssk + 1e-6f);
+    // mlx-lm's normalize_qk: rms_norm(x) (eps 1e-6 / Dk on the mean square), times Dk^-1 for q and Dk^-0.5 for k,
+    // each result rounded to the activation dtype as MLX rounds it; so are the gate inputs below.
+    const float inv_dk = 1.0f / static_cast<float>(Dk);
+    const float q_rms = rsqrtf(ssq * inv_dk + 1e-6f * inv_dk);
+    const float k_rms = rsqrtf(ssk * inv_dk + 1e-6f * inv_dk);
+    auto rnd = [](float x) { return static_cast<float>(static_cast<InT>(x)); };
 
-    const float a = static_cast<float>(row[AOffset + hv]) + static_cast<float>(dt_bias[hv]);
-    const float softplus = a > 20.0f ? a : log1pf(expf(a));
+    const float a = rnd(static_cast<float>(row[AOffset + hv]) + static_cast<float>(dt_bias[hv]));
+    const float softplus = rnd(a > 20.0f ? a : log1pf(expf(a)));
     const float g = expf(-expf(static_cast<float>(A_log[hv])) * softplus);
-    const float beta = 1.0f / (1.0f + expf(-static_cast<float>(row[BOffset + hv])));
+    const float beta = rnd(1.0f / (1.0f + expf(-static_cast<float>(row[BOffset + hv]))));
 
     float kl[PerLane], ql[PerLane];
     for (int i = 0; i < PerLane; ++i) {
-        kl[i] = sk[lane + 32 * i] * k_scale;
-        ql[i] = sq[lane + 32 * i] * q_scale;
+        kl[i] = rnd(rnd(sk[lane + 32 * i] * k_rms) * rsqrtf(static_cast<float>(Dk)));
+        ql[i] = rnd(rnd(sq[lane + 32 * i] * q_rms) * inv_dk);
     }
     const int row0 = warp * RowsPerWarp;
     float s[RowsPerWarp][PerLane];
