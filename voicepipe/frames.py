@@ -86,14 +86,18 @@ class SpeechStartedFrame(DataFrame):
 
 @dataclass
 class SpeechEndedFrame(DataFrame):
-    """The VAD confirmed the end of the user's speech (after the hangover).
+    """The VAD confirmed the end of the user's turn: the hangover passed, or the end-of-turn model said it was done.
 
     ``audio_time`` is the stream position of the last voiced sample; ``speech_end_timestamp`` is the monotonic time at
-    which that sample arrived, the zero point of voice-to-voice latency.
+    which that sample arrived, the zero point of voice-to-voice latency. ``predicted`` is True when the end-of-turn
+    model ended the turn at the pause, before the hangover; ``end_of_turn_probability`` is what that model said at the
+    pause (None when it was not asked).
     """
 
     audio_time: float = 0.0
     speech_end_timestamp: float | None = None
+    predicted: bool = False
+    end_of_turn_probability: float | None = None
 
 
 @dataclass

@@ -7,7 +7,9 @@ after ``start_ms`` of consecutive voiced frames; the segment then begins ``prero
 (Whisper clips the first word without it). While speaking, a pause of ``pause_ms`` emits a provisional segment (so
 transcription can start early); a pause of ``hangover_ms`` ends the segment. A segment always ends ``pause_ms`` after
 its last voiced sample, so if the user does not resume, the final segment is identical to the provisional one.
-Segments with less than ``min_speech_ms`` of voiced audio are dropped (the end is still reported). Speech longer than
+An end-of-turn model may end the segment
+earlier, during a pause (``end_turn``): the final segment is then the provisional one. Segments with less than
+``min_speech_ms`` of voiced audio are dropped (the end is still reported). Speech longer than
 ``max_segment_s`` is split: from 80% of the cap on at the first 100 ms pause (the next words start a new segment,
 with pre-roll), at the cap at the latest (cut mid-speech, the next segment starts at the cut).
 
@@ -84,7 +86,8 @@ class Pause:
 
 @dataclass
 class SpeechEnd:
-    """Speech ended (``capped``: split near ``max_segment_s``; the speech goes on in a new segment).
+    """Speech ended (``capped``: split near ``max_segment_s``; the speech goes on in a new segment; ``predicted``:
+    ended in a pause by ``Segmenter.end_turn``, before the hangover).
 
     ``segment`` is None when it held less than ``min_speech_ms`` of voiced audio. ``last_voiced_time`` is the end of
     the last voiced frame.
@@ -93,6 +96,7 @@ class SpeechEnd:
     segment: Segment | None
     last_voiced_time: float
     capped: bool = False
+    predicted: bool = False
 
 
 Event = SpeechStart | Pause | SpeechEnd
@@ -166,6 +170,22 @@ class Segmenter:
             events.append(self._end(capped=False))
         self._pending = np.zeros(0, dtype=np.float32)
         return events
+
+    @property
+    def in_pause(self) -> bool:
+        """Speaking, and the last ``pause_ms`` or more were silent (a ``Pause`` was reported for this pause)."""
+        return self.speaking and self._pause_sent
+
+    def end_turn(self) -> list[Event]:
+        """End the segment now, before the hangover, if it is still in the pause that ``Pause`` reported.
+
+        Returns ``[SpeechEnd(predicted=True)]``, or nothing when the user has resumed (or the segment has ended) since.
+        """
+        if not self.in_pause:
+            return []
+        event = self._end(capped=False)
+        event.predicted = True
+        return [event]
 
     # -- the state machine ------------------------------------------------------------------------------------------
 
