@@ -1,8 +1,8 @@
 """Kokoro-82M on kokoro-onnx (onnxruntime + espeak-ng phonemes).
 
 kokoro-onnx returns a whole text as one array, so the stage hands it one chunk (a clause or sentence) at a time.
-The session is built here rather than by kokoro-onnx so the thread count is ours to set: with other stages on the
-same cores, one intra-op thread was faster than several.
+The session is built here rather than by kokoro-onnx so the thread count is ours to set (the stage's ``threads``;
+its first chunk of a reply has the cores to itself, see ``voicepipe.cores``).
 """
 
 from __future__ import annotations
