@@ -1,6 +1,7 @@
-"""The Qwen3.5 chat API shared by every engine (MLX, llama.cpp, CoreML): ``ChatModel`` and ``ChatSamplingConfig``.
+"""The chat API shared by every engine (MLX, llama.cpp, CoreML): ``ChatModel`` and ``ChatSamplingConfig``.
 
-``ChatModel`` holds all engine-independent logic once: the chat template, the thinking cap, keeping think text out of
+``ChatModel`` holds all engine-independent logic once: prompts from the model's chat template (Qwen3.5's by default;
+any model's own template on llama.cpp), the thinking cap, keeping think text out of
 results, stopping at ``<|im_end|>``, UTF-8-safe streaming, the async twin, cancellation, and the multi-turn prompt-cache
 policy (``voicepipe.llm.prompt_cache``). An engine subclass implements only the token-level hooks below.
 
@@ -33,6 +34,7 @@ Engine hooks (all called on the model's one dedicated thread, only while the wei
 ``_state_nbytes(state) -> int``             Optional: bytes a snapshot holds (for accounting; default 0).
 ``_logits() -> numpy.ndarray``              Optional: the float32 logits ``_sample`` would draw from (parity tests).
 ``_extra_stop_ids() -> set[int]``           Optional: more stop tokens (the engine's EOS); default none.
+``_chat_template() -> ChatTemplate``        Optional: the loaded model's chat template; default Qwen3.5's.
 =========================================  ========================================================================
 
 Engines also provide ``from_pretrained(...)`` (a classmethod returning a model; pass ``load=False`` to defer loading
@@ -70,9 +72,9 @@ from voicepipe.llm.chat_format import (
     THINK_CLOSE,
     THINK_OPEN,
     ChatMessage,
+    ChatTemplate,
+    Qwen35ChatTemplate,
     Utf8StreamDecoder,
-    generation_prompt,
-    render_message,
 )
 from voicepipe.llm.prompt_cache import PromptCache
 
@@ -163,6 +165,8 @@ class ChatModel(abc.ABC):
         self._active: Iterator[str] | None = None
         self._ids: dict[str, int | None] = {}
         self._close_think_tokens: list[int] = []
+        #: How conversations become prompts; set from the engine's ``_chat_template()`` at load.
+        self.chat_template: ChatTemplate = Qwen35ChatTemplate()
 
     # -- engine hooks ------------------------------------------------------------------------------------------------
 
@@ -207,6 +211,10 @@ class ChatModel(abc.ABC):
 
     def _extra_stop_ids(self) -> set[int]:
         return set()
+
+    def _chat_template(self) -> ChatTemplate:
+        """Optional: the template of the loaded model (called once per load); default Qwen3.5's."""
+        return Qwen35ChatTemplate()
 
     # -- the model's thread ------------------------------------------------------------------------------------------
 
@@ -271,6 +279,11 @@ class ChatModel(abc.ABC):
             return
         started = time.perf_counter()
         self._load_weights()
+        try:
+            self.chat_template = self._chat_template()
+        except BaseException:
+            self._unload_weights()  # e.g. a model without a chat template: nothing half-loaded stays behind
+            raise
         self._loaded = True
         self._state_tokens = []
         self._ids = {
@@ -317,24 +330,25 @@ class ChatModel(abc.ABC):
     def _encode(self, messages: list[ChatMessage], disable_thinking: bool) -> tuple[list[int], list[int]]:
         """(history, prompt): history ends at the last complete message (a turn boundary), prompt is all of it.
 
-        Messages are tokenized one by one: each starts with a special token, so this equals tokenizing the whole text,
-        and the history's tokens are always a prefix of the prompt's.
+        The history text and the rest of the prompt are tokenized separately, so the history's tokens are always a
+        prefix of the prompt's (the boundary is a message end, where templates put a special token or a newline).
+        A template whose history text is not a prefix of its prompt text gets an empty history: no snapshot.
         """
         if not messages:
             raise ValueError("messages is empty: pass at least one ChatMessage")
         for m in messages:
             if not isinstance(m, ChatMessage):
                 raise ValueError(f"messages must be ChatMessage objects, got {type(m).__name__}")
-        open_reply = messages[-1].role == "assistant"
-        history = self._history_tokens(messages[:-1] if open_reply else messages)
-        tail = render_message(messages[-1], complete=False) if open_reply else generation_prompt(disable_thinking)
-        return history, history + self._tokenize(tail)
+        complete = messages[:-1] if messages[-1].role == "assistant" else messages
+        history_text = self.chat_template.render_history(complete)
+        prompt_text = self.chat_template.render_prompt(messages, disable_thinking=disable_thinking)
+        if not prompt_text.startswith(history_text):
+            return [], self._tokenize(prompt_text)
+        history = self._tokenize(history_text) if history_text else []
+        return history, history + self._tokenize(prompt_text[len(history_text) :])
 
     def _history_tokens(self, messages: list[ChatMessage]) -> list[int]:
-        tokens: list[int] = []
-        for m in messages:
-            tokens += self._tokenize(render_message(m))
-        return tokens
+        return self._tokenize(self.chat_template.render_history(messages)) if messages else []
 
     # -- state and prompt cache --------------------------------------------------------------------------------------
 

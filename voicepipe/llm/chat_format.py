@@ -1,17 +1,27 @@
-"""Engine-independent pieces of Qwen3.5 chat: messages, the chat template, think-block handling, UTF-8-safe detok.
+"""Engine-independent pieces of chat: messages, chat templates, think-block handling, UTF-8-safe detokenization.
 
-The template is Qwen's ChatML form, rendered by hand (not with a Jinja template) because every engine needs the same
-token ids and the prompt cache needs stable per-message token boundaries:
+A ``ChatTemplate`` turns a conversation into prompt text. Two kinds exist:
+
+- ``Qwen35ChatTemplate``: Qwen3.5's ChatML form with its thinking control, rendered by hand (not with a Jinja
+  template) so that every engine gets the same token ids for Qwen3.5:
 
     <|im_start|>{role}\\n{content}<|im_end|>\\n      (one per message; earlier assistant turns lose their think block)
     <|im_start|>assistant\\n                       (the generation prompt)
     <think>\\n\\n</think>\\n\\n                      (appended when thinking is disabled: the non-thinking form)
+
+- ``JinjaChatTemplate``: the Jinja chat template a model ships (in its GGUF, or its ``tokenizer_config.json``),
+  rendered the way transformers renders it, for every other chat model (Qwen2.5, SmolLM2, Llama, ...).
+
+The prompt cache snapshots the engine at the end of the history (every complete message), so a template must render
+the history as a prefix of the prompt; ``ChatModel`` checks that and skips snapshotting when a template does not.
 """
 
 from __future__ import annotations
 
+import abc
 import codecs
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "ChatMessage",
@@ -26,6 +36,10 @@ __all__ = [
     "render_message",
     "render_chat",
     "generation_prompt",
+    "ChatTemplate",
+    "Qwen35ChatTemplate",
+    "JinjaChatTemplate",
+    "CHATML_TEMPLATE",
     "Utf8StreamDecoder",
 ]
 
@@ -80,6 +94,73 @@ def render_chat(messages: list[ChatMessage], *, disable_thinking: bool = False) 
         head = "".join(render_message(m) for m in messages[:-1])
         return head + render_message(messages[-1], complete=False)
     return "".join(render_message(m) for m in messages) + generation_prompt(disable_thinking)
+
+
+class ChatTemplate(abc.ABC):
+    """How a conversation becomes prompt text for one model family."""
+
+    #: Shown in logs and errors.
+    name: str = "chat template"
+
+    @abc.abstractmethod
+    def render_history(self, messages: list[ChatMessage]) -> str:
+        """Every message complete, no generation prompt: the text the prompt cache snapshots."""
+
+    @abc.abstractmethod
+    def render_prompt(self, messages: list[ChatMessage], *, disable_thinking: bool = False) -> str:
+        """The whole prompt: the messages, then the generation prompt. A trailing assistant message is a prefix of
+        the reply: it is left open and continued."""
+
+
+class Qwen35ChatTemplate(ChatTemplate):
+    """Qwen3.5's ChatML with its think block (see the module docstring)."""
+
+    name = "qwen3.5"
+
+    def render_history(self, messages: list[ChatMessage]) -> str:
+        return "".join(render_message(m) for m in messages)
+
+    def render_prompt(self, messages: list[ChatMessage], *, disable_thinking: bool = False) -> str:
+        return render_chat(messages, disable_thinking=disable_thinking)
+
+
+#: Plain ChatML (no think block), for a model that ships no template of its own: ``chat_format: chatml``.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+class JinjaChatTemplate(ChatTemplate):
+    """A model's own Jinja chat template, rendered like transformers does (llama-cpp-python's renderer).
+
+    Thinking control: ``enable_thinking`` is passed to the template (Qwen3-style templates honour it; templates of
+    models that do not think ignore it).
+    """
+
+    def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "", name: str = "jinja") -> None:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self.name = name
+        self.source = source
+        self._formatter: Any = Jinja2ChatFormatter(
+            template=source, eos_token=eos_token, bos_token=bos_token, add_generation_prompt=True
+        )
+
+    def _render(self, messages: list[ChatMessage], add_generation_prompt: bool, disable_thinking: bool) -> str:
+        self._formatter.add_generation_prompt = add_generation_prompt
+        return self._formatter(
+            messages=[{"role": m.role, "content": m.content} for m in messages],
+            enable_thinking=not disable_thinking,
+        ).prompt
+
+    def render_history(self, messages: list[ChatMessage]) -> str:
+        return self._render(messages, False, False) if messages else ""
+
+    def render_prompt(self, messages: list[ChatMessage], *, disable_thinking: bool = False) -> str:
+        if messages and messages[-1].role == "assistant":
+            return self._render(messages[:-1], True, disable_thinking) + messages[-1].content
+        return self._render(messages, True, disable_thinking)
 
 
 class Utf8StreamDecoder:

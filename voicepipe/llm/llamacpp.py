@@ -1,5 +1,7 @@
-"""Qwen3.5 on llama.cpp (llama-cpp-python): the portable fast engine (~29 tok/s for Q4_K_M on 2 x86 cores).
+"""Chat models on llama.cpp (llama-cpp-python): the portable fast engine (~29 tok/s for Qwen3.5 Q4_K_M on 2 x86 cores).
 
+Any chat model llama.cpp loads runs here: Qwen3.5 (arch ``qwen35``) gets its own template and thinking control, every
+other model the Jinja chat template stored in its GGUF (``tokenizer.chat_template``), or the one ``chat_format`` names.
 Only the token-level hooks of ``ChatModel`` live here. The prompt cache uses llama.cpp's sequence-state API
 (``llama_state_seq_get_data``/``set_data``): like MLX, llama.cpp cannot trim Qwen3.5's recurrent DeltaNet state, so
 whole states are snapshotted at turn boundaries. Sampling uses llama.cpp's own sampler chain.
@@ -19,13 +21,17 @@ from voicepipe._optional import require
 from voicepipe.cores import schedule
 from voicepipe.errors import ModelLoadError, UserError
 from voicepipe.llm.base import ChatModel, ChatSamplingConfig
+from voicepipe.llm.chat_format import CHATML_TEMPLATE, ChatTemplate, JinjaChatTemplate, Qwen35ChatTemplate
 
-__all__ = ["Qwen35LlamaCppChat", "DEFAULT_REPO", "resolve_gguf"]
+__all__ = ["Qwen35LlamaCppChat", "DEFAULT_REPO", "CHAT_FORMATS", "resolve_gguf"]
 
 DEFAULT_REPO = "Qwen/Qwen3.5-0.8B"
 _DEFAULT = "default"
 #: Tokens the repetition penalty looks back over (llama.cpp's default).
 PENALTY_LAST_N = 64
+#: ``chat_format`` values besides a path to a Jinja template file: ``auto`` = Qwen3.5's own for a ``qwen35`` GGUF,
+#: else the template stored in the GGUF.
+CHAT_FORMATS = ("auto", "qwen3.5", "chatml", "gguf")
 
 
 def _llama_cpp() -> Any:
@@ -104,7 +110,11 @@ def _hub_snapshot(repo: str, revision: str | None) -> Path:
 
 
 class Qwen35LlamaCppChat(ChatModel):
-    """Qwen3.5 chat on llama.cpp. Build it with ``from_pretrained``; see ``ChatModel`` for the API."""
+    """Chat on llama.cpp: Qwen3.5 or any GGUF chat model. Build it with ``from_pretrained``; see ``ChatModel``.
+
+    ``chat_format``: ``auto`` (Qwen3.5's template for a Qwen3.5 GGUF, else the template stored in the GGUF),
+    ``qwen3.5``, ``chatml``, ``gguf`` (the stored one), or the path of a Jinja chat template file.
+    """
 
     def __init__(
         self,
@@ -114,6 +124,7 @@ class Qwen35LlamaCppChat(ChatModel):
         n_threads: int | None = None,
         n_batch: int = 512,
         max_snapshots: int = 4,
+        chat_format: str = "auto",
     ) -> None:
         super().__init__(max_snapshots=max_snapshots)
         self.model_path = Path(model_path)
@@ -121,6 +132,13 @@ class Qwen35LlamaCppChat(ChatModel):
             raise ModelLoadError(f"{self.model_path}: no such GGUF file")
         if n_ctx < 64:
             raise UserError(f"n_ctx={n_ctx} is too small: use at least 64 (8192 is the default)")
+        if chat_format not in CHAT_FORMATS and not Path(chat_format).expanduser().is_file():
+            raise UserError(
+                f"chat_format={chat_format!r}: use one of {', '.join(CHAT_FORMATS)} or the path of a Jinja chat "
+                "template file"
+            )
+        self.chat_format = chat_format
+        self._eog_ids: set[int] | None = None  # the model's end-of-generation tokens, found once
         self.n_ctx = n_ctx
         self.n_threads = n_threads or os.cpu_count() or 1
         self.n_batch = n_batch
@@ -141,13 +159,14 @@ class Qwen35LlamaCppChat(ChatModel):
         load: bool = True,
         progress: bool = True,
         max_snapshots: int = 4,
+        chat_format: str = "auto",
     ) -> Qwen35LlamaCppChat:
         """Resolve (and convert on first use) the model, see ``resolve_gguf``; ``load=False`` defers loading."""
         _llama_cpp()
         path = resolve_gguf(
             repo_or_path, quantization=quantization, revision=revision, filename=filename, progress=progress
         )
-        model = cls(path, n_ctx=n_ctx, n_threads=n_threads, max_snapshots=max_snapshots)
+        model = cls(path, n_ctx=n_ctx, n_threads=n_threads, max_snapshots=max_snapshots, chat_format=chat_format)
         if load:
             model.load()
         return model
@@ -168,8 +187,39 @@ class Qwen35LlamaCppChat(ChatModel):
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"{self.model_path}: llama.cpp cannot load it ({exc}); is it a Qwen3.5 GGUF?") from exc
+            raise ModelLoadError(
+                f"{self.model_path}: llama.cpp cannot load it ({exc}); is it a whole GGUF file of a model llama.cpp "
+                "supports?"
+            ) from exc
         self._nbytes = int(llama_cpp.llama_model_size(self._llm.model))
+
+    def _chat_template(self) -> ChatTemplate:
+        metadata = self._llm.metadata
+        chosen = self.chat_format
+        if chosen == "auto":
+            chosen = "qwen3.5" if metadata.get("general.architecture") == "qwen35" else "gguf"
+        if chosen == "qwen3.5":
+            return Qwen35ChatTemplate()
+        if chosen == "chatml":
+            return self._jinja(CHATML_TEMPLATE, "chatml")
+        if chosen == "gguf":
+            source = metadata.get("tokenizer.chat_template")
+            if not source:
+                raise UserError(
+                    f"{self.model_path.name} has no chat template: give one with the llm stage's "
+                    "options: {chat_format: chatml} (or qwen3.5, or the path of a Jinja chat template file)"
+                )
+            return self._jinja(source, f"{self.model_path.name}'s own")
+        path = Path(chosen).expanduser()
+        return self._jinja(path.read_text(encoding="utf-8"), str(path))
+
+    def _jinja(self, source: str, name: str) -> JinjaChatTemplate:
+        def text(token: int) -> str:
+            return self._llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else ""
+
+        return JinjaChatTemplate(
+            source, bos_token=text(self._llm.token_bos()), eos_token=text(self._llm.token_eos()), name=name
+        )
 
     def _unload_weights(self) -> None:
         self._free_sampler()
@@ -190,8 +240,13 @@ class Qwen35LlamaCppChat(ChatModel):
         return self._llm.detokenize([token], special=False)
 
     def _extra_stop_ids(self) -> set[int]:
-        eos = self._llm.token_eos()
-        return {eos} if eos >= 0 else set()
+        # Every end-of-generation token the GGUF marks (EOS, <|im_end|>, <|eot_id|>, ...): a chat model ends its turn
+        # with one that is not always its EOS. Scanning the vocabulary once takes ~0.1 s; reloads reuse the result.
+        if self._eog_ids is None:
+            lc = _llama_cpp()
+            vocab = lc.llama_model_get_vocab(self._llm.model)
+            self._eog_ids = {t for t in range(self._llm.n_vocab()) if lc.llama_vocab_is_eog(vocab, t)}
+        return set(self._eog_ids)
 
     # -- state -------------------------------------------------------------------------------------------------------
 

