@@ -79,9 +79,15 @@ class AudioFrame(DataFrame):
 
 @dataclass
 class SpeechStartedFrame(DataFrame):
-    """The VAD heard the user start speaking. ``audio_time`` is the stream position in seconds."""
+    """The VAD heard the user start speaking. ``audio_time`` is the stream position in seconds.
+
+    ``resumes_turn``: the user went on within the hangover after the end-of-turn model had ended turn N: this turn's
+    audio contains N's, an ``InterruptionFrame`` for N came just before, and N's transcript should not stay in the
+    conversation as a separate message.
+    """
 
     audio_time: float = 0.0
+    resumes_turn: int | None = None
 
 
 @dataclass
@@ -203,9 +209,14 @@ class EndOfTurnFrame(DataFrame):
 
 @dataclass
 class InterruptionFrame(SystemFrame):
-    """The user barged in: stop what you are doing for the current reply and drop its queued data."""
+    """The user barged in: stop what you are doing for the current reply and drop its queued data.
+
+    ``turn_only``: drop the work of turn ``turn_id`` alone (a turn the VAD ended too early and the user went on);
+    the work of other turns goes on.
+    """
 
     reason: str = "user speech"
+    turn_only: bool = False
 
 
 @dataclass

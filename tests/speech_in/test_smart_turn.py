@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import pytest
 
-from voicepipe.frames import MetricsFrame, SpeechEndedFrame, UserAudioFrame
+from voicepipe.frames import MetricsFrame, SpeechEndedFrame, SpeechStartedFrame, UserAudioFrame
 from voicepipe.testing import speech
 from voicepipe.testing.harness import run_stage
 from voicepipe.vad.smart_turn import WINDOW_SAMPLES, SmartTurn
@@ -92,3 +92,26 @@ async def test_without_the_model_the_hangover_ends_the_turn_and_one_warning_says
     assert len(warnings) == 1 and "hangover" in warnings[0].getMessage()
     ended = next(f for f in out if isinstance(f, SpeechEndedFrame))
     assert not ended.predicted
+
+
+async def test_going_on_after_a_predicted_end_interrupts_that_turn_and_resumes_it() -> None:
+    """ "Wait." is a whole utterance, so the model ends the turn at the pause; the user goes on within the hangover."""
+    clip = speech.concat(
+        speech.silence(0.5),
+        speech.piper("Wait."),
+        speech.silence(0.35),
+        speech.piper("Tell me about Germany instead."),
+        speech.silence(1.5),
+    )
+    out = await run_stage(VADStage(), speech.audio_frames(clip, start_timestamp=100.0))
+    kinds = [(type(f).__name__, f.turn_id) for f in out if not isinstance(f, MetricsFrame | UserAudioFrame)]
+    assert kinds == [
+        ("SpeechStartedFrame", 1),
+        ("SpeechEndedFrame", 1),
+        ("InterruptionFrame", 1),
+        ("SpeechStartedFrame", 2),
+        ("SpeechEndedFrame", 2),
+    ]
+    assert next(f for f in out if isinstance(f, SpeechStartedFrame) and f.turn_id == 2).resumes_turn == 1
+    finals = [f for f in out if isinstance(f, UserAudioFrame) and f.final]
+    assert finals[1].start_time == finals[0].start_time and finals[1].duration > finals[0].duration + 1.0

@@ -308,6 +308,19 @@ async def test_stage_drops_pending_text_on_interruption_and_starts_the_next_turn
     assert chunks == [("Okay, stopping now.", 0, 2), ("Ask away.", 1, 2)]
 
 
+async def test_stage_keeps_its_reply_when_another_turn_alone_is_interrupted() -> None:
+    frames = [
+        *tokens("Let me tell you a story about", turn_id=1),
+        Pause(0.05),
+        InterruptionFrame(turn_id=2, turn_only=True),  # a later turn the user resumed: not this reply
+        *tokens(" my holiday.", turn_id=1),
+        LLMResponseEndFrame(turn_id=1),
+    ]
+    out = await run_stage(SentenceChunkerStage(), frames)
+    chunks = [f.text for f in out if isinstance(f, TextChunkFrame)]
+    assert chunks == ["Let me tell you a story", "about my holiday."]  # (the first chunk's word cap)
+
+
 async def test_stage_drops_the_rest_of_an_interrupted_reply() -> None:
     frames = [*tokens("Hello there", turn_id=3), LLMResponseEndFrame(turn_id=3, interrupted=True)]
     out = await run_stage(SentenceChunkerStage(), frames)

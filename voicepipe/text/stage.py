@@ -65,7 +65,8 @@ class SentenceChunkerStage(Stage):
                 self._index = 0
             await self.push(frame)
         elif isinstance(frame, InterruptionFrame):
-            self._reset()
+            if not frame.turn_only or frame.turn_id == self._turn_id:  # turn_only: another turn's text stays
+                self._reset()
             await self.push(frame)
         elif isinstance(frame, EndFrame):
             await self._emit(self._chunker.flush())

@@ -123,6 +123,7 @@ class TTSStage(Stage):
         self._generation = 0  # bumped by each interruption; work of an older generation is dropped
         self._last_turn = 0
         self._interrupted_turn = 0
+        self._dropped_turns: set[int] = set()  # turns interrupted alone (InterruptionFrame.turn_only)
 
     @property
     def output_rate(self) -> int:
@@ -161,10 +162,15 @@ class TTSStage(Stage):
 
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, TextChunkFrame):
-            if 0 < frame.turn_id <= self._interrupted_turn:
+            if 0 < frame.turn_id <= self._interrupted_turn or frame.turn_id in self._dropped_turns:
                 return  # the rest of a reply the user interrupted
             self._last_turn = max(self._last_turn, frame.turn_id)
             await self._speak(frame)
+        elif isinstance(frame, InterruptionFrame) and frame.turn_only:
+            self._dropped_turns.add(frame.turn_id)
+            if frame.turn_id == self._last_turn:  # only that turn's speech stops; an older reply plays on
+                self._interrupt()
+            await self.push(frame)
         elif isinstance(frame, InterruptionFrame | CancelFrame):
             self._interrupt()
             await self.push(frame)

@@ -6,8 +6,10 @@ that turn id. AudioFrames are consumed; every other frame is forwarded.
 
 End of turn (``end_of_turn``): with ``smart-turn`` (the default) the Smart Turn v3 model is asked once per pause, after
 ``pause_ms`` of silence, whether the utterance is finished; if it is, the turn ends there (``SpeechEndedFrame.predicted``),
-otherwise the stage keeps listening up to ``hangover_ms``. With ``hangover``, or when the model cannot be had (one
-warning), only the hangover ends a turn.
+otherwise the stage keeps listening up to ``hangover_ms``. If the user goes on before the hangover would have ended
+a turn the model ended, the stage sends an ``InterruptionFrame`` for that turn (its reply is dropped) and a new turn
+whose audio contains it (``SpeechStartedFrame.resumes_turn``). With ``hangover``, or when the model cannot be had
+(one warning), only the hangover ends a turn.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from voicepipe.frames import (
     CancelFrame,
     EndFrame,
     Frame,
+    InterruptionFrame,
     MetricsFrame,
     SpeechEndedFrame,
     SpeechStartedFrame,
@@ -183,9 +186,15 @@ class VADStage(Stage):
     async def _emit(self, events: list[Event]) -> None:
         for index, event in enumerate(events):
             if isinstance(event, SpeechStart):
+                resumed = self._turn_id if event.resumed else None
+                if resumed is not None:  # the predicted end was wrong: drop the reply it started
+                    reason = "the user went on after a predicted end"
+                    await self.push(InterruptionFrame(reason=reason, turn_id=resumed, turn_only=True))
                 self._turn_id = self.turns.next()
                 self._eot_probability = None
-                await self.push(SpeechStartedFrame(turn_id=self._turn_id, audio_time=event.onset_time))
+                await self.push(
+                    SpeechStartedFrame(turn_id=self._turn_id, audio_time=event.onset_time, resumes_turn=resumed)
+                )
             elif isinstance(event, Pause):
                 if self.config.early_transcription:
                     await self.push(self._user_audio(event.segment, final=False))
