@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from voicepipe.audio.convert import to_mono
+from voicepipe.cores import schedule
 from voicepipe.errors import UserError
 from voicepipe.frames import (
     AudioFrame,
@@ -218,13 +219,18 @@ class VADStage(Stage):
     async def _predict_end(self, segment: Segment) -> list[Event]:
         """Ask the end-of-turn model about the turn so far; end the turn now when it says finished."""
         started = time.perf_counter()
-        probability = await self.run_blocking(self.end_of_turn_model.probability, segment.pcm)
+        probability = await self.run_blocking(self._end_of_turn_probability, segment.pcm)
         self._eot_probability = probability
         values = {"end_of_turn_probability": probability, "end_of_turn_model_s": time.perf_counter() - started}
         await self.push(MetricsFrame(turn_id=self._turn_id, stage=self.name, values=values))
         if probability <= self.config.end_of_turn_threshold:
             return []
         return self._segmenter.end_turn()
+
+    def _end_of_turn_probability(self, pcm: np.ndarray) -> float:
+        """On the worker thread: the user is waiting for this answer, so background work waits (voicepipe.cores)."""
+        with schedule.critical(self.name):
+            return self.end_of_turn_model.probability(pcm)
 
     def _user_audio(self, segment: Segment, *, final: bool) -> UserAudioFrame:
         return UserAudioFrame(
