@@ -138,6 +138,29 @@ async def test_interruption_mid_sentence_aborts_synthesis(engine) -> None:
     assert not [f for f in out if isinstance(f, ErrorFrame)]
 
 
+class _ResumeAnotherTurn(Source):
+    """Turn 1's reply is being synthesized when the VAD withdraws turn 2 alone (the user went on after it ended)."""
+
+    def __init__(self, busy: threading.Event) -> None:
+        super().__init__(name="resumer")
+        self.busy = busy
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        yield TextChunkFrame(text=SENTENCES[0], index=0, turn_id=1)
+        if not await asyncio.to_thread(self.busy.wait, 60):
+            raise RuntimeError("the engine never started")
+        yield InterruptionFrame(turn_id=2, turn_only=True)
+        yield TextChunkFrame(text="A reply to the fragment.", index=0, turn_id=2)  # late: dropped
+        yield TextChunkFrame(text=SENTENCES[1], index=1, turn_id=1)
+
+
+async def test_a_turn_only_interruption_leaves_another_turns_speech_alone(piper_engine) -> None:
+    spy = RecordingEngine(piper_engine)
+    out = await run_pipeline([_ResumeAnotherTurn(spy.started), TTSStage(NO_WARM_UP, engine=spy)])
+    assert [(c.text, c.outcome) for c in spy.calls] == [(SENTENCES[0], "done"), (SENTENCES[1], "done")]
+    assert {f.chunk_index for f in audio_frames(out, turn_id=1)} == {0, 1} and not audio_frames(out, turn_id=2)
+
+
 class _RealTimeSpeaker(Sink):
     """Consumes audio at playback speed, in 10 ms steps, and logs when each step "played".
 
