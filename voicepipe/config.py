@@ -7,6 +7,7 @@ numbers come from the YAML node tree, since pydantic only knows paths), and all 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from voicepipe.stage import Stage, StageConfig
 __all__ = ["PipelineFile", "StageSpec", "LoadedPipeline", "load_pipeline", "parse_pipeline", "build_stages"]
 
 _RESERVED = ("type", "name")
+
+log = logging.getLogger("voicepipe.config")
 
 
 class PipelineFile(BaseModel):
@@ -47,7 +50,14 @@ class StageSpec:
     line: int | None = None
 
     def build(self) -> Stage:
-        return self.stage_class(self.config, name=self.name)
+        """Construct the stage; a constructor that raises (a plugin's bug) becomes one line naming the stage."""
+        try:
+            return self.stage_class(self.config, name=self.name)
+        except (Exception, SystemExit) as exc:
+            log.debug("constructing stage %s failed", self.name, exc_info=exc)
+            raise UserError(
+                f"stage '{self.name}' ({self.type_name}) failed to start: {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 @dataclass
@@ -60,16 +70,53 @@ class LoadedPipeline:
 # -- line numbers ------------------------------------------------------------------------------------------------------
 
 
-def _line_map(text: str) -> dict[tuple[Any, ...], int]:
-    """Map each path in the YAML document (keys and list indices) to its 1-based line."""
+#: At most this many values once YAML aliases are expanded: a pipeline has dozens; nested aliases ("billion laughs")
+#: can make a few hundred bytes expand to billions, and every later walk over the data would follow them.
+MAX_EXPANDED_NODES = 10_000
+
+
+def _expanded_size(root: yaml.Node) -> int | None:
+    """How many nodes ``root`` has with aliases expanded (memoised per node, so this is linear); None if cyclic."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int | None:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            return None  # an alias inside its own anchor
+        active.add(key)
+        total = 1
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        for child in children:
+            n = size(child)
+            if n is None:
+                return None
+            total += n
+            if total > MAX_EXPANDED_NODES:
+                break
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(root)
+
+
+def _line_map(root: yaml.Node | None) -> dict[tuple[Any, ...], int]:
+    """Map each path in the YAML document (keys and list indices) to its 1-based line (each node walked once)."""
     lines: dict[tuple[Any, ...], int] = {}
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return lines
+    seen: set[int] = set()
 
     def walk(node: yaml.Node, path: tuple[Any, ...]) -> None:
         lines.setdefault(path, node.start_mark.line + 1)
+        if id(node) in seen:  # an alias: its values were walked where the anchor is
+            return
+        seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 child = (*path, key.value)
@@ -103,7 +150,9 @@ def _problems(err: ValidationError, prefix: tuple[Any, ...]) -> list[tuple[tuple
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         msg = e["msg"]
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "value_error" and "error" in e.get("ctx", {}):
+            msg = str(e["ctx"]["error"])  # our own validators' messages, without pydantic's "Value error, "
+        elif e["type"] == "extra_forbidden":
             msg = "unknown field; remove it or check its spelling"
         elif e["type"] == "missing":
             msg = "required field is missing"
@@ -128,20 +177,33 @@ def load_pipeline(path: str | Path) -> LoadedPipeline:
     return parse_pipeline(text, str(p))
 
 
+def _yaml_error(exc: yaml.YAMLError, filename: str) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None)
+    line = f"{mark.line + 1}:" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return ConfigError(f"{filename}:{line} YAML syntax error: {problem}")
+
+
 def parse_pipeline(text: str, filename: str = "pipeline.yaml") -> LoadedPipeline:
     try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None:
+            size = _expanded_size(root)
+            if size is None or size > MAX_EXPANDED_NODES:
+                what = "refer to themselves" if size is None else f"expand to more than {MAX_EXPANDED_NODES:,} values"
+                raise ConfigError(
+                    f"{filename}:{root.start_mark.line + 1}: (top level): its YAML aliases (*name) {what}; "
+                    "write the values out instead of nesting aliases"
+                )
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"{mark.line + 1}:" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{filename}:{line} YAML syntax error: {problem}") from exc
+        raise _yaml_error(exc, filename) from exc
     if not isinstance(data, dict):
         raise ConfigError(
             f"{filename}:1: (top level): expected a mapping with a 'stages' list, got {type(data).__name__}"
         )
 
-    lines = _line_map(text)
+    lines = _line_map(root)
     problems: list[str] = []
 
     def report(path: tuple[Any, ...], msg: str) -> None:

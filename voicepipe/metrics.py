@@ -9,6 +9,7 @@ Stages add their own numbers with ``MetricsFrame`` (e.g. peak memory, reload tim
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from voicepipe.frames import (
     TranscriptFrame,
     TTSAudioFrame,
 )
+from voicepipe.outfile import OutputError, OutputFile
 from voicepipe.stage import Direction, Stage
 
 __all__ = ["TurnMetrics", "MetricsObserver", "JsonlWriter"]
@@ -133,22 +135,55 @@ class MetricsObserver:
 
 
 class JsonlWriter:
-    """Appends one JSON line per finished turn to a file (``--metrics out.jsonl``)."""
+    """Writes one JSON line per finished turn to ``--metrics out.jsonl``, through ``OutputFile``.
 
-    def __init__(self, path: str | Path) -> None:
+    ``open()`` (called before any model loads) starts this run's own file, so a run with zero turns leaves an empty
+    file rather than a previous run's turns; each line is flushed as it is written, and ``close()`` moves the file
+    into place (also after Ctrl-C or a failed turn: the metrics of what happened are kept). A failed write keeps the
+    previous file and makes ``close()`` raise ``OutputError``.
+    """
+
+    def __init__(self, path: str | Path, *, what: str = "--metrics") -> None:
         self.path = Path(path)
+        self.output = OutputFile(path, what=what)
         self._handle: TextIO | None = None
+        self._error: str | None = None
 
     def open(self) -> None:
-        self._handle = self.path.open("w", encoding="utf-8")
+        self._handle = self.output.begin().open("w", encoding="utf-8")
 
     def __call__(self, turn: TurnMetrics) -> None:
-        if self._handle is None:
-            self.open()
-        self._handle.write(json.dumps(turn.as_dict()) + "\n")
-        self._handle.flush()
+        if self._error is not None:
+            return
+        try:
+            if self._handle is None:
+                self.open()
+            self._handle.write(json.dumps(turn.as_dict()) + "\n")
+            self._handle.flush()
+        except OSError as exc:
+            self._error = (
+                f"{self.output.what} {self.path}: writing failed ({exc.strerror or exc}); the previous file is kept"
+            )
+            self._abandon()
+
+    def _abandon(self) -> None:
+        if self._handle is not None:
+            with contextlib.suppress(OSError):
+                self._handle.close()
+            self._handle = None
+        self.output.discard()
 
     def close(self) -> None:
+        """Move the file into place; ``OutputError`` if any write failed (the previous file is kept then)."""
+        if self._error is not None:
+            self._abandon()
+            raise OutputError(self._error)
         if self._handle is not None:
-            self._handle.close()
+            try:
+                self._handle.close()
+            except OSError as exc:
+                self._handle = None
+                self.output.discard()
+                raise OutputError(f"{self.output.what} {self.path}: writing failed ({exc.strerror or exc})") from exc
             self._handle = None
+            self.output.commit()

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from voicepipe.errors import UserError
 from voicepipe.frames import CancelFrame, EndFrame, ErrorFrame, Frame, InterruptionFrame
 from voicepipe.stage import Direction, Sink, Source, Stage, TurnCounter
 
@@ -124,7 +125,7 @@ class _StageRunner:
                 await self.stage.process_upstream(frame)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # isolate the failing stage: the turn fails, the pipeline goes on
+        except (Exception, SystemExit) as exc:  # isolate the failing stage (a plugin's sys.exit too): the turn fails
             message = f"{self.stage.name}: {type(exc).__name__}: {exc}"
             log.error("stage %s failed on %s (turn %d): %s", self.stage.name, type(frame).__name__, frame.turn_id, exc)
             log.debug("traceback", exc_info=exc)
@@ -289,7 +290,13 @@ class VoicePipeline:
             for i in order:
                 stage = self.stages[i]
                 stage.turns = self.turns
-                await stage.setup()
+                try:
+                    await stage.setup()
+                except UserError:
+                    raise
+                except (Exception, SystemExit) as exc:  # a plugin's bug: one line naming the stage, not a traceback
+                    log.debug("setup of %s failed", stage.name, exc_info=exc)
+                    raise UserError(f"stage '{stage.name}' failed to set up: {type(exc).__name__}: {exc}") from exc
                 done.append(stage)
         except BaseException:
             await self._cleanup(done)

@@ -50,14 +50,25 @@ def _check_stage(obj: object, where: str) -> type[Stage]:
     return obj
 
 
+def _import_failure(exc: BaseException) -> str:
+    """One line for why a plugin module failed to import (a syntax error names its file and line)."""
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _import_path(path: str) -> type[Stage]:
     module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
+    if not module_name or not attr or not all(part.isidentifier() for part in module_name.split(".")):
         raise UserError(f"stage type '{path}' must be a registered name or 'package.module:Class'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UserError(f"stage type '{path}': cannot import module '{module_name}' ({exc}); is it installed?") from exc
+    except (Exception, SystemExit) as exc:  # a plugin's own bug at import time: report it, do not crash
+        raise UserError(
+            f"stage type '{path}': module '{module_name}' failed to import: {_import_failure(exc)}"
+        ) from exc
     try:
         obj = getattr(module, attr)
     except AttributeError as exc:
@@ -79,9 +90,9 @@ def resolve_stage(type_name: str) -> type[Stage]:
         )
     try:
         obj = ep.load()
-    except Exception as exc:  # a broken plugin must be reported, not crash the caller
+    except (Exception, SystemExit) as exc:  # a broken plugin must be reported, not crash the caller
         raise UserError(
-            f"stage type '{type_name}' ({ep.value}, from {_origin(ep)}) failed to import: {type(exc).__name__}: {exc}"
+            f"stage type '{type_name}' ({ep.value}, from {_origin(ep)}) failed to import: {_import_failure(exc)}"
         ) from exc
     return _check_stage(obj, f"stage type '{type_name}' ({ep.value})")
 

@@ -46,6 +46,9 @@ def test_validate_ok_and_plugins_and_devices_work(tmp_path, bursts_wav):
     result = run_cli("plugins", "--json")
     names = {p["name"] for p in json.loads(result.stdout)}
     assert {"wav-source", "wav-sink", "chunker", "fake-llm"} <= names
+    table = run_cli("plugins")
+    assert table.returncode == 0 and "chat models known to work" in table.stdout
+    assert "Qwen2.5-Coder-0.5B" in table.stdout and "Qwen3.5-0.8B" in table.stdout
     result = run_cli("devices")
     assert result.returncode == 0 and result.stdout.strip()
 
@@ -154,7 +157,7 @@ def test_ctrl_c_stops_cleanly_keeps_what_was_written_and_prints_no_traceback(tmp
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait for the first turn's audio, so there is something to keep
         time.sleep(0.1)
-        if (tmp_path / ".out.wav.partial").exists():
+        if list(tmp_path.glob(".out.wav.*.partial")):  # this run's own temporary file
             break
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
@@ -163,4 +166,4 @@ def test_ctrl_c_stops_cleanly_keeps_what_was_written_and_prints_no_traceback(tmp
     assert "Traceback" not in stderr and "stopped" in stderr
     audio, _ = sf.read(out)
     assert len(audio) > 0, "audio written before Ctrl-C was lost"
-    assert not (tmp_path / ".out.wav.partial").exists()
+    assert not list(tmp_path.glob(".out.wav*.partial"))

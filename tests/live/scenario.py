@@ -14,7 +14,7 @@ from voicepipe.frames import BotSpeakingFrame, EndOfTurnFrame, Frame, Transcript
 from voicepipe.pipeline import VoicePipeline
 from voicepipe.stage import Direction, Stage
 from voicepipe.testing.harness import FrameCollector
-from voicepipe.testing.speech import SAMPLE_RATE, espeak, pad
+from voicepipe.testing.speech import SAMPLE_RATE, espeak, pad, piper
 
 
 class Timeline:
@@ -54,18 +54,8 @@ def question(text: str) -> np.ndarray:
 
 
 def neural_question(text: str, piper_model: str) -> np.ndarray:
-    """The same, read by the Piper joe voice: tiny.en hears a neural voice more reliably than espeak-ng's formants
-    (through the sound server espeak's "capital of France" came back as "capital and friends" in some runs)."""
-    from voicepipe.testing.speech import resample
-    from voicepipe.tts.piper import PiperEngine
-
-    engine = PiperEngine(piper_model)
-    engine.load()
-    try:
-        pcm = engine.synthesize(text)
-    finally:
-        engine.unload()
-    return pad(resample(pcm, engine.sample_rate, SAMPLE_RATE), lead=0.3, trail=0.3)
+    """The same, read by the Piper joe voice (see ``voicepipe.testing.speech.piper``)."""
+    return pad(piper(text, piper_model), lead=0.3, trail=0.3)
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -108,11 +98,17 @@ def bot_started(timeline: Timeline) -> bool:
 __all__ = ["SAMPLE_RATE", "Timeline", "live_pipeline", "question", "wait_for", "converse", "ended_turns"]
 
 
-def real_llm(gguf: str, *, max_tokens: int = 40, seed: int = 0) -> Stage:
-    """The LLM stage on llama.cpp with the tiny random Qwen3.5: real engine, real tokenizer, gibberish words."""
+def real_llm(gguf: str, *, max_tokens: int = 40, seed: int = 0, temperature: float = 0.6) -> Stage:
+    """The LLM stage on llama.cpp with ``gguf``: the tiny random Qwen3.5 (real engine and tokenizer, gibberish words)
+    or a real chat model (``chat_gguf``)."""
     from voicepipe.llm.stage import LLMConfig, LLMStage
 
     config = LLMConfig(
-        backend="llamacpp", model=gguf, max_tokens=max_tokens, seed=seed, options={"n_ctx": 2048, "progress": False}
+        backend="llamacpp",
+        model=gguf,
+        max_tokens=max_tokens,
+        seed=seed,
+        temperature=temperature,
+        options={"n_ctx": 2048, "progress": False},
     )
     return LLMStage(config, name="llm")

@@ -18,12 +18,22 @@ from voicepipe.frames import (
     TTSAudioFrame,
 )
 from voicepipe.stage import Direction
-from voicepipe.testing.speech import espeak, pad
+from voicepipe.testing.speech import espeak, pad, piper
 from voicepipe.text.stage import SentenceChunkerStage
 from voicepipe.tts.stage import TTSConfig, TTSStage
 from voicepipe.vad.stage import VADConfig, VADStage
 
-from .scenario import SAMPLE_RATE, converse, ended_turns, live_pipeline, question, real_llm, transcripts, wait_for
+from .scenario import (
+    SAMPLE_RATE,
+    converse,
+    ended_turns,
+    live_pipeline,
+    neural_question,
+    question,
+    real_llm,
+    transcripts,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -50,18 +60,20 @@ def heard_reports(timeline, turn: int) -> list[PlaybackFrame]:
     return [f for _, n, f in timeline.of(PlaybackFrame, Direction.UPSTREAM) if n == "speaker" and f.turn_id == turn]
 
 
-async def test_talking_over_the_reply_stops_it_and_keeps_only_what_was_heard(room, whisper_dir, piper_model, tiny_gguf):
-    pipeline = live_pipeline(stages(whisper_dir, piper_model, real_llm(tiny_gguf, max_tokens=24)), mode="barge-in")
+async def test_talking_over_the_reply_stops_it_and_keeps_only_what_was_heard(room, whisper_dir, piper_model, chat_gguf):
+    """A real reply is cut; the history keeps the heard words and the next answer follows the new question."""
+    llm = real_llm(chat_gguf, max_tokens=80, temperature=0.0)
+    pipeline = live_pipeline(stages(whisper_dir, piper_model, llm), mode="barge-in")
     recording = room.record("bot.monitor")
 
     async def script(timeline, collector):
-        room.play(question("What is the capital of France?"), SAMPLE_RATE, "user")
+        room.play(neural_question("Tell me about the history of Paris.", piper_model), SAMPLE_RATE, "user")
         await wait_for(lambda: speaking_times(timeline, True), 90, "the reply to start playing")
         await asyncio.sleep(2.0)
-        room.play(pad(espeak("Wait, tell me about Germany instead."), 0, 0.3), SAMPLE_RATE, "user")
+        room.play(pad(piper("Wait, tell me about Germany instead.", piper_model), 0, 0.3), SAMPLE_RATE, "user")
         await wait_for(lambda: len(transcripts(timeline)) >= 2, 60, "the second question's transcript")
         await wait_for(lambda: [1 for _, turn in speaking_times(timeline, True) if turn > 1], 60, "the second reply")
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: [f for f in ended_turns(collector) if f.turn_id > 1], 90, "the second reply's end")
 
     timeline, collector = await converse(pipeline, script)
     audio = recording.stop()
@@ -92,7 +104,8 @@ async def test_talking_over_the_reply_stops_it_and_keeps_only_what_was_heard(roo
     assert _rms(played) > 0.02 and _rms(after) < 0.003, (_rms(played), _rms(after))
 
     # history ends where playback stopped: the LLM keeps the heard part of reply 1, not what it generated
-    generated = [f for _, n, f in timeline.of(LLMResponseEndFrame) if n == "llm" and f.turn_id == 1][0].text
+    # (the reply may still have been generating when it was cut: what was generated is every token of turn 1)
+    generated = "".join(f.text for _, n, f in timeline.of(LLMTokenFrame) if n == "llm" and f.turn_id == 1)
     history = pipeline.stage("llm").history
     assert [m.role for m in history[:3]] == ["user", "assistant", "user"]
     kept = history[1].content
@@ -102,6 +115,12 @@ async def test_talking_over_the_reply_stops_it_and_keeps_only_what_was_heard(roo
     assert final.text.startswith(kept)  # the device played out at most its own buffer after that
     assert len(kept) < len(generated.strip()) and len(final.text) < len(generated.strip())
     assert "germany" in history[2].content.lower()
+    # the next answer follows the conversation as heard: it is about Germany, and the cut reply's unheard rest is
+    # nowhere in what the model is given
+    second = [f for _, n, f in timeline.of(LLMResponseEndFrame) if n == "llm" and f.turn_id > 1][0].text
+    assert "german" in second.lower(), second
+    unheard = generated.strip()[len(kept) :].strip()
+    assert unheard and all(unheard not in m.content for m in history), (unheard, history)
 
 
 async def test_a_short_backchannel_does_not_interrupt(room, whisper_dir, piper_model, tiny_gguf):

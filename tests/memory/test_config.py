@@ -19,7 +19,7 @@ STAGES = """stages:
 @pytest.mark.parametrize(
     ("memory", "expected"),
     [
-        ("memory:\n  budget_mb: 900\n  profile: iphone-12\n", "pipeline.yaml:5: memory: Value error, set either"),
+        ("memory:\n  budget_mb: 900\n  profile: iphone-12\n", "pipeline.yaml:5: memory: set either"),
         ("memory:\n  profile: iphone-99\n", "unknown profile 'iphone-99'; use one of"),
         ("memory:\n  policy: lazy\n", "pipeline.yaml:6: memory.policy: Input should be 'auto', 'sequential'"),
         ("memory:\n  budget: 900\n", "pipeline.yaml:6: memory.budget: unknown field"),

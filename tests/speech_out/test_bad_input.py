@@ -71,7 +71,9 @@ async def test_piper_missing_or_corrupt_config(tmp_path: Path, piper_model: str)
 
 async def test_hub_reference_that_cannot_be_fetched(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    with pytest.raises(ModelLoadError, match="could not get 'missing.onnx' from the hub repo 'nobody/no-such-voice'"):
+    with pytest.raises(
+        ModelLoadError, match="model: nobody/no-such-voice/missing.onnx: cannot get it.*download it while online"
+    ):
         await load(engine="piper", model="nobody/no-such-voice/missing.onnx")
 
 

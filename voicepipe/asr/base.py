@@ -7,7 +7,15 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["TranscriptSegment", "Transcription", "GuardConfig", "Transcriber", "apply_guards", "SAMPLE_RATE"]
+__all__ = [
+    "TranscriptSegment",
+    "Transcription",
+    "GuardConfig",
+    "Transcriber",
+    "apply_guards",
+    "is_silent",
+    "SAMPLE_RATE",
+]
 
 SAMPLE_RATE = 16000
 
@@ -74,6 +82,21 @@ def apply_guards(segments: list[TranscriptSegment], guard: GuardConfig) -> str:
         if segment.rejected is None:
             kept.append(segment.text.strip())
     return " ".join(kept).strip()
+
+
+def is_silent(pcm: np.ndarray, floor_dbfs: float = -60.0, window_s: float = 0.03) -> bool:
+    """True when no 30 ms window of 16 kHz ``pcm`` rises above ``floor_dbfs`` (RMS): nothing anyone could say.
+
+    Whisper's own scores do not catch every silence (half a minute of zeros reads as "you" with an average
+    log-probability of -0.4), and without a VAD in front nothing else would; so audio this quiet is not transcribed.
+    """
+    n = max(1, int(SAMPLE_RATE * window_s))
+    usable = len(pcm) - len(pcm) % n
+    if usable == 0:
+        return float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64)))) < 10 ** (floor_dbfs / 20) if len(pcm) else True
+    windows = pcm[:usable].reshape(-1, n).astype(np.float64)
+    loudest = float(np.sqrt(np.mean(windows**2, axis=1)).max())
+    return loudest < 10 ** (floor_dbfs / 20)
 
 
 class Transcriber(Protocol):

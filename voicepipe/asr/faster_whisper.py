@@ -16,6 +16,9 @@ __all__ = ["FasterWhisperTranscriber", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "Systran/faster-whisper-tiny.en"
 
+#: The files faster-whisper reads from a model repo (what its own ``download_model`` fetches).
+_REPO_FILES = ["config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*"]
+
 _BYTES_PER_WEIGHT = {"int8": 1, "int8_float32": 1, "int8_float16": 1, "float16": 2, "bfloat16": 2, "float32": 4}
 
 
@@ -46,7 +49,7 @@ class FasterWhisperTranscriber:
             return
         fw = require("faster_whisper", extra="whisper", purpose="the faster-whisper engine")
         path = Path(self.model_name).expanduser()
-        source = str(path) if path.is_dir() else self.model_name
+        source = str(path) if path.is_dir() else str(_download(self.model_name))
         if path.is_dir() and not (path / "model.bin").is_file():
             raise ModelLoadError(
                 f"asr.model: {path} has no model.bin, so it is not a CTranslate2 Whisper directory; "
@@ -110,3 +113,21 @@ class FasterWhisperTranscriber:
         decoded = [TranscriptSegment(s.text, s.avg_logprob, s.no_speech_prob, s.compression_ratio) for s in segments]
         text = apply_guards(decoded, self.guard)
         return Transcription(text, info.language, decoded, time.perf_counter() - started)
+
+
+def _download(name: str) -> Path:
+    """The local directory of a hub repo id or a faster-whisper size name (``tiny.en``), fetched on first use."""
+    from faster_whisper import utils
+
+    from voicepipe.assets import fetch_snapshot
+
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelLoadError(f"asr.model: no such directory: {name}; give a CTranslate2 Whisper directory or a repo id")
+    # size names map to repos in faster-whisper's own table (not exported under a public name)
+    repo = name if "/" in name else getattr(utils, "_MODELS", {}).get(name)
+    if repo is None:
+        raise ModelLoadError(
+            f"asr.model: {name!r} is neither a directory, a repo id (owner/name) nor a faster-whisper size "
+            f"({', '.join(utils.available_models())})"
+        )
+    return fetch_snapshot(repo, allow_patterns=_REPO_FILES, field="asr.model")

@@ -95,7 +95,15 @@ class MLXWhisperTranscriber:
         from voicepipe.asr.convert_mlx import converted_dir, is_ct2_dir
 
         path = Path(self.model_name).expanduser()
-        source = str(converted_dir(path)) if path.is_dir() and is_ct2_dir(path) else self.model_name
+        if not path.exists():
+            from voicepipe.assets import fetch_snapshot
+
+            if self.model_name.startswith((".", "/", "~")) or self.model_name.count("/") != 1:
+                raise ModelLoadError(
+                    f"asr.model: no such directory: {path}; give an mlx-whisper directory or a repo id"
+                )
+            path = fetch_snapshot(self.model_name, field="asr.model")
+        source = str(converted_dir(path)) if path.is_dir() and is_ct2_dir(path) else str(path)
         if path.is_dir() and not (Path(source) / "config.json").is_file():
             raise ModelLoadError(
                 f"asr.model: {path} is neither an mlx-whisper nor a CTranslate2 Whisper directory (no config.json)"

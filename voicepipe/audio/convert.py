@@ -1,10 +1,30 @@
-"""Small audio conversions every stage needs: to mono float32, and resampling with soxr."""
+"""Small audio conversions every stage needs: to mono float32, resampling with soxr, and finite samples."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
-__all__ = ["to_mono", "resample", "to_float32"]
+__all__ = ["to_mono", "resample", "to_float32", "finite"]
+
+log = logging.getLogger("voicepipe.audio")
+
+
+def finite(pcm: np.ndarray, where: str) -> np.ndarray:
+    """``pcm`` with NaN and infinite samples replaced (NaN -> 0, +-inf -> +-1), saying so once as a warning.
+
+    One NaN would otherwise turn every level, resampled block and model input it touches into NaN, and the turn
+    would be silently lost.
+    """
+    if not np.issubdtype(pcm.dtype, np.floating):
+        return pcm
+    bad = ~np.isfinite(pcm)
+    count = int(np.count_nonzero(bad))
+    if count == 0:
+        return pcm
+    log.warning("%s: replaced %d NaN/infinite sample(s) by silence/full scale", where, count)
+    return np.nan_to_num(pcm, nan=0.0, posinf=1.0, neginf=-1.0)
 
 
 def to_float32(pcm: np.ndarray) -> np.ndarray:

@@ -3,30 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from voicepipe.audio.convert import resample, to_mono
+from voicepipe.audio.convert import finite, resample, to_mono
 from voicepipe.audio.playback import HeardText
 from voicepipe.errors import UserError
 from voicepipe.frames import (
     AudioFrame,
     EndFrame,
     EndOfTurnFrame,
+    ErrorFrame,
     Frame,
     InterruptionFrame,
     LLMResponseEndFrame,
     PlaybackFrame,
     TTSAudioFrame,
 )
+from voicepipe.outfile import OutputError, OutputFile
 from voicepipe.stage import Direction, Sink, Source, StageConfig
 
-__all__ = ["read_audio", "WavSource", "WavSink"]
+__all__ = ["read_audio", "audio_format", "WavSource", "WavSink"]
+
+log = logging.getLogger("voicepipe.audio")
 
 
 def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
@@ -45,7 +51,7 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
         raise UserError(f"{p}: not a readable audio file ({reason}); give a WAV, FLAC or OGG file") from exc
     if len(pcm) == 0:
         raise UserError(f"{p}: contains no audio samples; record or choose a non-empty file")
-    return pcm, int(rate)
+    return finite(pcm, str(p)), int(rate)
 
 
 class WavSourceConfig(StageConfig):
@@ -90,56 +96,88 @@ class WavSource(Source):
             yield AudioFrame(pcm=pcm[offset : offset + block], sample_rate=rate)
 
 
+def audio_format(path: str | os.PathLike[str]) -> str:
+    """The soundfile format a file name asks for (``reply.flac`` -> FLAC; no suffix, e.g. a pipe -> WAV)."""
+    import soundfile as sf
+
+    suffix = Path(path).suffix.lstrip(".").upper()
+    if not suffix:
+        return "WAV"
+    formats = sf.available_formats()
+    if suffix in formats:
+        return suffix
+    raise UserError(
+        f"{path}: cannot write audio in the '.{suffix.lower()}' format; "
+        f"name the file .wav, .flac or .ogg (or another of: {', '.join(sorted(f.lower() for f in formats))})"
+    )
+
+
 class WavSinkConfig(StageConfig):
-    path: str = Field(description="WAV file to write the reply audio to.")
+    path: str = Field(description="Audio file to write the reply audio to; the suffix picks the format (.wav, .flac).")
     sample_rate: int | None = Field(None, ge=8000, le=192000, description="Output rate; default: the first audio's.")
-    subtype: str = Field("PCM_16", description="soundfile subtype, e.g. PCM_16, PCM_24, FLOAT.")
+    subtype: str | None = Field(
+        None, description="soundfile subtype, e.g. PCM_16, PCM_24, FLOAT; default: the format's."
+    )
+
+    @model_validator(mode="after")
+    def _known_format(self) -> WavSinkConfig:
+        import soundfile as sf
+
+        try:
+            fmt = audio_format(self.path)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        if self.subtype is None:
+            return self
+        subtypes = sf.available_subtypes(fmt)
+        if self.subtype.upper() not in subtypes:
+            raise ValueError(
+                f"subtype {self.subtype!r} is not one soundfile writes as {fmt}; use one of {', '.join(subtypes)}"
+            )
+        return self
 
 
 class WavSink(Sink):
-    """Writes every turn's reply audio into one WAV file.
+    """Writes every turn's reply audio into one audio file (WAV, or the format the file name's suffix names).
 
-    The file is written under a temporary name and moved into place at shutdown, so a failed run never leaves a
-    half-written file under the requested name. Like a speaker, it reports what was heard upstream and sends
-    ``EndOfTurnFrame`` once a turn's audio is out.
+    The file is written through ``OutputFile``: into this run's own temporary file, moved into place at shutdown (the
+    audio so far, also after Ctrl-C), written through when the path is a pipe or device. A write that fails (disk
+    full, directory removed) discards the temporary file, keeps the previous file, and stops the run with a fatal
+    ``ErrorFrame``. Like a speaker, it reports what was heard upstream and sends ``EndOfTurnFrame`` once a turn's audio
+    is out. ``write_empty=False`` leaves the path untouched when no audio came at all.
     """
 
     Config = WavSinkConfig
     config: WavSinkConfig
 
-    def __init__(self, config: WavSinkConfig | None = None, *, name: str | None = None) -> None:
+    def __init__(
+        self, config: WavSinkConfig | None = None, *, name: str | None = None, write_empty: bool = True
+    ) -> None:
         super().__init__(config, name=name)
         self._file = None
         self._rate: int | None = None
         self._heard = HeardText()
+        self._out = OutputFile(self.config.path, what=f"{self.name} path")
+        self._write_empty = write_empty
+        self._failed = False
         self.samples_written = 0
 
-    @property
-    def _partial(self) -> Path:
-        p = Path(self.config.path)
-        return p.with_name(f".{p.name}.partial")
-
     async def setup(self) -> None:
-        target = Path(self.config.path)
-        parent = target.parent if str(target.parent) else Path(".")
-        if not parent.is_dir():
-            raise UserError(f"{target}: directory '{parent}' does not exist; create it or choose another output path")
-        if not os.access(parent, os.W_OK):
-            raise UserError(f"{target}: directory '{parent}' is not writable; choose another output path")
-        if target.is_dir():
-            raise UserError(f"{target}: is a directory; give a file name such as {target / 'reply.wav'}")
+        self._out.check()
 
     def _open(self, rate: int) -> None:
         import soundfile as sf
 
         self._rate = rate
-        self._file = sf.SoundFile(
-            str(self._partial), "w", samplerate=rate, channels=1, subtype=self.config.subtype, format="WAV"
-        )
+        temp = self._out.begin()
+        fmt = audio_format(self.config.path)
+        subtype = self.config.subtype or sf.default_subtype(fmt) or "PCM_16"
+        self._file = sf.SoundFile(str(temp), "w", samplerate=rate, channels=1, subtype=subtype, format=fmt)
 
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, TTSAudioFrame):
-            await self._write(frame)
+            if not self._failed:
+                await self._write(frame)
             return  # audio ends here
         if isinstance(frame, LLMResponseEndFrame):
             await self.push(
@@ -152,25 +190,75 @@ class WavSink(Sink):
             await self.push(
                 PlaybackFrame(text=self._heard.text, finished=True, turn_id=self._heard.turn_id), Direction.UPSTREAM
             )
-        if isinstance(frame, EndFrame):
-            await asyncio.to_thread(self._finish)
+        if isinstance(frame, EndFrame) and not self._failed:
+            try:
+                await asyncio.to_thread(self._finish)
+            except (OutputError, UserError) as exc:
+                await self._fail(str(exc), frame.turn_id)
         await self.push(frame)
 
     async def _write(self, frame: TTSAudioFrame) -> None:
-        if self._file is None:
-            self._open(self.config.sample_rate or frame.sample_rate)
-        pcm = resample(to_mono(frame.pcm), frame.sample_rate, self._rate)
-        await asyncio.to_thread(self._file.write, pcm)
+        try:
+            if self._file is None:
+                self._open(self.config.sample_rate or frame.sample_rate)
+            pcm = resample(to_mono(frame.pcm), frame.sample_rate, self._rate)
+            await asyncio.to_thread(self._file.write, pcm)
+        except (OutputError, UserError) as exc:
+            await self._fail(str(exc), frame.turn_id)
+            return
+        except Exception as exc:  # libsndfile reports a failed write (disk full, I/O error) with several types
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            await self._fail(
+                f"{self._out.what} {self.config.path}: writing failed ({reason}); the previous file is kept",
+                frame.turn_id,
+            )
+            return
+        lost = self._out.lost()
+        if lost is not None:
+            await self._fail(f"{lost}; nothing was written", frame.turn_id)
+            return
         self.samples_written += len(pcm)
         self._heard.played(frame)
 
+    async def _fail(self, message: str, turn_id: int) -> None:
+        """Give up on the file: drop this run's temporary file (the previous file stays) and stop the run."""
+        self._failed = True
+        await asyncio.to_thread(self._abandon)
+        await self.push(ErrorFrame(message=message, stage=self.name, fatal=True, turn_id=turn_id))
+
+    def _abandon(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+            self._file = None
+        self._out.discard()
+
     def _finish(self) -> None:
+        """Close the file and move it into place; ``OutputError`` (previous file kept) if that fails."""
         if self._file is None:
-            self._open(self.config.sample_rate or 24000)  # no reply audio: still write a valid, empty WAV
-        self._file.close()
+            if not self._write_empty:
+                return
+            self._open(self.config.sample_rate or 24000)  # no reply audio: still write a valid, empty file
+        try:
+            self._file.close()  # writes the final header: can fail on a full disk too
+        except Exception as exc:
+            self._file = None
+            self._out.discard()
+            raise OutputError(
+                f"{self._out.what} {self.config.path}: writing failed ({exc}); the previous file is kept"
+            ) from exc
         self._file = None
-        os.replace(self._partial, self.config.path)
+        lost = self._out.lost()
+        if lost is not None:
+            self._out.discard()
+            raise OutputError(f"{lost}; nothing was written")
+        self._out.commit()
 
     async def cleanup(self) -> None:
-        if self._file is not None:  # stopped before the end of input: keep what was written
-            await asyncio.to_thread(self._finish)
+        if self._file is not None and not self._failed:  # stopped before the end of input: keep what was written
+            try:
+                await asyncio.to_thread(self._finish)
+            except (OutputError, UserError) as exc:
+                log.error("%s", exc)
+        else:
+            self._abandon()

@@ -1,4 +1,6 @@
-"""The ``voicepipe`` command. Exit codes: 0 success, 2 a user mistake (one clear line, no traceback), 1 anything else.
+"""The ``voicepipe`` command. Exit codes: 0 success, 2 a user mistake (one clear line, no traceback), 130 stopped by
+Ctrl-C, SIGTERM or SIGHUP (all three finish the same way: audio so far moved into place, metrics written), 1 anything
+else (a failed write, a fatal pipeline error: one line; a bug: a traceback).
 
 Each subcommand is a module ``voicepipe.cli.NAME`` exposing ``HELP``, ``configure(parser)`` and ``run(args) -> int``.
 """
@@ -6,11 +8,14 @@ Each subcommand is a module ``voicepipe.cli.NAME`` exposing ``HELP``, ``configur
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from voicepipe import __version__
 from voicepipe.errors import ConfigError, UserError
@@ -51,9 +56,35 @@ def _setup_logging(verbosity: int) -> None:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
+@contextlib.contextmanager
+def _stop_signals_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM (``kill``, service managers) and SIGHUP (closed terminal) become SIGINT, so they stop a run the way
+    Ctrl-C does (asyncio turns SIGINT into cancelling the run, whose clean-up keeps the audio and metrics so far)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {}
+    for sig in wanted:
+        with contextlib.suppress(OSError, ValueError):
+            previous[sig] = signal.signal(sig, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
+    with _stop_signals_like_ctrl_c():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from voicepipe.outfile import OutputError
+
     try:
         return int(args._run(args) or 0)
     except ConfigError as exc:
@@ -69,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from voicepipe.pipeline import PipelineError
 
-        if isinstance(exc, PipelineError):
+        if isinstance(exc, PipelineError | OutputError):
             print(f"error: {exc}", file=sys.stderr)
             return 1
         traceback.print_exc()

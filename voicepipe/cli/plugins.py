@@ -1,4 +1,4 @@
-"""``voicepipe plugins``: every registered stage type and where it comes from."""
+"""``voicepipe plugins``: every registered stage type and where it comes from, and the chat models known to work."""
 
 from __future__ import annotations
 
@@ -37,7 +37,22 @@ def run(args: argparse.Namespace) -> int:
     for i in infos:
         table.add_row(i.name, i.target, i.origin, "ok" if i.error is None else f"[red]failed: {i.error}[/red]")
     Console().print(table)
+    Console().print(_known_models_table())
     broken = sum(i.error is not None for i in infos)
     if broken:
         Console(stderr=True).print(f"{broken} stage type(s) failed to load; the others are usable.")
     return 0
+
+
+def _known_models_table():  # noqa: ANN202 - rich is imported lazily
+    from rich.table import Table
+
+    from voicepipe.llm.known_models import KNOWN_CHAT_MODELS
+
+    table = Table(title="chat models known to work (llm stage: backend + model)")
+    table.add_column("model", no_wrap=True)  # names are what users copy: never cut them
+    for column in ("backends", "model:", "checked"):
+        table.add_column(column)
+    for m in KNOWN_CHAT_MODELS:
+        table.add_row(m.name, m.backends, m.source, m.checked)
+    return table

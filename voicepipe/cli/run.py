@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from pathlib import Path
+import math
 
-from voicepipe.audio.wav import WavSink, WavSinkConfig, WavSource, WavSourceConfig
+from voicepipe.audio.wav import WavSink, WavSinkConfig, WavSource, WavSourceConfig, audio_format
 from voicepipe.config import StageSpec, load_pipeline
 from voicepipe.errors import UserError
 from voicepipe.memory import apply_memory
 from voicepipe.metrics import JsonlWriter, MetricsObserver
+from voicepipe.outfile import OutputError, OutputFile
 from voicepipe.pipeline import VoicePipeline
 from voicepipe.stage import Sink, Source
 
@@ -22,7 +23,11 @@ log = logging.getLogger("voicepipe.run")
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pipeline", help="path of the pipeline file (e.g. pipeline.yaml)")
     parser.add_argument("--input", metavar="IN.wav", help="read the user's speech from this file instead of the mic")
-    parser.add_argument("--output", metavar="OUT.wav", help="write the replies to this WAV instead of the speaker")
+    parser.add_argument(
+        "--output",
+        metavar="OUT.wav",
+        help="write the replies to this audio file (.wav, .flac, .ogg) instead of the speaker",
+    )
     parser.add_argument("--metrics", metavar="M.jsonl", help="write one JSON line of latencies per turn")
     parser.add_argument("--realtime", action="store_true", help="with --input: pace the file like a live microphone")
     parser.add_argument(
@@ -36,12 +41,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--json", action="store_true", help="print one JSON line per event, for scripts")
 
 
-def _check_writable(path: str, what: str) -> None:
-    parent = Path(path).parent
-    if not parent.is_dir():
-        raise UserError(f"{path}: directory '{parent}' does not exist; create it or choose another {what} path")
-
-
 def apply_overrides(specs: list[StageSpec], args: argparse.Namespace) -> list[StageSpec]:
     """Swap the pipeline's source/sink for WAV files when --input/--output are given."""
     specs = list(specs)
@@ -52,7 +51,8 @@ def apply_overrides(specs: list[StageSpec], args: argparse.Namespace) -> list[St
         else:
             specs.insert(0, spec)
     if args.output:
-        _check_writable(args.output, "--output")
+        audio_format(args.output)  # one line for a suffix no audio format has
+        OutputFile(args.output, what="--output").check()
         spec = StageSpec(WavSink, WavSinkConfig(path=args.output), "output", "wav-sink")
         if specs and issubclass(specs[-1].stage_class, Sink):
             specs[-1] = spec
@@ -74,15 +74,35 @@ def _native_chatter_hidden(stages: list, args: argparse.Namespace):
     return capture_native_stderr()
 
 
+def _metrics_writer(args: argparse.Namespace, specs: list[StageSpec]) -> JsonlWriter | None:
+    """Start this run's metrics file before any model loads; refuse a path the audio also goes to."""
+    if not args.metrics:
+        return None
+    writer = JsonlWriter(args.metrics)
+    writer.output.check()
+    sink = specs[-1].config if specs and issubclass(specs[-1].stage_class, WavSink) else None
+    if isinstance(sink, WavSinkConfig) and writer.output.same_as(OutputFile(sink.path)):
+        raise UserError(
+            f"--metrics {args.metrics}: the reply audio goes to that file too; give the metrics another path"
+        )
+    writer.open()
+    return writer
+
+
 def run(args: argparse.Namespace) -> int:
     from voicepipe.cli.view import make_view
 
+    if args.jetsam_mb is not None and not (math.isfinite(args.jetsam_mb) and args.jetsam_mb > 0):
+        raise UserError(f"--jetsam-mb {args.jetsam_mb:g}: the limit must be a positive number of MB")
     loaded = load_pipeline(args.pipeline)
     specs = apply_overrides(loaded.stages, args)
-    if args.metrics:
-        _check_writable(args.metrics, "--metrics")
-    writer = JsonlWriter(args.metrics) if args.metrics else None
-    view = make_view(quiet=args.quiet, json_lines=args.json)
+    writer = _metrics_writer(args, specs)
+    try:
+        view = make_view(quiet=args.quiet, json_lines=args.json)
+    except BaseException:
+        if writer is not None:
+            writer.output.discard()
+        raise
 
     def on_turn(turn):
         if writer is not None:
@@ -90,21 +110,30 @@ def run(args: argparse.Namespace) -> int:
         view.turn_finished(turn)
 
     metrics = MetricsObserver(on_turn)
-    if args.jetsam_mb is not None and args.jetsam_mb <= 0:
-        raise UserError(f"--jetsam-mb {args.jetsam_mb:g}: the limit must be a positive number of MB")
-    stages, _, watchdog = apply_memory([spec.build() for spec in specs], loaded.settings.memory, args.jetsam_mb)
-    pipeline = VoicePipeline(stages, queue_size=loaded.settings.queue_size, observers=[metrics, view])
+    watchdog = None
+    started = failed = False
     try:
+        stages, _, watchdog = apply_memory([spec.build() for spec in specs], loaded.settings.memory, args.jetsam_mb)
+        pipeline = VoicePipeline(stages, queue_size=loaded.settings.queue_size, observers=[metrics, view])
         if watchdog is not None:
             watchdog.start()
         view.start(pipeline)
+        started = failed = True
         with _native_chatter_hidden(stages, args):
             asyncio.run(pipeline.run())
+        failed = False
     finally:
         if watchdog is not None:
             watchdog.stop()
         metrics.flush()
         view.stop()
-        if writer is not None:
-            writer.close()
+        if writer is not None and not started:
+            writer.output.discard()  # nothing ran: the previous metrics file stays
+        elif writer is not None:
+            try:
+                writer.close()
+            except OutputError as exc:
+                if not failed:
+                    raise
+                log.error("%s", exc)  # the run's own failure is the one reported
     return 0

@@ -29,7 +29,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--language", default="en-us", help="text language (default en-us)")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default 2)")
     parser.add_argument("--sample-rate", type=int, help="output rate in Hz (default: the voice's own)")
-    parser.add_argument("--output", "-o", type=Path, help="write a WAV file here instead of playing the audio")
+    parser.add_argument(
+        "--output", "-o", type=Path, help="write the audio here (.wav, .flac, .ogg) instead of playing it"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,8 +39,12 @@ def run(args: argparse.Namespace) -> int:
 
     from voicepipe.tts.stage import TTSStage
 
-    if args.output is not None and args.output.suffix.lower() != ".wav":
-        raise UserError(f"--output {args.output}: give a file name ending in .wav")
+    if args.output is not None:
+        from voicepipe.audio.wav import audio_format
+        from voicepipe.outfile import OutputFile
+
+        audio_format(args.output)  # one line for a suffix no audio format has
+        OutputFile(args.output, what="--output").check()
     if not args.text.strip():
         raise UserError('TEXT is empty: give the words to say, e.g. voicepipe say "Hello there."')
     try:
@@ -60,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:
         from voicepipe.audio.wav import WavSink
 
-        sink: Sink = WavSink(WavSink.Config(path=str(args.output)), name="wav")
+        # with nothing to say, an existing file stays untouched (the run ends in a UserError below)
+        sink: Sink = WavSink(WavSink.Config(path=str(args.output)), name="wav", write_empty=False)
         where = f"wrote {args.output}"
     else:
         from voicepipe.audio.device import SpeakerSink

@@ -71,10 +71,13 @@ async def _transcribe(path: str, vad: str, asr: ASRStage) -> tuple[list[tuple[fl
     from voicepipe.vad.stage import VADConfig, VADStage
 
     if vad == "none":
+        from voicepipe.asr.base import is_silent
         from voicepipe.audio.convert import resample, to_mono
 
         pcm, rate = read_audio(path)
         audio = resample(to_mono(pcm), rate, 16000)
+        if is_silent(audio):  # without a VAD, the guard against transcribing silence is this
+            return [], []
         await asr.setup()
         try:
             result = await asr.run_blocking(asr.engine.transcribe, audio)

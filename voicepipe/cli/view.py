@@ -34,6 +34,7 @@ from voicepipe.frames import (
 )
 from voicepipe.metrics import TurnMetrics
 from voicepipe.stage import Direction, Stage
+from voicepipe.text.control import strip_control
 
 __all__ = ["make_view", "LiveView", "PlainView", "JsonView", "QuietView", "ConversationState", "rss_bytes"]
 
@@ -67,7 +68,7 @@ class PlainView(QuietView):
         self.stream = stream or sys.stdout
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        print(strip_control(text), file=self.stream, flush=True)  # model text must not drive the terminal
 
     def on_frame(self, frame: Frame, source: Stage | None, direction: Direction) -> None:
         if direction is not Direction.DOWNSTREAM:
@@ -219,7 +220,7 @@ class LiveView(QuietView):
 
         with self._lock:
             c = self.conversation
-            state, transcript, reply = c.state, c.transcript, c.reply
+            state, transcript, reply = c.state, strip_control(c.transcript), strip_control(c.reply)
             interrupted, error, turns = c.interrupted, c.error, list(c.turns)
         head = Text.assemble(
             ("● ", self._STYLE.get(state, "dim")),

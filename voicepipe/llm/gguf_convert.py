@@ -14,6 +14,7 @@ import ctypes
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from voicepipe.errors import ModelLoadError, UserError
+from voicepipe.outfile import OutputFile
 
 __all__ = [
     "QUANTIZATIONS",
@@ -146,16 +148,17 @@ def convert_hf_to_gguf(checkpoint: str | Path, out_file: str | Path, *, outtype:
         raise UserError(f"outtype {outtype!r} is not supported: use f32, bf16 or f16")
     script = converter_dir() / "convert_hf_to_gguf.py"
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_file.with_name(out_file.name + ".partial")
+    output = OutputFile(out_file, what="GGUF output")
+    partial = output.begin()
     with tempfile.TemporaryDirectory(prefix="voicepipe-gguf-") as staging:
         source = _text_model_view(checkpoint, Path(staging))
         cmd = [sys.executable, str(script), str(source), "--outfile", str(partial), "--outtype", outtype, "--no-mtp"]
         result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0 or not partial.exists():
-        partial.unlink(missing_ok=True)
+    if result.returncode != 0 or not partial.exists() or partial.stat().st_size == 0:
+        output.discard()
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
         raise ModelLoadError(f"{checkpoint}: GGUF conversion failed:\n{tail}")
-    partial.rename(out_file)
+    output.commit()
     return out_file
 
 
@@ -184,12 +187,20 @@ def quantize_gguf(src: str | Path, dst: str | Path, quantization: str, *, thread
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANTIZATIONS[quantization]
     params.nthread = threads
-    partial = dst.with_name(dst.name + ".partial")
-    code = llama_cpp.llama_model_quantize(str(src).encode(), str(partial).encode(), ctypes.byref(params))
-    if code != 0 or not partial.exists():
-        partial.unlink(missing_ok=True)
+    output = OutputFile(dst, what="quantized GGUF")
+    partial = output.begin()
+    # llama.cpp logs every tensor it converts (hundreds of lines) through this logger; the progress bar says enough
+    llama_log = logging.getLogger("llama-cpp-python")
+    level = llama_log.level
+    llama_log.setLevel(logging.ERROR)
+    try:
+        code = llama_cpp.llama_model_quantize(str(src).encode(), str(partial).encode(), ctypes.byref(params))
+    finally:
+        llama_log.setLevel(level)
+    if code != 0 or not partial.exists() or partial.stat().st_size == 0:
+        output.discard()
         raise ModelLoadError(f"{src}: llama.cpp could not quantize it to {quantization} (code {code})")
-    partial.rename(dst)
+    output.commit()
     return dst
 
 

@@ -29,6 +29,8 @@ DEFAULT_REPO = "Qwen/Qwen3.5-0.8B"
 _DEFAULT = "default"
 #: Tokens the repetition penalty looks back over (llama.cpp's default).
 PENALTY_LAST_N = 64
+#: What a checkpoint repo needs for conversion: config, weights, tokenizer and chat template (no other formats).
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*"]
 #: ``chat_format`` values besides a path to a Jinja template file: ``auto`` = Qwen3.5's own for a ``qwen35`` GGUF,
 #: else the template stored in the GGUF.
 CHAT_FORMATS = ("auto", "qwen3.5", "chatml", "gguf")
@@ -53,14 +55,15 @@ def resolve_gguf(
     ``.gguf`` in it. ``quantization``: ``q4_k_m``, ``q4_0``, ``q8_0``, ``bf16``, ``f32``, or ``None`` to keep the
     source's precision; by default checkpoints become ``q4_k_m`` and ``.gguf`` files are used as they are.
     """
+    from voicepipe.assets import fetch_file, fetch_snapshot
     from voicepipe.llm import gguf_convert
 
     source = str(source or DEFAULT_REPO)
     path = Path(source).expanduser()
     if filename is not None:
-        path = _hub_file(source, filename, revision)
+        path = fetch_file(source, filename, revision=revision, progress=progress)
     elif not path.exists() and not source.endswith(".gguf") and source.count("/") == 1:
-        path = _hub_snapshot(source, revision)
+        path = fetch_snapshot(source, revision=revision, allow_patterns=_HUB_PATTERNS, progress=progress)
     elif not path.exists():
         raise ModelLoadError(
             f"{source}: no such file or directory; pass a .gguf file, a checkpoint directory or a repo"
@@ -79,34 +82,6 @@ def resolve_gguf(
         raise ModelLoadError(f"{path}: no config.json; pass a .gguf file or a Hugging Face checkpoint directory")
     quant = "q4_k_m" if quantization == _DEFAULT else quantization
     return gguf_convert.gguf_for_checkpoint(path, quant, progress=progress)
-
-
-def _hub_file(repo: str, filename: str, revision: str | None) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(repo, filename, revision=revision))
-    except Exception as exc:  # the hub raises many kinds; all mean "cannot get this file"
-        raise ModelLoadError(
-            f"{repo}/{filename}: cannot get it from the Hugging Face hub or its cache ({type(exc).__name__}); "
-            "check the names, or download it while online"
-        ) from exc
-
-
-def _hub_snapshot(repo: str, revision: str | None) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(
-            snapshot_download(
-                repo, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*"]
-            )
-        )
-    except Exception as exc:
-        raise ModelLoadError(
-            f"{repo}: cannot get it from the Hugging Face hub or its cache ({type(exc).__name__}); "
-            "check the repo id, or download it while online (HF_HUB_OFFLINE=1 allows only the cache)"
-        ) from exc
 
 
 class Qwen35LlamaCppChat(ChatModel):

@@ -479,24 +479,6 @@ def _converted(src: Path, quantization: str | None, progress: bool) -> Path:
     return dst
 
 
-def _download(repo: str, revision: str | None) -> Path:
-    hub = require("huggingface_hub", extra="mlx")
-    errors = hub.errors
-    try:
-        return Path(hub.snapshot_download(repo, revision=revision, allow_patterns=_HUB_PATTERNS))
-    except errors.LocalEntryNotFoundError as exc:
-        raise ModelLoadError(
-            f"{repo}: not in the Hugging Face cache and the hub cannot be reached (HF_HUB_OFFLINE="
-            f"{os.environ.get('HF_HUB_OFFLINE', '0')}); download it once online or pass a local directory"
-        ) from exc
-    except errors.RepositoryNotFoundError as exc:
-        raise ModelLoadError(f"{repo}: no such Hugging Face repository (or it is private); check the name") from exc
-    except errors.RevisionNotFoundError as exc:
-        raise ModelLoadError(f"{repo}: revision {revision!r} not found; check the branch, tag or commit") from exc
-    except errors.HfHubHTTPError as exc:
-        raise ModelLoadError(f"{repo}: download failed ({exc}); check the network and try again") from exc
-
-
 def resolve_hf_source(repo_or_path: str | Path, *, revision: str | None = None) -> Path:
     """The local directory for ``repo_or_path``: the directory itself, or the Hugging Face repo's downloaded snapshot."""
     target = str(repo_or_path)
@@ -507,7 +489,9 @@ def resolve_hf_source(repo_or_path: str | Path, *, revision: str | None = None) 
         return local
     if local.exists() or target.startswith((".", "/", "~")) or target.count("/") != 1:
         raise UserError(f"{target}: not a model directory nor a Hugging Face repo id like 'org/name'; check the path")
-    return _download(target, revision)
+    from voicepipe.assets import fetch_snapshot
+
+    return fetch_snapshot(target, revision=revision, allow_patterns=_HUB_PATTERNS)
 
 
 def weights_summary(path: str | Path) -> str:
@@ -527,7 +511,7 @@ def resolve_model_dir(
 ) -> Path:
     """A directory of MLX weights for ``repo_or_path`` (a local dir or a Hugging Face repo id; default
     ``DEFAULT_REPO``). Plain Hugging Face checkpoints are converted on first use and cached (see ``cache_root``);
-    downloads go through huggingface_hub (its cache, its progress bars, ``HF_HUB_OFFLINE``)."""
+    downloads go through ``voicepipe.assets`` (huggingface_hub's cache and progress bars, ``HF_HUB_OFFLINE``)."""
     _bits_for(quantization)
     path = resolve_hf_source(repo_or_path if repo_or_path is not None else DEFAULT_REPO, revision=revision)
     if checkpoint_kind(path) == "hf":

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from voicepipe.frames import (
     Frame,
@@ -59,6 +59,15 @@ class LLMConfig(StageConfig):
     max_history: int = Field(20, ge=2, description="Messages kept besides the system prompt.")
     warm_cache: bool = Field(True, description="Prefill the finished conversation while the user is silent.")
     options: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for from_pretrained.")
+
+    @model_validator(mode="after")
+    def _options_fit_the_engine(self) -> LLMConfig:
+        from voicepipe.llm import check_options
+
+        problems = check_options(self.backend, self.options)
+        if problems:
+            raise ValueError("options: " + "; ".join(problems))
+        return self
 
     def sampling(self) -> ChatSamplingConfig:
         return ChatSamplingConfig(

@@ -100,7 +100,10 @@ class FakeASR(Stage):
 
 
 class FakeLLMConfig(StageConfig):
-    reply: str = Field("You said: {text}. That is all I can say, since I am a scripted fake.")
+    reply: str = Field(
+        "You said: {text}. That is all I can say, since I am a scripted fake.",
+        description="The reply; '{text}' is replaced by the transcript, other braces are kept as they are.",
+    )
     token_delay_ms: float = Field(0.0, ge=0, description="Pause between streamed words.")
 
 
@@ -116,7 +119,7 @@ class FakeLLM(Stage):
 
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, TranscriptFrame) and frame.final:
-            reply = self.config.reply.format(text=frame.text)
+            reply = self.config.reply.replace("{text}", frame.text)  # not str.format: a reply may contain "{}"
             sent = ""
             try:
                 for word in reply.split(" "):

@@ -91,8 +91,9 @@ def _piper_cached(text: str, model: str, sample_rate: int) -> np.ndarray:
 def piper(text: str, model: str | None = None, *, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Speak ``text`` with a Piper voice (default: joe, from the dev extra); silence edges trimmed to 20 ms.
 
-    A neural voice with natural intonation: tiny.en hears it more reliably than espeak-ng's formants, and an
-    end-of-turn model can tell a finished sentence from an unfinished one by its melody.
+    A neural voice with natural intonation: Whisper hears it more reliably than espeak-ng's formants (through a sound
+    server espeak's "capital of France" came back as "capital and friends" in some runs), and an end-of-turn model can
+    tell a finished sentence from an unfinished one by its melody.
     """
     if model is None:
         from voicepipe.testing.tts_assets import piper_joe_model_path

@@ -6,7 +6,8 @@ one early, at a clause boundary (comma, semicolon, colon, dash) once it is ``fir
 conjunction or preposition among them, if any: "...known | for its speed"), so the first audio starts sooner; later ones at sentence ends, at least ``min_chars`` long (short sentences are merged); none longer than
 ``max_chars`` (split at the last clause or space before it). ``flush`` returns the rest at the end of the turn.
 
-Before chunking, ``SpeechCleaner`` removes what should not be spoken: ``<think>...</think>`` text (also when the tags
+Terminal escape sequences and control characters are removed first (``voicepipe.text.control``). Then
+``SpeechCleaner`` removes what should not be spoken: ``<think>...</think>`` text (also when the tags
 arrive split across pushes, and an unclosed ``<think>`` at the end), markdown (headers, bold/italics, inline code,
 fenced code blocks with their content, links -> their text, list bullets, block quotes, rules, table borders) and
 emoji.
@@ -21,6 +22,8 @@ arrived; until then the undecided tail is held back (usually one or two characte
 from __future__ import annotations
 
 import re
+
+from voicepipe.text.control import ControlStripper
 
 __all__ = ["SentenceChunker", "SpeechCleaner"]
 
@@ -275,23 +278,25 @@ class SentenceChunker:
         self.max_chars = max_chars
         self.first_max_words = first_max_words
         self._cleaner = SpeechCleaner()
+        self._control = ControlStripper()
         self.reset()
 
     def reset(self) -> None:
         """Drop all pending text and start a new turn."""
         self._cleaner.reset()
+        self._control = ControlStripper()
         self._buf = ""
         self._first = True
         self._sentence_start = True  # the buffer starts a sentence (so "1. " there is a list number)
 
     def push(self, text: str) -> list[str]:
         """Add reply text; return the chunks it completes."""
-        self._buf += self._cleaner.feed(text)
+        self._buf += self._cleaner.feed(self._control.feed(text))
         return self._drain(final=False)
 
     def flush(self) -> list[str]:
         """End of the turn: return every remaining chunk and reset."""
-        self._buf += self._cleaner.finish()
+        self._buf += self._cleaner.feed(self._control.finish()) + self._cleaner.finish()
         chunks = self._drain(final=True)
         self.reset()
         return chunks

@@ -18,6 +18,8 @@ import unicodedata
 from decimal import Decimal
 from functools import partial
 
+from voicepipe.text.control import strip_control
+
 __all__ = ["normalize_text"]
 
 # -- markdown leftovers -------------------------------------------------------------------------------------------------
@@ -71,6 +73,11 @@ _DECADE = re.compile(r"\b(1[1-9]|20)(\d)0s\b")
 _NUMBER_SIGN = re.compile(r"\b(?:No|no|Nr)\.\s?(?=\d)")
 _NEGATIVE = re.compile(r"(?<![\w.])[-−](?=\d)")
 _NUMBER = re.compile(_NUM)
+# Phone numbers are read digit by digit, groups apart: "555-1234", "(555) 123-4567", "555.123.4567", "+1 555-123-4567".
+_PHONE = re.compile(
+    r"(?<![\w.,$€£¥-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)[ ]?|\d{3}[.-])?\d{3}-\d{4}(?![\w-]|\.\d)"
+    r"|(?<![\w.,-])\d{3}\.\d{3}\.\d{4}(?![\w-]|\.\d)"
+)
 
 # Units are read only right after a number ("5 km"), so the words "m" or "s" elsewhere are left alone.
 _UNITS: dict[str, tuple[str, str]] = {
@@ -152,6 +159,7 @@ _PUNCT_MAP = {"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u201
 def normalize_text(text: str, language: str = "en-us") -> str:
     """Rewrite ``text`` into words and plain punctuation for a TTS engine; ``""`` when nothing speakable is left."""
     lang = _num2words_lang(language)
+    text = strip_control(text)  # before anything else: "\x1b[31m" must not become "31 meters"
     text = unicodedata.normalize("NFKC", text)
     text = "".join(_PUNCT_MAP.get(ch, ch) for ch in text)
     text = _markdown(text)
@@ -220,8 +228,16 @@ def _plural(number: str) -> bool:
     return number.replace(",", "") not in ("1", "1.0")
 
 
+def _phone(match: re.Match[str], lang: str) -> str:
+    """ "555-1234" -> "five five five, one two three four"."""
+    plus = "plus " if match.group(0).startswith("+") else ""
+    groups = re.findall(r"\d+", match.group(0))
+    return " " + plus + ", ".join(" ".join(_words(int(d), lang) for d in group) for group in groups) + " "
+
+
 def _numbers(text: str, lang: str) -> str:
     cardinal = partial(_cardinal, lang=lang)
+    text = _PHONE.sub(lambda m: _phone(m, lang), text)
     text = _CURRENCY.sub(lambda m: _currency(m, lang), text)
     text = _PERCENT.sub(lambda m: ("minus " if m.group(1) else "") + cardinal(m.group(2)) + " percent", text)
     text = _ORDINAL.sub(lambda m: _words(int(m.group(1)), lang, to="ordinal").replace("-", " "), text)

@@ -1,7 +1,7 @@
 """Smart Turn v3.2 (Daily, BSD-2-Clause): does this utterance sound finished? One probability per call.
 
 The model is a Whisper-tiny encoder with a classifier head, exported to ONNX (8.7 MB, int8, CPU build). It is
-published only inside the ``pipecat-ai`` wheel, so ``voicepipe.assets`` fetches that one file from the pinned wheel
+published only inside the ``pipecat-ai`` wheel, so ``voicepipe.wheel_assets`` fetches that one file from the pinned wheel
 (SHA-256 checked, cached); voicepipe never imports pipecat. Input, as pipecat's ``LocalSmartTurnAnalyzerV3`` feeds it:
 the last 8 s of the turn at 16 kHz (zero-padded at the front when shorter), normalized to zero mean and unit
 variance, as an 80 x 800 Whisper log-mel spectrogram; output: the probability that the turn is complete (> 0.5:
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from voicepipe._optional import require
-from voicepipe.assets import WheelFile, wheel_file
 from voicepipe.errors import ModelLoadError
+from voicepipe.wheel_assets import WheelFile, wheel_file
 
 __all__ = ["SMART_TURN_V3", "SmartTurn", "WINDOW_SAMPLES"]
 

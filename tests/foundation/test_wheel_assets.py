@@ -7,9 +7,9 @@ import hashlib
 
 import pytest
 
-from voicepipe.assets import wheel_file
 from voicepipe.errors import ModelLoadError
 from voicepipe.vad.smart_turn import SMART_TURN_V3
+from voicepipe.wheel_assets import wheel_file
 
 
 def test_the_file_is_fetched_once_checked_and_then_served_from_the_cache(tmp_path, monkeypatch) -> None:
