@@ -309,7 +309,9 @@ async def run_once(args: argparse.Namespace, tts: str) -> dict[str, Any]:
             "tts_first_audio_ms": (t["first_audio"] - t["first_chunk"]) * 1000,
             "end_predicted": watcher.end_predicted.get(turn.turn_id),
             "end_of_turn_probability": turn.values.get("end_of_turn_probability"),
-            "end_of_turn_model_ms": turn.values.get("end_of_turn_model_s", float("nan")) * 1000,
+            "end_of_turn_model_ms": (
+                turn.values["end_of_turn_model_s"] * 1000 if "end_of_turn_model_s" in turn.values else None
+            ),
             "reply": turn.reply[:80],
         }
         turns.append(row)
