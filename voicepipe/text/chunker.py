@@ -1,10 +1,11 @@
 """Streaming text -> speakable chunks for TTS.
 
-``SentenceChunker`` takes the LLM's reply as it streams (``push``) and returns chunks ready to synthesize: the first
-one early, at a clause boundary (comma, semicolon, colon, dash) once it is ``first_min_chars`` long, or, with
-``first_max_words``, after that many words when no clause or sentence has ended by then (before the last
-conjunction or preposition among them, if any: "...known | for its speed"), so the first audio starts sooner; later ones at sentence ends, at least ``min_chars`` long (short sentences are merged); none longer than
-``max_chars`` (split at the last clause or space before it). ``flush`` returns the rest at the end of the turn.
+``SentenceChunker`` takes the LLM's reply as it streams (``push``) and returns chunks ready to synthesize: the first one
+early, at a clause boundary (comma, semicolon, colon, dash) once it is ``first_min_chars`` long, or, with
+``first_max_words``, after that many words when no clause or sentence has ended by then (before the last conjunction or
+preposition among them, if any: "...known | for its speed"), so the first audio starts sooner; later ones at sentence
+ends, at least ``min_chars`` long (short sentences are merged); none longer than ``max_chars`` (split at the last clause
+or space before it). ``flush`` returns the rest at the end of the turn.
 
 Terminal escape sequences and control characters are removed first (``voicepipe.text.control``). Then
 ``SpeechCleaner`` removes what should not be spoken: ``<think>...</think>`` text (also when the tags
@@ -412,7 +413,7 @@ def _clause_end(buf: str, i: int) -> int | None:
 
 
 def _word_cut(buf: str, start: int, i: int, max_words: int) -> int | None:
-    """Cut a first chunk ``buf[start:i]`` that has reached ``max_words`` words: before its last break word, else at i."""
+    """Cut a first chunk ``buf[start:i]`` of ``max_words`` words: before its last break word, else at ``i``."""
     words = list(re.finditer(r"\S+", buf[start:i]))
     if len(words) < max_words:
         return None

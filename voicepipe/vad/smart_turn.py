@@ -1,11 +1,10 @@
 """Smart Turn v3.2 (Daily, BSD-2-Clause): does this utterance sound finished? One probability per call.
 
-The model is a Whisper-tiny encoder with a classifier head, exported to ONNX (8.7 MB, int8, CPU build). It is
-published only inside the ``pipecat-ai`` wheel, so ``voicepipe.wheel_assets`` fetches that one file from the pinned wheel
-(SHA-256 checked, cached); voicepipe never imports pipecat. Input, as pipecat's ``LocalSmartTurnAnalyzerV3`` feeds it:
-the last 8 s of the turn at 16 kHz (zero-padded at the front when shorter), normalized to zero mean and unit
-variance, as an 80 x 800 Whisper log-mel spectrogram; output: the probability that the turn is complete (> 0.5:
-complete).
+The model is a Whisper-tiny encoder with a classifier head, exported to ONNX (8.7 MB, int8, CPU build). It is published
+only inside the ``pipecat-ai`` wheel, so ``voicepipe.wheel_assets`` fetches that one file from the pinned wheel (SHA-256
+checked, cached); voicepipe never imports pipecat. Input, as pipecat's ``LocalSmartTurnAnalyzerV3`` feeds it: the last 8
+s of the turn at 16 kHz (zero-padded at the front when shorter), normalized to zero mean and unit variance, as an 80 x
+800 Whisper log-mel spectrogram; output: the probability that the turn is complete (> 0.5: complete).
 
 Features come from faster-whisper's ``FeatureExtractor``: numpy only, and the same Whisper log-mel math as
 ``transformers.WhisperFeatureExtractor`` (the reference the model was trained with, checked by a test) without

@@ -5,11 +5,11 @@ when a pause begins (early transcription), then ``SpeechEndedFrame`` and ``UserA
 that turn id. AudioFrames are consumed; every other frame is forwarded.
 
 End of turn (``end_of_turn``): with ``smart-turn`` (the default) the Smart Turn v3 model is asked once per pause, after
-``pause_ms`` of silence, whether the utterance is finished; if it is, the turn ends there (``SpeechEndedFrame.predicted``),
-otherwise the stage keeps listening up to ``hangover_ms``. If the user goes on before the hangover would have ended
-a turn the model ended, the stage sends an ``InterruptionFrame`` for that turn (its reply is dropped) and a new turn
-whose audio contains it (``SpeechStartedFrame.resumes_turn``). With ``hangover``, or when the model cannot be had
-(one warning), only the hangover ends a turn.
+``pause_ms`` of silence, whether the utterance is finished; if it is, the turn ends there
+(``SpeechEndedFrame.predicted``), otherwise the stage keeps listening up to ``hangover_ms``. If the user goes on before
+the hangover would have ended a turn the model ended, the stage sends an ``InterruptionFrame`` for that turn (its reply
+is dropped) and a new turn whose audio contains it (``SpeechStartedFrame.resumes_turn``). With ``hangover``, or when the
+model cannot be had (one warning), only the hangover ends a turn.
 """
 
 from __future__ import annotations
