@@ -266,3 +266,22 @@ def test_voice_to_voice_of_a_speculative_turn_counts_from_the_release_not_the_sy
     assert turn.speculative and turn.reply == "Paris."
     assert turn.latencies_ms()["voice_to_voice_ms"] == 500.0
     assert "llm_first_token_ms" not in turn.latencies_ms()  # the reply began before the transcript: no such part
+
+
+async def test_a_turn_ended_too_early_is_forgotten_when_the_user_goes_on() -> None:
+    """The end-of-turn model ended turn 1 at a pause and it was answered; the user went on, so the VAD starts turn 2
+    with turn 1's audio in it (``resumes_turn``): the history holds turn 2 alone, and the model is rewound to it."""
+    chat = ScriptedChat()
+    items: list[Frame | asyncio.Event] = [
+        SpeechStartedFrame(turn_id=1),
+        TranscriptFrame(text="Book me a table", final=True, turn_id=1),
+        chat.finished,
+        SpeechStartedFrame(turn_id=2, resumes_turn=1),
+        TranscriptFrame(text="Book me a table for two tonight", final=True, turn_id=2),
+    ]
+    llm, _, _ = await _run(chat, items)
+    assert [(m.role, m.content) for m in llm.history] == [
+        ("user", "Book me a table for two tonight"),
+        ("assistant", ScriptedChat.reply_to("Book me a table for two tonight")),
+    ]
+    assert chat.rewinds and chat.rewinds[-1] == [], chat.rewinds  # the model forgot turn 1 before answering turn 2

@@ -84,21 +84,31 @@ class AudioFrame(DataFrame):
 
 @dataclass
 class SpeechStartedFrame(DataFrame):
-    """The VAD heard the user start speaking. ``audio_time`` is the stream position in seconds."""
+    """The VAD heard the user start speaking. ``audio_time`` is the stream position in seconds.
+
+    ``resumes_turn``: the user went on within the hangover after the end-of-turn model had ended turn N: this turn's
+    audio contains N's, an ``InterruptionFrame`` for N came just before, and N's transcript should not stay in the
+    conversation as a separate message.
+    """
 
     audio_time: float = 0.0
+    resumes_turn: int | None = None
 
 
 @dataclass
 class SpeechEndedFrame(DataFrame):
-    """The VAD confirmed the end of the user's speech (after the hangover).
+    """The VAD confirmed the end of the user's turn: the hangover passed, or the end-of-turn model said it was done.
 
     ``audio_time`` is the stream position of the last voiced sample; ``speech_end_timestamp`` is the monotonic time at
-    which that sample arrived, the zero point of voice-to-voice latency.
+    which that sample arrived, the zero point of voice-to-voice latency. ``predicted`` is True when the end-of-turn
+    model ended the turn at the pause, before the hangover; ``end_of_turn_probability`` is what that model said at the
+    pause (None when it was not asked).
     """
 
     audio_time: float = 0.0
     speech_end_timestamp: float | None = None
+    predicted: bool = False
+    end_of_turn_probability: float | None = None
 
 
 @dataclass
@@ -245,9 +255,14 @@ class SpeculationDiscardFrame(DataFrame):
 
 @dataclass
 class InterruptionFrame(SystemFrame):
-    """The user barged in: stop what you are doing for the current reply and drop its queued data."""
+    """The user barged in: stop what you are doing for the current reply and drop its queued data.
+
+    ``turn_only``: drop the work of turn ``turn_id`` alone (a turn the VAD ended too early and the user went on);
+    the work of other turns goes on.
+    """
 
     reason: str = "user speech"
+    turn_only: bool = False
 
 
 @dataclass

@@ -76,10 +76,18 @@ class FrameQueue:
             self._cond.notify_all()  # wake producers waiting for room
             return item
 
-    async def drop_data_before(self, seq: int) -> int:
-        """Drop queued data frames older than ``seq`` (never ``EndFrame``); returns how many were dropped."""
+    async def drop_data_before(self, seq: int, turn_id: int | None = None) -> int:
+        """Drop queued data frames older than ``seq`` (of ``turn_id`` only, if given; never ``EndFrame``).
+
+        Returns how many were dropped."""
         async with self._cond:
-            kept = deque(item for item in self._data if item[0] > seq or isinstance(item[2], EndFrame))
+            kept = deque(
+                item
+                for item in self._data
+                if item[0] > seq
+                or isinstance(item[2], EndFrame)
+                or (turn_id is not None and item[2].turn_id != turn_id)
+            )
             dropped = len(self._data) - len(kept)
             self._data = kept
             self._cond.notify_all()
@@ -153,18 +161,19 @@ class _StageRunner:
         while True:
             seq, direction, frame = await self.queue.get_system()
             if isinstance(frame, InterruptionFrame) and direction is Direction.DOWNSTREAM:
-                await self._interrupt(seq)
+                await self._interrupt(seq, frame)
             await self._call(frame, direction)
             if isinstance(frame, CancelFrame):
                 return
 
-    async def _interrupt(self, seq: int) -> None:
-        dropped = await self.queue.drop_data_before(seq)
+    async def _interrupt(self, seq: int, interruption: InterruptionFrame) -> None:
+        only = interruption.turn_id if interruption.turn_only else None
+        dropped = await self.queue.drop_data_before(seq, only)
         in_flight, task = self._in_flight, self._in_flight_task
         cancelled = False
         if in_flight is not None and task is not None and not task.done():
             frame_seq, frame = in_flight
-            if frame_seq < seq and not isinstance(frame, EndFrame):
+            if frame_seq < seq and not isinstance(frame, EndFrame) and only in (None, frame.turn_id):
                 task.cancel()
                 await asyncio.wait([task])  # unlike `await task`, never swallows our own cancellation
                 cancelled = True

@@ -123,6 +123,7 @@ class LLMStage(Stage):
         self._reply_index: int | None = None  # history index of the assistant message still being played
         self._heard: str | None = None  # what playback reported for that reply (None: no report)
         self._turn = 0
+        self._before_turn: tuple[int, list[ChatMessage]] | None = None  # (turn, history before it was answered)
         self._background: set[asyncio.Task[None]] = set()
         self._speculation: _Speculation | None = None
         self._speculation_ids = itertools.count(1)
@@ -193,6 +194,8 @@ class LLMStage(Stage):
             and frame.turn_id != self._speculation.turn
         ):
             await self._discard_speculation()  # the user went on, a new turn began, or the input ended
+        if isinstance(frame, SpeechStartedFrame) and frame.resumes_turn is not None:
+            await self._forget_turn(frame.resumes_turn)
         await self.push(frame)
 
     async def process_upstream(self, frame: Frame) -> None:
@@ -219,6 +222,18 @@ class LLMStage(Stage):
     def _begin_turn(self, turn: int) -> None:
         # A new turn without a barge-in: the last reply plays on to the end, so history keeps all of it.
         self._reply_index, self._heard, self._turn = None, None, turn
+        self._before_turn = (turn, list(self.history))
+
+    async def _forget_turn(self, turn: int) -> None:
+        """The VAD ended ``turn`` too early and the user went on: the new turn's audio holds its words, so neither
+        its question nor its (dropped) reply stays in the history or in the model's state."""
+        if self._before_turn is None or self._before_turn[0] != turn:
+            return
+        self.history, self._before_turn = self._before_turn[1], None
+        self._reply_index, self._heard = None, None
+        await self._settle_background()
+        if hasattr(self.model, "arewind"):
+            await self.model.arewind(self.messages())
 
     def _with_question(self, text: str) -> list[ChatMessage]:
         """The history this turn answers: the kept history plus the user's words (``self.history`` is untouched)."""
