@@ -9,6 +9,17 @@ the reply to end before the next one, as a person would. Replies go to a WAV sin
 
     .venv/bin/python scripts/bench_latency.py --tts kokoro piper --turns 10 --json results.json
 
+Each lever of the fast path can be switched off to measure its share (all on by default, as in pipeline.yaml):
+``--smart-turn off`` (end of turn by the hangover only), ``--first-words off`` (no word cap on the first chunk),
+``--tts-warm-up off``, ``--core-priority off`` (the LLM decodes while the first chunk is synthesized),
+``--tts-threads 1``, ``--speculative off``.
+
+Speculative replies (the LLM starts at the pause, held until the turn is confirmed) are on, as in the default
+pipeline; ``--speculative off`` measures without them, for their share. ``transcript_to_audio`` is the wait after the
+final transcript (what speculation shortens). A speculative turn reports no LLM-first-token, first-chunk or
+TTS-first-audio parts (its reply began before its final transcript); voice to voice counts until the held audio is
+released.
+
 Models: faster-whisper tiny.en and Piper/Kokoro from the PyPI packages of the dev extra, and by default a real chat
 model on llama.cpp (Qwen2.5-Coder-0.5B-Instruct Q4_K_M, greedy), so first-token, first-clause and TTS timings come
 from real replies of real length. ``--llm qwen35-shape`` runs the full-size random Qwen3.5-0.8B
@@ -110,12 +121,14 @@ class TurnWatcher:
     def __init__(self, turn_ended: asyncio.Event) -> None:
         self.turn_ended = turn_ended
         self.speech_end_seen: dict[int, float] = {}
+        self.end_predicted: dict[int, bool] = {}  # the end-of-turn model ended the turn at the pause
 
     def on_frame(self, frame: Frame, source: Stage | None, direction: Direction) -> None:
         if direction is not Direction.DOWNSTREAM:
             return
         if isinstance(frame, SpeechEndedFrame):
             self.speech_end_seen.setdefault(frame.turn_id, time.monotonic())
+            self.end_predicted.setdefault(frame.turn_id, frame.predicted)
         elif isinstance(frame, EndOfTurnFrame):
             self.turn_ended.set()
 
@@ -130,16 +143,22 @@ def build_stages(args: argparse.Namespace, tts: str, out_wav: Path) -> list[Stag
     if tts == "kokoro":
         from voicepipe.testing.tts_assets import kokoro_model_path, kokoro_voices_path
 
-        tts_config = TTSConfig(engine="kokoro", model=str(kokoro_model_path()), voices=str(kokoro_voices_path()))
+        files = {"model": str(kokoro_model_path()), "voices": str(kokoro_voices_path())}
     else:
         from voicepipe.testing.tts_assets import piper_joe_model_path
 
-        tts_config = TTSConfig(engine="piper", model=str(piper_joe_model_path()))
+        files = {"model": str(piper_joe_model_path())}
+    levers = {"warm_up": args.tts_warm_up == "on", "first_chunk_priority": args.core_priority == "on"}
+    if args.tts_threads is not None:
+        levers["threads"] = args.tts_threads
+    tts_config = TTSConfig(engine=tts, **files, **levers)
+    end_of_turn = "smart-turn" if args.smart_turn == "on" else "hangover"
+    first_words = None if args.first_words == "off" else int(args.first_words)
     return [
-        VADStage(VADConfig(hangover_ms=args.hangover_ms, pause_ms=args.pause_ms), name="vad"),
+        VADStage(VADConfig(hangover_ms=args.hangover_ms, pause_ms=args.pause_ms, end_of_turn=end_of_turn), name="vad"),
         ASRStage(ASRConfig(model=str(whisper_tiny_en_dir())), name="asr"),
         build_llm(args),
-        SentenceChunkerStage(name="chunker"),
+        SentenceChunkerStage(SentenceChunkerStage.Config(first_max_words=first_words), name="chunker"),
         TTSStage(tts_config, name="tts"),
         WavSink(WavSinkConfig(path=str(out_wav)), name="sink"),
     ]
@@ -153,7 +172,14 @@ def build_llm(args: argparse.Namespace) -> Stage:
     from voicepipe.llm import load_chat
     from voicepipe.llm.stage import LLMConfig, LLMStage
 
-    config = LLMConfig(backend="llamacpp", max_tokens=args.max_tokens, disable_thinking=True, seed=0, temperature=0.0)
+    config = LLMConfig(
+        backend="llamacpp",
+        max_tokens=args.max_tokens,
+        disable_thinking=True,
+        seed=0,
+        temperature=0.0,
+        speculative=args.speculative == "on",
+    )
     if args.llm == "real":
         model = load_chat("llamacpp", args.gguf or str(_real_chat_gguf()), n_ctx=4096, load=False, progress=False)
         return LLMStage(config, name="llm", model=model)
@@ -235,9 +261,10 @@ def _full_size_gguf() -> Path:
 
 
 async def run_once(args: argparse.Namespace, tts: str) -> dict[str, Any]:
-    from voicepipe.testing.speech import espeak, pad
+    from voicepipe.testing import speech
 
-    questions = [pad(espeak(q), lead=0.0, trail=0.0) for q in QUESTIONS[: args.turns + 1]]
+    speak = speech.piper if args.voice == "piper" else speech.espeak
+    questions = [speech.pad(speak(q), lead=0.0, trail=0.0) for q in QUESTIONS[: args.turns + 1]]
     turn_ended = asyncio.Event()
     user = ScriptedUser(questions, turn_ended)
     watcher = TurnWatcher(turn_ended)
@@ -287,20 +314,33 @@ async def run_once(args: argparse.Namespace, tts: str) -> dict[str, Any]:
             "turn": turn.turn_id,
             "question": QUESTIONS[i],
             "transcript": turn.transcript,
+            "speculative": turn.speculative,
             "voice_to_voice_ms": (t["first_audio"] - voice_end) * 1000,
             "endpointing_ms": (watcher.speech_end_seen.get(turn.turn_id, t["transcript"]) - voice_end) * 1000,
             "asr_ms": (t["transcript"] - watcher.speech_end_seen.get(turn.turn_id, t["transcript"])) * 1000,
-            "llm_first_token_ms": (t["first_token"] - t["transcript"]) * 1000,
-            "first_chunk_ms": (t["first_chunk"] - t["first_token"]) * 1000,
-            "tts_first_audio_ms": (t["first_audio"] - t["first_chunk"]) * 1000,
+            "transcript_to_audio_ms": (t["first_audio"] - t["transcript"]) * 1000,
+            "end_predicted": watcher.end_predicted.get(turn.turn_id),
+            "end_of_turn_probability": turn.values.get("end_of_turn_probability"),
+            "end_of_turn_model_ms": (
+                turn.values["end_of_turn_model_s"] * 1000 if "end_of_turn_model_s" in turn.values else None
+            ),
             "reply": turn.reply[:80],
         }
+        # a speculative turn's reply started before its final transcript: these parts do not apply to it
+        for key, (a, b) in {
+            "llm_first_token_ms": ("transcript", "first_token"),
+            "first_chunk_ms": ("first_token", "first_chunk"),
+            "tts_first_audio_ms": ("first_chunk", "first_audio"),
+        }.items():
+            if a in t and b in t:
+                row[key] = (t[b] - t[a]) * 1000
         turns.append(row)
     counted = [r for r in turns if not r.get("failed")][1:]  # the first turn warms up caches
     keys = (
         "voice_to_voice_ms",
         "endpointing_ms",
         "asr_ms",
+        "transcript_to_audio_ms",
         "llm_first_token_ms",
         "first_chunk_ms",
         "tts_first_audio_ms",
@@ -332,6 +372,7 @@ def _markdown(results: list[dict[str, Any]]) -> str:
         "voice_to_voice_ms",
         "endpointing_ms",
         "asr_ms",
+        "transcript_to_audio_ms",
         "llm_first_token_ms",
         "first_chunk_ms",
         "tts_first_audio_ms",
@@ -363,11 +404,26 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=96, help="reply length cap")
     parser.add_argument("--hangover-ms", type=int, default=500, help="VAD: silence that ends a turn")
     parser.add_argument("--pause-ms", type=int, default=200, help="VAD: silence after which transcription starts")
+    on_off = ("on", "off")
+    parser.add_argument("--smart-turn", choices=on_off, default="on", help="VAD: Smart Turn ends finished sentences")
+    parser.add_argument("--first-words", default="8", help="chunker: word cap of the first chunk, or 'off'")
+    parser.add_argument("--tts-warm-up", choices=on_off, default="on", help="TTS: speak a phrase once at start-up")
+    parser.add_argument("--core-priority", choices=on_off, default="on", help="the LLM waits during the first chunk")
+    parser.add_argument("--tts-threads", type=int, help="TTS onnxruntime threads (default: the stage's)")
+    parser.add_argument("--voice", choices=("espeak", "piper"), default="espeak", help="who reads the questions")
+    parser.add_argument(
+        "--speculative",
+        choices=on_off,
+        default="on",
+        help="LLM: start the reply at the pause, held until the turn ends",
+    )
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--json", metavar="OUT.json", help="write all turns and the summary here")
     args = parser.parse_args()
     if args.turns + 1 > len(QUESTIONS):
         parser.error(f"--turns: at most {len(QUESTIONS) - 1}")
+    if args.first_words != "off" and not (args.first_words.isdigit() and int(args.first_words) >= 3):
+        parser.error("--first-words: a number of words (3 or more) or 'off'")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     load = os.getloadavg()
     results = []
@@ -376,8 +432,10 @@ def main() -> int:
         results.append(asyncio.run(run_once(args, tts)))
         for row in results[-1]["turns"]:
             print(json.dumps({k: (round(v) if isinstance(v, float) else v) for k, v in row.items()}), file=sys.stderr)
+    levers = ("smart_turn", "first_words", "tts_warm_up", "core_priority", "tts_threads", "voice")
     info = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "levers": {k: getattr(args, k) for k in levers},
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "load_average_before": load,
         "load_average_after": os.getloadavg(),

@@ -1,9 +1,17 @@
-"""Benchmark Qwen3.5-0.8B-shaped prefill and decode on MLX: mlx-lm as is vs voicepipe's chunked prefill hook and
-compiled decode step, side by side in one process.
+"""Benchmark Qwen3.5-0.8B-shaped prefill and decode on MLX: mlx-lm as is vs voicepipe's chunked prefill hook, fused
+projections, compiled decode step and CUDA decode kernel, side by side in one process.
 
 Random weights of the real 0.8B text shape (the speed does not depend on the values); INT4 (group 64, mlx-lm's
-default) or the float dtype given. Prefill is one forward over the whole prompt from an empty cache, timed until the
-last logits and every cache state are evaluated. Decode is greedy after a 128-token prompt.
+default) or the float dtype given. Two copies of the same weights: mlx-lm's model as is, and the same model with
+voicepipe's fused projections (``prepare_model``'s fusing). Prefill is one forward over the whole prompt from an
+empty cache, timed until the last logits and every cache state are evaluated. Decode is greedy after a 128-token
+prompt: mlx-lm's ``generate_step``; a one-step-in-flight loop over the compiled step (unfused, fused with mlx-lm's
+ops, fused with the CUDA kernel); and ``Qwen35MLXChat.generate_tokens`` (the engine's own loop, sampler on the
+device, next step queued before a token is read). ``split`` says where a decode token's time goes.
+
+``--profile-steps N`` brackets N synchronous decode steps with ``cudaProfilerStart/Stop`` for Nsight Compute
+(``ncu --profile-from-start off --metrics gpu__time_duration.sum --csv --log-file k.csv python ...``), and
+``--ncu-summary k.csv --ncu-steps N`` turns that log into GPU kernel time and launches per token.
 
     # this CPU (fp32 matmuls go through OpenBLAS only when it is preloaded):
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 \\
@@ -29,6 +37,9 @@ from mlx_lm.generate import generate_step
 from mlx_lm.models import qwen3_5
 from mlx_lm.models.gated_delta import gated_delta_ops, normalize_qk
 
+from voicepipe.llm.mlx import Qwen35MLXChat, _note_model_thread
+from voicepipe.llm.mlx_decode_kernel import decode_kernel_available
+from voicepipe.llm.mlx_fused import fuse_projections
 from voicepipe.llm.mlx_gated_delta import (
     chunked_gated_delta,
     compiled_decode_step,
@@ -157,25 +168,173 @@ def prefill_without_recurrence(model: nn.Module, tokens: mx.array) -> float:
         qwen3_5.gated_delta_update = original
 
 
-def bench_decode(model: nn.Module, n: int) -> dict[str, Any]:
-    """Greedy decode of ``n`` tokens after a 128-token prompt: mlx-lm, the plain loop, the compiled step."""
-    disable_chunked_prefill(model)
-    prompt = mx.random.randint(0, CONFIG_08B["vocab_size"], (128,))
-    step = compiled_decode_step(model)
-    per_layer = compiled_decode_step(model, segments=False)
-    decode_loop(step, model, prompt, 4)  # trace the compiled pieces
-    decode_loop(per_layer, model, prompt, 4)
-    decode_mlx_lm(model, prompt, 4)
-    decode = {
-        "tokens": n,
-        "mlx_lm_generate_step_tok_s": n / decode_mlx_lm(model, prompt, n),
-        "plain_loop_tok_s": n / decode_loop(model, model, prompt, n),
-        "compiled_per_layer_tok_s": n / decode_loop(per_layer, model, prompt, n),
-        "compiled_step_tok_s": n / decode_loop(step, model, prompt, n),
+def kernel_step(model: nn.Module, use_kernel: bool):
+    """A compiled decode step traced with the CUDA decode kernel on or off (the choice is fixed at tracing)."""
+    os.environ["VOICEPIPE_MLX_DECODE_KERNEL"] = "1" if use_kernel else "0"
+    try:
+        step = compiled_decode_step(model)
+        decode_loop(step, model, mx.random.randint(0, CONFIG_08B["vocab_size"], (128,)), 4)  # trace now
+    finally:
+        del os.environ["VOICEPIPE_MLX_DECODE_KERNEL"]
+    return step
+
+
+class _BenchChat(Qwen35MLXChat):
+    """The engine on an in-memory random model (no tokenizer: ``generate_tokens`` needs none)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__("random-0.8b")
+        self._given = model
+
+    def _load_weights(self) -> None:
+        _note_model_thread()  # as the engine's own load: exit waits for this thread's MLX state to go
+        self._model, self.config = self._given, {}
+        self._step = compiled_decode_step(self._model)
+        self._reset_engine()
+
+    def _tokenize(self, text: str) -> list[int]:
+        return []
+
+
+def decode_engine(chat: Qwen35MLXChat, prompt: list[int], n: int) -> float:
+    """Seconds for ``n`` tokens after the first through the engine's ``generate_tokens`` (greedy, device sampler)."""
+    from voicepipe.llm.base import ChatSamplingConfig
+
+    chat.reset_state()
+    chat.generate_tokens(prompt, ChatSamplingConfig(temperature=0.0, repetition_penalty=1.0, max_tokens=n + 1))
+    stats = chat.last_stats
+    return stats.total_s - stats.first_token_s
+
+
+def greedy_parity(model: nn.Module, step, fused: nn.Module, fused_step, prompt: mx.array, n: int) -> dict[str, Any]:
+    """The fused model (with the kernel where used) against mlx-lm's model on the same weights: how many of ``n``
+    greedy tokens agree before the first difference, and the largest relative logit error up to there."""
+
+    def greedy(net: nn.Module, fn) -> tuple[list[int], list[Any]]:
+        cache = net.make_cache()
+        logits = net(prompt[None], cache=cache)[:, -1]
+        tokens, rows = [], []
+        for _ in range(n):
+            rows.append(logits.astype(mx.float32))
+            token = mx.argmax(logits, axis=-1)
+            tokens.append(token.item())
+            logits = fn(token[:, None], cache)[:, -1]
+        return tokens, rows
+
+    want, want_rows = greedy(model, step)
+    got, got_rows = greedy(fused, fused_step)
+    same = next((i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b), n)
+    errors = [
+        mx.abs(g - w).max().item() / max(mx.abs(w).max().item(), 1e-30)
+        for g, w in zip(got_rows[: same + 1], want_rows[: same + 1], strict=False)
+    ]
+    return {"tokens": n, "same_prefix": same, "max_rel_logit_err": max(errors)}
+
+
+def step_split(step, model: nn.Module, prompt: mx.array, n: int) -> dict[str, float]:
+    """Where a decode token's time goes (ms): Python building the step's graph (no evaluation), one step built and
+    evaluated synchronously (graph build + MLX dispatch + GPU kernels, nothing overlapped), and the pipelined loop."""
+    cache = model.make_cache()
+    token = mx.argmax(model(prompt[None], cache=cache)[:, -1], axis=-1)
+    mx.eval(token, state_of(cache))
+    build, sync = [], []
+    for _ in range(n):
+        start = time.perf_counter()
+        logits = step(token[:, None], cache)
+        built = time.perf_counter()
+        token = mx.argmax(logits[:, -1], axis=-1)
+        token.item()
+        done = time.perf_counter()
+        build.append(built - start)
+        sync.append(done - start)
+    return {
+        "graph_build_ms": 1e3 * statistics.median(build),
+        "sync_step_ms": 1e3 * statistics.median(sync),
+        "pipelined_ms": 1e3 * decode_loop(step, model, prompt, n) / n,
+        "eval_overhead_ms": 1e3 * eval_overhead(),
     }
-    decode["compiled_speedup"] = decode["compiled_step_tok_s"] / decode["mlx_lm_generate_step_tok_s"]
-    decode["eval_overhead_us"] = 1e6 * eval_overhead()
+
+
+def profile_steps(step, model: nn.Module, prompt: mx.array, n: int) -> None:
+    """``n`` synchronous decode steps between cudaProfilerStart and cudaProfilerStop (for ncu)."""
+    import ctypes
+    import ctypes.util
+    import glob
+    import sys
+
+    # The CUDA runtime that mlx-cuda loads: from the nvidia-cuda-runtime wheel (its folder differs between CUDA
+    # versions), else the system's.
+    found = [f for p in sys.path for f in glob.glob(os.path.join(p, "nvidia", "**", "libcudart.so*"), recursive=True)]
+    lib = ctypes.CDLL(sorted(found)[0] if found else ctypes.util.find_library("cudart"))
+    cache = model.make_cache()
+    token = mx.argmax(model(prompt[None], cache=cache)[:, -1], axis=-1)
+    mx.eval(token, state_of(cache))
+    lib.cudaProfilerStart()
+    for _ in range(n):
+        token = mx.argmax(step(token[:, None], cache)[:, -1], axis=-1)
+        token.item()
+    lib.cudaProfilerStop()
+
+
+def ncu_summary(path: str, steps: int) -> dict[str, Any]:
+    """GPU kernel time and launches per decode token from an ncu CSV log of ``--profile-steps``."""
+    import csv
+
+    with open(path) as handle:
+        rows = [r for r in csv.reader(line for line in handle if line.startswith('"'))]
+    if not rows:
+        raise SystemExit(f"{path}: no kernel rows; did ncu run with --profile-from-start off around --profile-steps?")
+    header, rows = rows[0], rows[1:]
+    col = {name: i for i, name in enumerate(header)}
+    total_ns, per_kernel = 0.0, {}
+    for row in rows:
+        if row[col["Metric Name"]] != "gpu__time_duration.sum":
+            continue
+        scale = {"nsecond": 1.0, "usecond": 1e3, "msecond": 1e6}.get(row[col["Metric Unit"]], 1.0)
+        value = float(row[col["Metric Value"]].replace(",", "")) * scale
+        total_ns += value
+        name = row[col["Kernel Name"]][:60]
+        count, ns = per_kernel.get(name, (0, 0.0))
+        per_kernel[name] = (count + 1, ns + value)
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:12]
+    return {
+        "kernel_us_per_token": total_ns / 1e3 / steps,
+        "launches_per_token": sum(c for c, _ in per_kernel.values()) / steps,
+        "top_kernels_us_per_token": {k: round(ns / 1e3 / steps, 1) for k, (_, ns) in top},
+        "launches_by_kernel_per_token": {k: c / steps for k, (c, _) in top},
+    }
+
+
+def bench_decode(model: nn.Module, fused: nn.Module, n: int, profile: int = 0) -> dict[str, Any]:
+    """Greedy decode of ``n`` tokens after a 128-token prompt, every variant on the same weights."""
+    disable_chunked_prefill(model)
+    disable_chunked_prefill(fused)
+    prompt = mx.random.randint(0, CONFIG_08B["vocab_size"], (128,))
+    step = kernel_step(model, use_kernel=False)
+    fused_ops = kernel_step(fused, use_kernel=False)
+    kernel = decode_kernel_available()
+    fused_kernel = kernel_step(fused, use_kernel=True) if kernel else None
+    best = fused_kernel or fused_ops
+    chat = _BenchChat(fused)  # builds its own compiled step on its thread (CUDA kernel on where available)
+    chat.load()
+    decode_mlx_lm(model, prompt, 4)
+    decode_engine(chat, prompt.tolist(), 4)
+    decode: dict[str, Any] = {"tokens": n, "cuda_decode_kernel": kernel}
+    decode["mlx_lm_generate_step_tok_s"] = n / decode_mlx_lm(model, prompt, n)
+    decode["compiled_step_tok_s"] = n / decode_loop(step, model, prompt, n)
+    decode["fused_compiled_tok_s"] = n / decode_loop(fused_ops, fused, prompt, n)
+    if fused_kernel is not None:
+        decode["fused_kernel_tok_s"] = n / decode_loop(fused_kernel, fused, prompt, n)
+    decode["engine_tok_s"] = n / decode_engine(chat, prompt.tolist(), n)
+    decode["engine_vs_mlx_lm"] = decode["engine_tok_s"] / decode["mlx_lm_generate_step_tok_s"]
+    decode["parity_fused_ops"] = greedy_parity(model, step, fused, fused_ops, prompt, 32)
+    decode["parity"] = greedy_parity(model, step, fused, best, prompt, 32)
+    decode["split_unfused"] = step_split(step, model, prompt, min(n, 64))
+    decode["split_best"] = step_split(best, fused, prompt, min(n, 64))
     decode["weights_mb"] = sum(v.nbytes for _, v in tree_flatten(model.parameters())) / 1e6
+    print(json.dumps(decode), flush=True)  # before profiling, which needs Nsight Compute around the process
+    if profile:
+        profile_steps(best, fused, prompt, profile)
     return decode
 
 
@@ -204,7 +363,13 @@ def main() -> None:
     parser.add_argument("--hook-chunk-sizes", type=int, nargs="+", default=[64], help="chunk sizes for the hook")
     parser.add_argument("--recurrence-only", action="store_true", help="time only one layer's recurrence per length")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--profile-steps", type=int, default=0, help="N decode steps between cudaProfilerStart/Stop")
+    parser.add_argument("--ncu-summary", help="only summarise this ncu CSV log of --profile-steps, then exit")
+    parser.add_argument("--ncu-steps", type=int, default=1, help="the --profile-steps of that log")
     args = parser.parse_args()
+    if args.ncu_summary:
+        print(json.dumps(ncu_summary(args.ncu_summary, args.ncu_steps), indent=1))
+        return
     dtype = getattr(mx, args.dtype)
 
     results: dict[str, Any] = {
@@ -230,12 +395,14 @@ def main() -> None:
         return
     start = time.perf_counter()
     model = build_model(args.quant, dtype)
-    print(f"model built in {time.perf_counter() - start:.1f} s on {results['device']}", flush=True)
+    fused = build_model(args.quant, dtype)  # the same seed: the same weights
+    fuse_projections(fused)
+    print(f"models built in {time.perf_counter() - start:.1f} s on {results['device']}", flush=True)
 
     warm = mx.random.randint(0, CONFIG_08B["vocab_size"], (1, 128))
-    for hooked in (False, True):  # compile / trace once per path before timing
-        (enable_chunked_prefill(model, args.threshold) if hooked else disable_chunked_prefill(model))
-        time_prefill(model, warm)
+    time_prefill(model, warm)  # compile / trace once per path before timing
+    enable_chunked_prefill(fused, args.threshold)
+    time_prefill(fused, warm)
 
     for length in args.lengths:
         tokens = mx.random.randint(0, CONFIG_08B["vocab_size"], (1, length))
@@ -244,29 +411,27 @@ def main() -> None:
         if length <= args.baseline_max:
             modes.append(("mlx_lm_ms", None))
 
-        def use(size: int | None) -> None:
+        def use(size: int | None) -> nn.Module:
+            """mlx-lm as is (None), or voicepipe's fused model with the chunked hook at this chunk size."""
             if size is None:
-                disable_chunked_prefill(model)
-            else:
-                enable_chunked_prefill(model, args.threshold, chunk_size=size)
+                return model
+            enable_chunked_prefill(fused, args.threshold, chunk_size=size)
+            return fused
 
         for _, size in modes:  # new shapes: trace and warm outside the timing
-            use(size)
-            time_prefill(model, tokens[:, : min(length, 256)])
+            time_prefill(use(size), tokens[:, : min(length, 256)])
             if size is not None:
-                time_prefill(model, tokens)
+                time_prefill(use(size), tokens)
         times: dict[str, list[float]] = {name: [] for name, _ in modes}
         for repeat in range(args.repeats):  # interleaved, so load changes hit every mode alike
             for name, size in modes:
                 if size is None and repeat > 0 and length > 1024:
                     continue  # mlx-lm's token loop at 4096 is too slow to repeat
-                use(size)
-                times[name].append(time_prefill(model, tokens))
+                times[name].append(time_prefill(use(size), tokens))
         row.update({name: 1e3 * statistics.median(values) for name, values in times.items()})
         row["voicepipe_ms"] = min(row[f"voicepipe_c{size}_ms"] for size in args.hook_chunk_sizes)
         if "mlx_lm_ms" in row:
             row["speedup"] = row["mlx_lm_ms"] / row["voicepipe_ms"]
-        disable_chunked_prefill(model)
         row["without_recurrence_ms"] = 1e3 * prefill_without_recurrence(model, tokens)
         row["recurrence_one_layer"] = recurrence_only(
             length, dtype, repeats=1 if length > 1024 else 3, chunk_sizes=args.chunk_sizes
@@ -275,8 +440,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     if args.decode_tokens > 0:
-        results["decode"] = bench_decode(model, args.decode_tokens)
-        print(json.dumps(results["decode"]), flush=True)
+        results["decode"] = bench_decode(model, fused, args.decode_tokens, args.profile_steps)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

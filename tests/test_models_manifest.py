@@ -18,6 +18,7 @@ def test_manifest_defaults_match_the_code():
     from voicepipe.asr import faster_whisper, mlx_whisper
     from voicepipe.llm import llamacpp, mlx_convert
     from voicepipe.tts import kokoro, piper
+    from voicepipe.vad.smart_turn import SMART_TURN_V3
 
     m = defaults()
     assert m["asr", "faster-whisper"]["default"] == faster_whisper.DEFAULT_MODEL
@@ -27,6 +28,8 @@ def test_manifest_defaults_match_the_code():
     assert m["tts", "kokoro"]["default"] == kokoro.DEFAULT_MODEL
     assert m["tts", "kokoro"]["voices"] == kokoro.DEFAULT_VOICES
     assert m["tts", "piper"]["default"] == piper.DEFAULT_MODEL
+    smart_turn = f"{SMART_TURN_V3.distribution}=={SMART_TURN_V3.version}:{SMART_TURN_V3.member}"
+    assert m["end-of-turn", "smart-turn"]["default"] == smart_turn
 
 
 def test_manifest_entries_are_complete():

@@ -77,6 +77,21 @@ async def test_interruption_overtakes_queued_data_and_cancels_in_flight():
     assert any(isinstance(f, InterruptionFrame) for f in out)
 
 
+async def test_a_turn_only_interruption_drops_that_turn_and_leaves_the_others():
+    """A turn the VAD ended too early and the user resumed: only its work goes, an older turn's goes on."""
+    slow = Slow(0.3)
+    items = [
+        TranscriptFrame(text="older", turn_id=1),
+        TranscriptFrame(text="fragment", turn_id=2),
+        Pause(0.1),
+        InterruptionFrame(turn_id=2, turn_only=True),
+        TranscriptFrame(text="resumed", turn_id=3),
+    ]
+    out = await run_stage(slow, items)
+    assert [f.text for f in out if isinstance(f, TranscriptFrame)] == ["older", "resumed"]
+    assert slow.cancelled == [], "the older turn in flight must finish"
+
+
 async def test_a_raising_stage_fails_the_turn_not_the_pipeline():
     frames = [
         TranscriptFrame(text="ok-1", turn_id=1),

@@ -20,7 +20,9 @@ __all__ = [
     "SpeechStartedFrame",
     "SpeechEndedFrame",
     "UserAudioFrame",
+    "SpeechResumedFrame",
     "TranscriptFrame",
+    "ReplyFrame",
     "LLMTokenFrame",
     "LLMResponseEndFrame",
     "TextChunkFrame",
@@ -28,6 +30,9 @@ __all__ = [
     "PlaybackFrame",
     "BotSpeakingFrame",
     "EndOfTurnFrame",
+    "SpeculationStartFrame",
+    "SpeculationConfirmFrame",
+    "SpeculationDiscardFrame",
     "InterruptionFrame",
     "ErrorFrame",
     "MetricsFrame",
@@ -82,21 +87,31 @@ class AudioFrame(DataFrame):
 
 @dataclass
 class SpeechStartedFrame(DataFrame):
-    """The VAD heard the user start speaking. ``audio_time`` is the stream position in seconds."""
+    """The VAD heard the user start speaking. ``audio_time`` is the stream position in seconds.
+
+    ``resumes_turn``: the user went on within the hangover after the end-of-turn model had ended turn N: this turn's
+    audio contains N's, an ``InterruptionFrame`` for N came just before, and N's transcript should not stay in the
+    conversation as a separate message.
+    """
 
     audio_time: float = 0.0
+    resumes_turn: int | None = None
 
 
 @dataclass
 class SpeechEndedFrame(DataFrame):
-    """The VAD confirmed the end of the user's speech (after the hangover).
+    """The VAD confirmed the end of the user's turn: the hangover passed, or the end-of-turn model said it was done.
 
     ``audio_time`` is the stream position of the last voiced sample; ``speech_end_timestamp`` is the monotonic time at
-    which that sample arrived, the zero point of voice-to-voice latency.
+    which that sample arrived, the zero point of voice-to-voice latency. ``predicted`` is True when the end-of-turn
+    model ended the turn at the pause, before the hangover; ``end_of_turn_probability`` is what that model said at the
+    pause (None when it was not asked).
     """
 
     audio_time: float = 0.0
     speech_end_timestamp: float | None = None
+    predicted: bool = False
+    end_of_turn_probability: float | None = None
 
 
 @dataclass
@@ -119,6 +134,14 @@ class UserAudioFrame(DataFrame):
 
 
 @dataclass
+class SpeechResumedFrame(DataFrame):
+    """The user went on speaking after a pause that sent a provisional segment: that segment, and anything started
+    on it (a provisional transcript, a speculative reply), is void."""
+
+    audio_time: float = 0.0
+
+
+@dataclass
 class TranscriptFrame(DataFrame):
     """Text recognised from the user. Interim transcripts (``final=False``) may be revised; a final one starts a reply."""
 
@@ -130,15 +153,20 @@ class TranscriptFrame(DataFrame):
 # --- reply ----------------------------------------------------------------------------------------------------------
 
 
+@dataclass(kw_only=True)
+class ReplyFrame(DataFrame):
+    """Base of the frames that carry the assistant's reply (what a speculation gate holds and may drop)."""
+
+
 @dataclass
-class LLMTokenFrame(DataFrame):
+class LLMTokenFrame(ReplyFrame):
     """A piece of the assistant's reply as it streams (never splits a UTF-8 character; think text excluded)."""
 
     text: str
 
 
 @dataclass
-class LLMResponseEndFrame(DataFrame):
+class LLMResponseEndFrame(ReplyFrame):
     """The LLM finished (or stopped) its reply for this turn. ``text`` is the whole reply it produced."""
 
     text: str = ""
@@ -146,7 +174,7 @@ class LLMResponseEndFrame(DataFrame):
 
 
 @dataclass
-class TextChunkFrame(DataFrame):
+class TextChunkFrame(ReplyFrame):
     """A speakable piece of the reply (a clause or sentence), cleaned of markdown and think text."""
 
     text: str
@@ -154,7 +182,7 @@ class TextChunkFrame(DataFrame):
 
 
 @dataclass
-class TTSAudioFrame(DataFrame):
+class TTSAudioFrame(ReplyFrame):
     """Synthesized reply audio (mono float32). ``chunk_index``/``char_end`` say which text this block speaks."""
 
     pcm: np.ndarray
@@ -197,14 +225,47 @@ class EndOfTurnFrame(DataFrame):
     interrupted: bool = False
 
 
+# --- speculative replies ------------------------------------------------------------------------------------------
+# The LLM may start a reply on a provisional transcript, before the turn has ended. Its reply frames travel as usual
+# (TTS synthesizes them) but a gate in front of the sink holds them: a start marker travels in order ahead of them,
+# a discard marker in order behind them, and a confirmation overtakes everything (system lane) so the held audio
+# plays the moment the turn is confirmed. ``speculation`` ids are unique per LLM stage.
+
+
+@dataclass
+class SpeculationStartFrame(DataFrame):
+    """The reply frames of this turn that follow are speculative: hold them until confirmed."""
+
+    speculation: int = 0
+
+
+@dataclass
+class SpeculationConfirmFrame(SystemFrame):
+    """The turn ended with the words the speculation answered: play its held reply now and let the rest through."""
+
+    speculation: int = 0
+
+
+@dataclass
+class SpeculationDiscardFrame(DataFrame):
+    """The speculation is void (the user went on, or said something else): drop its held reply frames."""
+
+    speculation: int = 0
+
+
 # --- system ---------------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class InterruptionFrame(SystemFrame):
-    """The user barged in: stop what you are doing for the current reply and drop its queued data."""
+    """The user barged in: stop what you are doing for the current reply and drop its queued data.
+
+    ``turn_only``: drop the work of turn ``turn_id`` alone (a turn the VAD ended too early and the user went on);
+    the work of other turns goes on.
+    """
 
     reason: str = "user speech"
+    turn_only: bool = False
 
 
 @dataclass

@@ -3,7 +3,10 @@
 The observer notes, per turn, the first time each milestone is seen (end of user speech, final transcript, first LLM
 token, first text chunk, first TTS audio) and derives the latencies a user feels. The zero point is the moment the
 last voiced sample arrived (``SpeechEndedFrame.speech_end_timestamp``), so the endpointing delay is counted too.
-Stages add their own numbers with ``MetricsFrame`` (e.g. peak memory, reload time). A turn is written when its
+Stages add their own numbers with ``MetricsFrame`` (e.g. peak memory, reload time). A turn answered speculatively
+(``SpeculationStartFrame``) reaches the speaker only through the speculation gate, so for it the first audio is taken
+where it leaves the gate, and the token and chunk milestones (earlier than the final transcript, or discarded) are
+not counted. A turn is written when its
 ``EndOfTurnFrame`` leaves the pipeline, or at shutdown if it never got one (no reply, failure).
 """
 
@@ -22,14 +25,17 @@ from voicepipe.frames import (
     ErrorFrame,
     Frame,
     InterruptionFrame,
+    LLMResponseEndFrame,
     LLMTokenFrame,
     MetricsFrame,
+    SpeculationStartFrame,
     SpeechEndedFrame,
     TextChunkFrame,
     TranscriptFrame,
     TTSAudioFrame,
 )
 from voicepipe.outfile import OutputError, OutputFile
+from voicepipe.speculation import SpeculationGate
 from voicepipe.stage import Direction, Stage
 
 __all__ = ["TurnMetrics", "MetricsObserver", "JsonlWriter"]
@@ -52,6 +58,7 @@ class TurnMetrics:
     errors: list[str] = field(default_factory=list)
     interrupted: bool = False
     completed: bool = False
+    speculative: bool = False  # a speculative reply was started in this turn
 
     def latencies_ms(self) -> dict[str, float]:
         """Derived latencies in milliseconds (only those whose endpoints were seen)."""
@@ -74,6 +81,7 @@ class TurnMetrics:
             **self.values,
             "interrupted": self.interrupted,
             "completed": self.completed,
+            "speculative": self.speculative,
             "errors": self.errors,
         }
 
@@ -102,7 +110,16 @@ class MetricsObserver:
             return
         turn = self._turn(frame.turn_id)
         now = self._clock()
-        if isinstance(frame, SpeechEndedFrame):
+        if turn.speculative and type(frame) in _MILESTONES and not isinstance(frame, TranscriptFrame):
+            if isinstance(source, SpeculationGate) and isinstance(frame, TTSAudioFrame):  # released to the speaker
+                turn.times.setdefault("first_audio", now)
+            return
+        if isinstance(frame, SpeculationStartFrame):
+            turn.speculative = True
+        elif isinstance(frame, LLMResponseEndFrame):
+            if turn.speculative and isinstance(source, SpeculationGate) and not frame.interrupted:
+                turn.reply = frame.text
+        elif isinstance(frame, SpeechEndedFrame):
             turn.times.setdefault("speech_end", frame.speech_end_timestamp or frame.timestamp)
         elif isinstance(frame, TranscriptFrame):
             if frame.final:

@@ -28,6 +28,7 @@ from typing import Protocol
 
 from voicepipe.errors import StageError, UserError
 from voicepipe.frames import CancelFrame, EndFrame, ErrorFrame, Frame, InterruptionFrame
+from voicepipe.speculation import SpeculationGate
 from voicepipe.stage import Direction, Sink, Source, Stage, TurnCounter
 
 __all__ = ["FrameQueue", "FrameObserver", "VoicePipeline", "PipelineError"]
@@ -79,10 +80,18 @@ class FrameQueue:
             self._cond.notify_all()  # wake producers waiting for room
             return item
 
-    async def drop_data_before(self, seq: int) -> int:
-        """Drop queued data frames older than ``seq`` (never ``EndFrame``); returns how many were dropped."""
+    async def drop_data_before(self, seq: int, turn_id: int | None = None) -> int:
+        """Drop queued data frames older than ``seq`` (of ``turn_id`` only, if given; never ``EndFrame``).
+
+        Returns how many were dropped."""
         async with self._cond:
-            kept = deque(item for item in self._data if item[0] > seq or isinstance(item[2], EndFrame))
+            kept = deque(
+                item
+                for item in self._data
+                if item[0] > seq
+                or isinstance(item[2], EndFrame)
+                or (turn_id is not None and item[2].turn_id != turn_id)
+            )
             dropped = len(self._data) - len(kept)
             self._data = kept
             self._cond.notify_all()
@@ -158,18 +167,19 @@ class _StageRunner:
         while True:
             seq, direction, frame = await self.queue.get_system()
             if isinstance(frame, InterruptionFrame) and direction is Direction.DOWNSTREAM:
-                await self._interrupt(seq)
+                await self._interrupt(seq, frame)
             await self._call(frame, direction)
             if isinstance(frame, CancelFrame):
                 return
 
-    async def _interrupt(self, seq: int) -> None:
-        dropped = await self.queue.drop_data_before(seq)
+    async def _interrupt(self, seq: int, interruption: InterruptionFrame) -> None:
+        only = interruption.turn_id if interruption.turn_only else None
+        dropped = await self.queue.drop_data_before(seq, only)
         in_flight, task = self._in_flight, self._in_flight_task
         cancelled = False
         if in_flight is not None and task is not None and not task.done():
             frame_seq, frame = in_flight
-            if frame_seq < seq and not isinstance(frame, EndFrame):
+            if frame_seq < seq and not isinstance(frame, EndFrame) and only in (None, frame.turn_id):
                 task.cancel()
                 await asyncio.wait([task])  # unlike `await task`, never swallows our own cancellation
                 cancelled = True
@@ -182,9 +192,19 @@ class _StageRunner:
             )
 
 
+def _with_gate(stages: Sequence[Stage]) -> list[Stage]:
+    """Put a ``SpeculationGate`` in front of the first sink (or at the end) when a stage speculates and none is there."""
+    stages = list(stages)
+    if any(s.speculates for s in stages) and not any(isinstance(s, SpeculationGate) for s in stages):
+        at = next((i for i, s in enumerate(stages) if isinstance(s, Sink)), len(stages))
+        stages.insert(at, SpeculationGate())
+    return stages
+
+
 class VoicePipeline:
     """A linear chain of stages: the first is usually a ``Source``, the last a ``Sink``.
 
+    A stage that speculates gets a ``SpeculationGate`` in front of the sink (``voicepipe.speculation``).
     ``run()`` sets every stage up (sources and sinks first: they are cheap and catch bad paths before models load),
     starts them, waits for the end of input or a fatal error, then tears everything down.
     """
@@ -198,6 +218,7 @@ class VoicePipeline:
     ) -> None:
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
+        stages = _with_gate(stages)
         names = [s.name for s in stages]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

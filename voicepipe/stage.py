@@ -118,6 +118,12 @@ class Stage:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
+    @property
+    def speculates(self) -> bool:
+        """True when this stage may send speculative replies (``SpeculationStartFrame``): the pipeline then puts a
+        ``SpeculationGate`` in front of the sink."""
+        return False
+
     # -- memory governor hooks (model-holding stages override) ---------------------------------------------------
 
     @property

@@ -107,3 +107,29 @@ def test_hub_sources_fail_clearly_offline(monkeypatch: pytest.MonkeyPatch, tmp_p
         Qwen35LlamaCppChat.from_pretrained()  # the default: the official checkpoint, converted on first use
     with pytest.raises(ModelLoadError, match="model-q4.gguf: cannot get it"):
         Qwen35LlamaCppChat.from_pretrained("someone/qwen-gguf", filename="model-q4.gguf")
+
+
+def test_decoding_waits_while_the_tts_speaks_the_first_chunk(tiny_gguf: Path) -> None:
+    """llama.cpp checks the core schedule before each forward pass: while the TTS is critical it does not run."""
+    import threading
+
+    from voicepipe.cores import schedule
+
+    model = Qwen35LlamaCppChat(tiny_gguf, n_ctx=1024)
+    try:
+        prompt = model.encode_chat(MESSAGES, disable_thinking=True)
+        tokens: list[int] = []
+        old_max, schedule.max_wait_s = schedule.max_wait_s, 60.0
+        with schedule.critical("tts"):
+            worker = threading.Thread(target=lambda: tokens.extend(model.generate_tokens(prompt, GREEDY)))
+            worker.start()
+            for _ in range(6000):
+                if schedule.waiting:
+                    break
+                threading.Event().wait(0.005)
+            assert schedule.waiting == 1 and not tokens  # held before its first forward pass
+        worker.join(60)
+        assert len(tokens) == 16
+    finally:
+        schedule.max_wait_s = old_max
+        model.close()

@@ -176,14 +176,14 @@ def test_config_errors_name_the_field() -> None:
 def test_history_is_trimmed_to_half_the_window_so_the_prompt_cache_misses_rarely() -> None:
     """Each trim changes the prompt's prefix (a prompt-cache miss): trimming to half the window keeps misses rare."""
     from voicepipe.llm.chat_format import ChatMessage
-    from voicepipe.llm.stage import LLMConfig, LLMStage
+    from voicepipe.llm.stage import LLMConfig, LLMStage, _trimmed
 
     stage = LLMStage(LLMConfig(max_history=8))
     trims = 0
     for turn in range(1, 21):
         before = list(stage.history)
         stage.history += [ChatMessage("user", f"q{turn}"), ChatMessage("assistant", f"a{turn}")]
-        stage._trim_history()
+        stage.history = _trimmed(stage.history, stage.config.max_history)
         if stage.history[: len(before)] != before:
             trims += 1
         assert len(stage.history) <= 8

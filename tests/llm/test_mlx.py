@@ -212,3 +212,45 @@ def test_stop_ids_include_the_checkpoint_eos(chat, small_dir):
     eos = json.loads((small_dir / "config.json").read_text())["eos_token_id"]
     assert chat.tokenize("<|im_end|>") == [eos]
     assert eos in chat._stop_ids()
+
+
+def test_queued_step_is_kept_or_undone_to_match_what_is_fed(chat):
+    """``_sample`` queues the forward of the token it draws; feeding that token keeps the queued step, feeding any
+    other undoes it. Either way the logits equal a state that was fed the same tokens plainly."""
+    prompt = chat.encode_chat(conversation("Count to three."))
+
+    def engine(fn):
+        return chat._call(fn)
+
+    def logits_after(extra: list[int]) -> np.ndarray:
+        def run():
+            chat._reset_engine()
+            chat._forward(prompt)
+            for token in extra:
+                chat._forward([token])
+            return chat._logits()
+
+        return engine(run)
+
+    def queued_then(feed: list[int] | None) -> tuple[int, np.ndarray]:
+        def run():
+            chat._reset_engine()
+            chat._forward(prompt)
+            chat._start_sampling(ChatSamplingConfig(temperature=0.0, repetition_penalty=1.0), prompt)
+            token = chat._sample()
+            assert chat._ahead is not None  # the next step was queued
+            chat._forward([token] if feed is None else feed)
+            return token, chat._logits()
+
+        return engine(run)
+
+    chat.load()
+    try:
+        token, kept = queued_then(None)
+        assert rel_err(kept, logits_after([token])) <= 1e-5
+        other = (token + 1) % 4096
+        _, undone = queued_then([other, token])  # another token first: the queued step must not count
+        assert rel_err(undone, logits_after([other, token])) <= 1e-5
+        assert chat._ahead is None
+    finally:
+        chat.reset_state()  # the hooks above bypassed the base class's record of the live state

@@ -99,7 +99,7 @@ def test_bf16_checkpoint_norms_are_folded_in_fp32(bf16_dir, tmp_path):
     bf16_rounded = np.array((mx.array(norm_w).astype(mx.bfloat16) + 1.0).astype(mx.float32))
     assert not np.array_equal(bf16_rounded, norm_w + 1.0), "the checkpoint should exercise the bf16 rounding"
     # The big weights stay bf16 and the activations too: the fp32 norms cast back to the input dtype.
-    assert model.language_model.model.layers[0].mlp.up_proj.weight.dtype == mx.bfloat16
+    assert model.language_model.model.layers[0].mlp.gate_up_proj.weight.dtype == mx.bfloat16  # fused at load
     assert model(mx.array([PROMPT[:4]])).dtype == mx.bfloat16
 
     # End to end in fp32 arithmetic on the bf16-stored weights: ours matches transformers, mlx-lm's own load does not.
@@ -179,7 +179,7 @@ def test_quantized_conversion(hf_dir, tmp_path, quantization, bits):
 def test_cpu_prefill_path_of_quantized_layers_matches_the_quantized_kernel(hf_dir, tmp_path):
     """Many rows go through the dequantized weight (CPU has no quantized GEMM); results equal MLX's quantized kernel."""
     model, _ = load_mlx_model(convert_checkpoint(hf_dir, tmp_path / "q8", quantization="int8", progress=False))
-    layer = model.language_model.model.layers[0].mlp.up_proj
+    layer = model.language_model.model.layers[0].mlp.down_proj
     assert type(layer) is mlx_convert.cpu_prefill_linear_class()
     x = mx.random.normal((1, 16, layer.weight.shape[1] * 32 // 8), key=mx.random.key(0))
     fast, kernel = layer(x), nn.QuantizedLinear.__call__(layer, x)
@@ -203,7 +203,7 @@ def test_from_pretrained_converts_once_and_quantizes(hf_dir, isolated_cache, mon
     fp_dir = Qwen35MLXChat.from_pretrained(hf_dir, load=False, progress=False).model_dir
     chat = Qwen35MLXChat.from_pretrained(fp_dir, quantization="int4", progress=False)
     try:
-        assert isinstance(chat._model.language_model.model.layers[0].mlp.up_proj, nn.QuantizedLinear)
+        assert isinstance(chat._model.language_model.model.layers[0].mlp.gate_up_proj, nn.QuantizedLinear)
         text = chat.generate([ChatMessage("user", "Hi.")], ChatSamplingConfig(temperature=0.0, max_tokens=4))
         assert isinstance(text, str) and chat.last_stats.generated_tokens >= 1
     finally:

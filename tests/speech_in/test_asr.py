@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voicepipe.frames import MetricsFrame, SpeechStartedFrame, TranscriptFrame
+from voicepipe.frames import MetricsFrame, SpeechResumedFrame, SpeechStartedFrame, TranscriptFrame
 from voicepipe.testing import speech
 from voicepipe.testing.harness import run_pipeline
 from voicepipe.vad.stage import VADConfig, VADStage
@@ -17,19 +17,21 @@ async def _turns(make_asr, audio: np.ndarray, rate: int = 16000, *, vad: VADConf
     return await run_pipeline([VADStage(vad or VADConfig()), make_asr(**asr)], speech.audio_frames(audio, rate))
 
 
-def _transcripts(out: list) -> list[TranscriptFrame]:
-    return [f for f in out if isinstance(f, TranscriptFrame)]
+def _transcripts(out: list, *, final: bool = True) -> list[TranscriptFrame]:
+    return [f for f in out if isinstance(f, TranscriptFrame) and f.final == final]
 
 
 async def test_clean_speech_one_final_transcript_per_utterance_and_low_wer(make_asr, clean_stream) -> None:
     out = await _turns(make_asr, clean_stream)
     transcripts = _transcripts(out)
     assert [t.turn_id for t in transcripts] == list(range(1, len(CLEAN_SET) + 1))
-    assert all(t.final for t in transcripts)
+    # each early transcription went out at once as a provisional transcript (an LLM may start on it)
+    provisional = {(t.turn_id, t.text) for t in _transcripts(out, final=False)}
+    assert {(t.turn_id, t.text) for t in transcripts} <= provisional
     error = wer(" ".join(CLEAN_SET), " ".join(t.text for t in transcripts))
     assert error <= 0.10, [t.text for t in transcripts]
     # every turn was committed from the transcription that started when the pause began
-    metrics = [f for f in out if isinstance(f, MetricsFrame)]
+    metrics = [f for f in out if isinstance(f, MetricsFrame) and "early_hit" in f.values]  # the ASR's
     assert [m.values["early_hit"] for m in metrics] == [1.0] * len(CLEAN_SET)
 
 
@@ -90,16 +92,19 @@ async def test_resumed_speech_discards_the_provisional_transcript(make_asr) -> N
         speech.espeak("and play some jazz."),
         speech.silence(1.0),
     )
-    out = await _turns(make_asr, clip)
+    # "Turn on the radio" is a whole sentence: Smart Turn would end the turn at the pause, so only the hangover here
+    out = await _turns(make_asr, clip, vad=VADConfig(end_of_turn="hangover"))
     transcripts = _transcripts(out)
     assert len(transcripts) == 1
     assert wer("turn on the radio and play some jazz", transcripts[0].text) <= 0.15
+    # the VAD says the user went on, so whatever started on the provisional words can be cancelled at once
+    assert [f.turn_id for f in out if isinstance(f, SpeechResumedFrame)] == [1]
 
 
 async def test_early_transcription_off_transcribes_at_the_end(make_asr, clean_clips) -> None:
     out = await _turns(make_asr, clean_clips[0], vad=VADConfig(early_transcription=False))
     assert wer(CLEAN_SET[0], _transcripts(out)[0].text) <= 0.1
-    assert [f.values["early_hit"] for f in out if isinstance(f, MetricsFrame)] == [0.0]
+    assert [f.values["early_hit"] for f in out if isinstance(f, MetricsFrame) and "early_hit" in f.values] == [0.0]
 
 
 async def test_a_40s_monologue_is_split_not_lost(make_asr) -> None:

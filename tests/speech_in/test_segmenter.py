@@ -156,3 +156,37 @@ def test_speech_without_pauses_is_cut_at_the_cap_and_continues() -> None:
     assert [type(e) for e in events[:4]] == [SpeechStart, SpeechEnd, SpeechStart, SpeechEnd]
     assert segments[0].end_time - segments[0].start_time == pytest.approx(6.0, abs=0.04)
     assert segments[1].start_time == pytest.approx(segments[0].end_time)
+
+
+def _end_at_each_pause(segmenter: Segmenter, pcm: np.ndarray, block: int = 320) -> list:
+    """Feed ``pcm``; at each ``Pause`` ask ``end_turn`` (as an end-of-turn model that always says "finished")."""
+    events = []
+    for offset in range(0, len(pcm), block):
+        new = segmenter.feed(pcm[offset : offset + block])
+        events += new
+        if new and isinstance(new[-1], Pause):
+            events += segmenter.end_turn()
+    return events + segmenter.flush()
+
+
+def test_speech_within_the_hangover_after_a_predicted_end_resumes_the_segment() -> None:
+    first, second = speech.espeak("Turn on the radio."), speech.espeak("And play some jazz.")
+    clip = speech.concat(speech.silence(0.5), first, speech.silence(0.35), second, speech.silence(1.0))
+    events = _end_at_each_pause(Segmenter(WebRTCVAD(aggressiveness=2)), clip)
+    starts, done = [e for e in events if isinstance(e, SpeechStart)], ends(events)
+    assert [s.resumed for s in starts] == [False, True]
+    assert [e.predicted for e in done] == [True, True]
+    # the resumed segment starts where the first one started and holds both utterances without a gap
+    assert done[1].segment.start_time == done[0].segment.start_time
+    assert done[1].segment.end_time >= 0.5 + (len(first) + len(second)) / 16000 + 0.35
+    assert len(done[1].segment.pcm) == round((done[1].segment.end_time - done[1].segment.start_time) * 16000)
+    np.testing.assert_array_equal(done[1].segment.pcm[: len(done[0].segment.pcm)], done[0].segment.pcm)
+
+
+def test_speech_after_the_hangover_is_a_new_segment_even_after_a_predicted_end() -> None:
+    first, second = speech.espeak("Turn on the radio."), speech.espeak("And play some jazz.")
+    clip = speech.concat(speech.silence(0.5), first, speech.silence(0.9), second, speech.silence(1.0))
+    events = _end_at_each_pause(Segmenter(WebRTCVAD(aggressiveness=2)), clip)
+    starts, done = [e for e in events if isinstance(e, SpeechStart)], ends(events)
+    assert [s.resumed for s in starts] == [False, False]
+    assert done[1].segment.start_time > done[0].segment.end_time

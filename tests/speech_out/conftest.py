@@ -85,6 +85,7 @@ class Call:
     started: float
     ended: float = 0.0
     outcome: str = "running"
+    critical: bool = False  # the call ran as the critical path (voicepipe.cores): the LLM would wait meanwhile
 
 
 @dataclass
@@ -116,7 +117,9 @@ class RecordingEngine(TTSEngine):
         return self.inner.memory_footprint
 
     def synthesize(self, text: str) -> np.ndarray:
-        call = Call(text, time.monotonic())
+        from voicepipe.cores import schedule
+
+        call = Call(text, time.monotonic(), critical=schedule.others_critical("llm"))
         self.calls.append(call)
         self.started.set()
         try:

@@ -21,10 +21,12 @@ from voicepipe.frames import (
 )
 from voicepipe.stage import Sink, Source
 from voicepipe.testing.harness import run_pipeline, run_stage
-from voicepipe.tts.stage import TTSStage
+from voicepipe.tts.normalize import normalize_text
+from voicepipe.tts.stage import WARM_UP_TEXT, TTSConfig, TTSStage
 
 from .conftest import RecordingEngine, transcribe, words
 
+NO_WARM_UP = TTSConfig(warm_up=False)  # tests that watch every synthesize call from the first one
 SENTENCES = [
     "The weather is nice today, so we can walk to the park.",
     "Please turn off the lights in the kitchen before you leave.",
@@ -79,7 +81,8 @@ async def test_first_audio_leaves_before_the_second_chunk_is_synthesized(engine)
     spy = RecordingEngine(engine)
     tokens = [LLMTokenFrame(text=REPLY[i : i + 7], turn_id=1) for i in range(0, len(REPLY), 7)]
     out = await run_pipeline(
-        [SentenceChunkerStage(), TTSStage(engine=spy)], [*tokens, LLMResponseEndFrame(text=REPLY, turn_id=1)]
+        [SentenceChunkerStage(), TTSStage(NO_WARM_UP, engine=spy)],
+        [*tokens, LLMResponseEndFrame(text=REPLY, turn_id=1)],
     )
     blocks = audio_frames(out)
     assert len(spy.calls) >= 3, [c.text for c in spy.calls]
@@ -87,6 +90,16 @@ async def test_first_audio_leaves_before_the_second_chunk_is_synthesized(engine)
     assert blocks[0].timestamp < spy.calls[1].started
     assert sorted({b.chunk_index for b in blocks}) == list(range(len(spy.calls)))
     assert isinstance(out[-1], LLMResponseEndFrame)
+    # only the first chunk is the critical path (the LLM waits while it is synthesized)
+    assert [c.critical for c in spy.calls] == [True] + [False] * (len(spy.calls) - 1)
+    assert len(spy.calls[0].text.split()) <= 8  # the first chunk is a few words: "Sure, I can help you"
+
+
+async def test_setup_speaks_a_warm_up_phrase_that_is_never_sent(engine) -> None:
+    spy = RecordingEngine(engine)
+    out = await run_pipeline([TTSStage(engine=spy)], [TextChunkFrame(text="Hello there.", index=0, turn_id=1)])
+    assert [c.text for c in spy.calls] == [normalize_text(WARM_UP_TEXT, "en-us"), "Hello there."]
+    assert {f.chunk_text for f in audio_frames(out)} == {"Hello there."}
 
 
 LONG = (
@@ -115,7 +128,7 @@ class _InterruptWhileSynthesizing(Source):
 
 async def test_interruption_mid_sentence_aborts_synthesis(engine) -> None:
     spy = RecordingEngine(engine)
-    out = await run_pipeline([_InterruptWhileSynthesizing(spy.started), TTSStage(engine=spy)])
+    out = await run_pipeline([_InterruptWhileSynthesizing(spy.started), TTSStage(NO_WARM_UP, engine=spy)])
     cut = next(i for i, f in enumerate(out) if isinstance(f, InterruptionFrame))
     late = audio_frames(out[cut:], turn_id=1)
     assert sum(b.duration for b in late) <= 0.05, "audio of the interrupted turn after the interruption"
@@ -123,6 +136,29 @@ async def test_interruption_mid_sentence_aborts_synthesis(engine) -> None:
     assert [c.text for c in spy.calls[1:]] == ["Okay, go ahead."], "late chunks of turn 1 must be dropped"
     assert audio_frames(out, turn_id=2), "the next turn is spoken normally"
     assert not [f for f in out if isinstance(f, ErrorFrame)]
+
+
+class _ResumeAnotherTurn(Source):
+    """Turn 1's reply is being synthesized when the VAD withdraws turn 2 alone (the user went on after it ended)."""
+
+    def __init__(self, busy: threading.Event) -> None:
+        super().__init__(name="resumer")
+        self.busy = busy
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        yield TextChunkFrame(text=SENTENCES[0], index=0, turn_id=1)
+        if not await asyncio.to_thread(self.busy.wait, 60):
+            raise RuntimeError("the engine never started")
+        yield InterruptionFrame(turn_id=2, turn_only=True)
+        yield TextChunkFrame(text="A reply to the fragment.", index=0, turn_id=2)  # late: dropped
+        yield TextChunkFrame(text=SENTENCES[1], index=1, turn_id=1)
+
+
+async def test_a_turn_only_interruption_leaves_another_turns_speech_alone(piper_engine) -> None:
+    spy = RecordingEngine(piper_engine)
+    out = await run_pipeline([_ResumeAnotherTurn(spy.started), TTSStage(NO_WARM_UP, engine=spy)])
+    assert [(c.text, c.outcome) for c in spy.calls] == [(SENTENCES[0], "done"), (SENTENCES[1], "done")]
+    assert {f.chunk_index for f in audio_frames(out, turn_id=1)} == {0, 1} and not audio_frames(out, turn_id=2)
 
 
 class _RealTimeSpeaker(Sink):

@@ -150,6 +150,32 @@ def test_first_chunk_is_emitted_before_the_sentence_ends() -> None:
     assert chunker.flush() == ["and it is known for the Eiffel Tower."]
 
 
+FIRST_WORDS = [
+    # no clause within eight words: cut before the last conjunction or preposition among them
+    (
+        "Python is a programming language known for its readability and simplicity. It is popular.",
+        ["Python is a programming language known", "for its readability and simplicity. It is popular."],
+    ),
+    # none of them: after the eighth word
+    (
+        "Seven hundred brown cows quietly graze green meadows every summer morning.",
+        ["Seven hundred brown cows quietly graze green meadows", "every summer morning."],
+    ),
+    # a clause or sentence end within eight words still wins, and later chunks have no word cap
+    ("Paris is the capital of France, and it is lovely.", ["Paris is the capital of France,", "and it is lovely."]),
+    (
+        "It is nine. The shop opens at ten in the morning on most days.",
+        ["It is nine.", "The shop opens at ten in the morning on most days."],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), FIRST_WORDS, ids=[t[:40] for t, _ in FIRST_WORDS])
+def test_first_chunk_ends_after_a_few_words(text: str, expected: list[str]) -> None:
+    assert chunk(text, **DEFAULTS, first_max_words=8) == expected
+    assert chunk(text, list(text), **DEFAULTS, first_max_words=8) == expected  # one character per push
+
+
 def test_caps_chunk_length_at_a_space_without_losing_words() -> None:
     rng = random.Random(7)
     words = [rng.choice(["alpha", "be", "gamma", "delta", "epsilonic", "z"]) for _ in range(300)]
@@ -217,7 +243,15 @@ def test_result_does_not_depend_on_how_text_is_pushed(seed: int) -> None:
     rng = random.Random(seed)
     for _ in range(60):
         text = "".join(rng.choice(PIECES) + rng.choice(["", " ", "\n"]) for _ in range(rng.randint(1, 12)))
-        params = rng.choice([DEFAULTS, SENTENCES, STRIP, {"first_min_chars": 5, "min_chars": 10, "max_chars": 25}])
+        params = rng.choice(
+            [
+                DEFAULTS,
+                SENTENCES,
+                STRIP,
+                {"first_min_chars": 5, "min_chars": 10, "max_chars": 25},
+                {**DEFAULTS, "first_max_words": 4},
+            ]
+        )
         whole = chunk(text, **params)
         assert chunk(text, list(text), **params) == whole, text
         for _ in range(5):
@@ -262,7 +296,7 @@ async def test_stage_turns_tokens_into_numbered_chunks_and_flushes_at_the_end() 
 
 async def test_stage_drops_pending_text_on_interruption_and_starts_the_next_turn_fresh() -> None:
     frames = [
-        *tokens("Let me tell you a long story about my holiday in", turn_id=1),
+        *tokens("Let me tell you a story about", turn_id=1),  # under first_max_words: pending
         Pause(0.05),
         InterruptionFrame(turn_id=1),
         *tokens("Okay, stopping now. Ask away.", turn_id=2),
@@ -272,6 +306,19 @@ async def test_stage_drops_pending_text_on_interruption_and_starts_the_next_turn
     assert any(isinstance(f, InterruptionFrame) for f in out)
     chunks = [(f.text, f.index, f.turn_id) for f in out if isinstance(f, TextChunkFrame)]
     assert chunks == [("Okay, stopping now.", 0, 2), ("Ask away.", 1, 2)]
+
+
+async def test_stage_keeps_its_reply_when_another_turn_alone_is_interrupted() -> None:
+    frames = [
+        *tokens("Let me tell you a story about", turn_id=1),
+        Pause(0.05),
+        InterruptionFrame(turn_id=2, turn_only=True),  # a later turn the user resumed: not this reply
+        *tokens(" my holiday.", turn_id=1),
+        LLMResponseEndFrame(turn_id=1),
+    ]
+    out = await run_stage(SentenceChunkerStage(), frames)
+    chunks = [f.text for f in out if isinstance(f, TextChunkFrame)]
+    assert chunks == ["Let me tell you a story", "about my holiday."]  # (the first chunk's word cap)
 
 
 async def test_stage_drops_the_rest_of_an_interrupted_reply() -> None:

@@ -9,6 +9,7 @@ import numpy as np
 
 from voicepipe._optional import require
 from voicepipe.asr.base import GuardConfig, Transcription, TranscriptSegment, apply_guards
+from voicepipe.cores import schedule
 from voicepipe.errors import ModelLoadError
 
 __all__ = ["FasterWhisperTranscriber", "DEFAULT_MODEL"]
@@ -92,6 +93,10 @@ class FasterWhisperTranscriber:
         if self._model is None:
             self.load()
         started = time.perf_counter()
+        with schedule.critical("asr"):  # the user waits for this: llama.cpp background work waits (voicepipe.cores)
+            return self._transcribe(pcm, started)
+
+    def _transcribe(self, pcm: np.ndarray, started: float) -> Transcription:
         # no temperature fallback (it re-decodes, doubling latency) and no built-in skipping: the guard decides
         segments, info = self._model.transcribe(
             np.asarray(pcm, dtype=np.float32),

@@ -1,9 +1,10 @@
 """The ASR stage: user audio in, one final transcript per turn out (nothing for noise or hallucinations).
 
 Early transcription: a provisional ``UserAudioFrame(final=False)`` (sent by the VAD when a pause begins) starts a
-transcription in the background. When the final segment arrives and is the same audio (the user did not resume), that
-result is committed, so the hangover overlaps with Whisper; otherwise it is discarded and the final is transcribed.
-User audio frames are consumed; every other frame is forwarded.
+transcription in the background, whose text goes out at once as ``TranscriptFrame(final=False)`` (an LLM may start a
+speculative reply on it). When the final segment arrives and is the same audio (the user did not resume), that
+result is committed, so the hangover overlaps with Whisper; otherwise (``SpeechResumedFrame``, or other audio) it is
+discarded and the final is transcribed. User audio frames are consumed; every other frame is forwarded.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from voicepipe.frames import (
     Frame,
     MetricsFrame,
     SpeechEndedFrame,
+    SpeechResumedFrame,
     SpeechStartedFrame,
     TranscriptFrame,
     UserAudioFrame,
@@ -128,7 +130,7 @@ class ASRStage(Stage):
             elif self.config.early_transcription:
                 self._start_provisional(frame)
             return
-        if isinstance(frame, SpeechStartedFrame):
+        if isinstance(frame, SpeechStartedFrame | SpeechResumedFrame):
             self._drop_provisional()
             self._speech_end = {t: v for t, v in self._speech_end.items() if t >= frame.turn_id - 1}
         elif isinstance(frame, SpeechEndedFrame) and frame.speech_end_timestamp is not None:
@@ -139,8 +141,16 @@ class ASRStage(Stage):
 
     def _start_provisional(self, frame: UserAudioFrame) -> None:
         self._drop_provisional()
-        task = asyncio.ensure_future(self.run_blocking(self.engine.transcribe, frame.pcm))
+        task = asyncio.ensure_future(self._transcribe_provisional(frame))
         self._provisional = (_audio_key(frame), task)
+
+    async def _transcribe_provisional(self, frame: UserAudioFrame) -> Transcription:
+        result = await self.run_blocking(self.engine.transcribe, frame.pcm)
+        if result.text:
+            await self.push(
+                TranscriptFrame(turn_id=frame.turn_id, text=result.text, final=False, language=result.language)
+            )
+        return result
 
     def _drop_provisional(self) -> None:
         if self._provisional is not None:

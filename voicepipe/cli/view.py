@@ -26,6 +26,9 @@ from voicepipe.frames import (
     InterruptionFrame,
     LLMTokenFrame,
     MetricsFrame,
+    SpeculationConfirmFrame,
+    SpeculationDiscardFrame,
+    SpeculationStartFrame,
     SpeechEndedFrame,
     SpeechStartedFrame,
     TranscriptFrame,
@@ -129,6 +132,7 @@ class ConversationState:
         self.interrupted = False
         self.error = ""
         self.turns: deque[TurnMetrics] = deque(maxlen=history)
+        self._speculative: dict[int, str] = {}  # turn -> reply text held until the turn is confirmed
 
     def on_frame(self, frame: Frame, source: Stage | None, direction: Direction) -> None:
         # the pipeline shows each frame once, where it was produced: accumulating reply text here is safe
@@ -149,6 +153,16 @@ class ConversationState:
             self.reply = ""
             self.interrupted = False
             self.state = "thinking"
+        elif isinstance(frame, SpeculationStartFrame):
+            self._speculative[frame.turn_id] = ""  # a reply started at a pause: shown once the turn is confirmed
+        elif isinstance(frame, SpeculationDiscardFrame):
+            self._speculative.pop(frame.turn_id, None)
+        elif isinstance(frame, SpeculationConfirmFrame):
+            text = self._speculative.pop(frame.turn_id, "")
+            if frame.turn_id == self.turn_id:
+                self.reply = text + self.reply
+        elif isinstance(frame, LLMTokenFrame) and frame.turn_id in self._speculative:
+            self._speculative[frame.turn_id] += frame.text
         elif isinstance(frame, LLMTokenFrame) and frame.turn_id == self.turn_id:
             self.reply += frame.text
         elif isinstance(frame, InterruptionFrame):

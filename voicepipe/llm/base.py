@@ -5,10 +5,10 @@ any model's own template on llama.cpp), the thinking cap, keeping think text out
 results, stopping at ``<|im_end|>``, UTF-8-safe streaming, the async twin, cancellation, and the multi-turn prompt-cache
 policy (``voicepipe.llm.prompt_cache``). An engine subclass implements only the token-level hooks below.
 
-Public API: ``generate``, ``generate_stream``, ``agenerate_stream``, ``warm``, ``reset_state``, ``load``/``unload``
-(and their ``a``-prefixed async twins), ``is_loaded``, ``memory_footprint``, ``last_thinking``, ``last_tokens``,
-``last_stats``; for tests and benchmarks also ``encode_chat``, ``tokenize``, ``detokenize``, ``generate_tokens`` and
-``logits_for``.
+Public API: ``generate``, ``generate_stream``, ``agenerate_stream``, ``warm``, ``rewind``, ``reset_state``,
+``load``/``unload`` (and their ``a``-prefixed async twins), ``is_loaded``, ``memory_footprint``, ``last_thinking``,
+``last_tokens``, ``last_stats``; for tests and benchmarks also ``encode_chat``, ``tokenize``, ``detokenize``,
+``generate_tokens`` and ``logits_for``.
 
 Engine hooks (all called on the model's one dedicated thread, only while the weights are loaded unless noted):
 
@@ -362,6 +362,37 @@ class ChatModel(abc.ABC):
         if self._loaded:
             self._reset_engine()
             self._state_tokens = []
+
+    def rewind(self, messages: Sequence[ChatMessage]) -> None:
+        """Forget everything beyond the finished conversation ``messages`` (e.g. a discarded speculative reply).
+
+        Stops a streaming reply, drops every snapshot that is not a prefix of the conversation, and brings the live
+        state back to the longest snapshot that is one (or empties it), so no state of the discarded reply survives
+        and the next turn prefills only its new message.
+        """
+        self._call(self._do_rewind, list(messages))
+
+    async def arewind(self, messages: Sequence[ChatMessage]) -> None:
+        await self.arun(self._do_rewind, list(messages))
+
+    def _do_rewind(self, messages: list[ChatMessage]) -> None:
+        self._close_active()
+        if not self._loaded:
+            self.prompt_cache.clear()  # telling the stale snapshots apart needs the tokenizer: never reload for it
+            return
+        tokens = self._history_tokens(messages)
+        dropped = self.prompt_cache.keep_prefixes_of(tokens)
+        live = self._state_tokens
+        if live is not None and tuple(tokens[: len(live)]) == tuple(live):
+            return  # the live state holds only the conversation: keep it
+        snap = self.prompt_cache.longest_prefix(tokens)
+        if snap is not None:
+            self._restore_state(snap.state)
+            self._state_tokens = list(snap.tokens)
+        else:
+            self._reset_engine()
+            self._state_tokens = []
+        log.debug("rewound to %d tokens (%d snapshot(s) dropped)", len(self._state_tokens), dropped)
 
     def _feed(self, tokens: list[int]) -> None:
         if not tokens:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from voicepipe._optional import require
+from voicepipe.cores import schedule
 from voicepipe.errors import ModelLoadError, UserError
 from voicepipe.llm.base import ChatModel, ChatSamplingConfig
 from voicepipe.llm.chat_format import CHATML_TEMPLATE, ChatTemplate, JinjaChatTemplate, Qwen35ChatTemplate
@@ -233,6 +234,7 @@ class Qwen35LlamaCppChat(ChatModel):
                 f"the conversation needs {self._llm.n_tokens + len(tokens)} tokens but n_ctx is {self.n_ctx}: "
                 "raise n_ctx or keep less history (the LLM stage's max_history)"
             )
+        schedule.wait_for_critical("llm")  # e.g. the TTS speaking the first chunk: it needs the cores more
         self._llm.eval(tokens)
 
     def _save_state(self) -> Any:

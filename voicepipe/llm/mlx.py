@@ -12,6 +12,13 @@ dequantized fp32 weights, see ``mlx_convert.cpu_prefill_linear_class``), and onl
 ~20x faster when Debian's OpenBLAS is preloaded (apt ``libopenblas0-pthread``):
 ``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3`` (``OPENBLAS``; ``scripts/bench_llm.py`` does it).
 
+Decode keeps the GPU busy the way mlx-lm's ``generate_step`` does: one-token forwards go through
+``compiled_decode_step`` (fused, compiled layers), the sampler runs on the device, and ``_sample`` queues the forward
+of the token it draws before reading that token's value, betting that the base class feeds it next (it does, unless
+the reply stops or the thinking cap forces other tokens). The next ``_forward`` takes the queued step when the bet
+holds and undoes it otherwise (KV offsets and the replaced state arrays; nothing is copied), so the Python loop never
+waits on the GPU for bookkeeping and the engine's state always equals the tokens the base class fed.
+
 Using an unloaded model reloads it transparently (the base class's policy); the prompt-cache snapshots survive.
 """
 
@@ -171,6 +178,8 @@ class Qwen35MLXChat(ChatModel):
         self._sampler: Any = None
         self._processors: list[Any] = []
         self._context: list[int] = []
+        self._step: Any = None  # compiled one-token forward, built per loaded model
+        self._ahead: tuple[Any, Any, list[Any]] | None = None  # queued step: (token array, its logits, undo record)
 
     @classmethod
     def from_pretrained(
@@ -205,12 +214,15 @@ class Qwen35MLXChat(ChatModel):
         if not require("mlx.core", extra="mlx").metal.is_available():
             # Off Metal, mlx-lm runs the gated delta rule token by token; prefill it in chunks instead.
             require("voicepipe.llm.mlx_gated_delta", extra="mlx").enable_chunked_prefill(self._model)
+        self._step = require("voicepipe.llm.mlx_gated_delta", extra="mlx").compiled_decode_step(self._model)
         self._nbytes = weights_nbytes(self._model)
         self._reset_engine()
 
     def _unload_weights(self) -> None:
         mx = require("mlx.core", extra="mlx")
         self._model = None
+        self._step = None
+        self._ahead = None
         self._cache = None
         self._last_logits = None
         self._nbytes = 0
@@ -247,11 +259,43 @@ class Qwen35MLXChat(ChatModel):
     def _reset_engine(self) -> None:
         self._cache = self._model.make_cache()
         self._last_logits = None
+        self._ahead = None
         self._context = []
+
+    def _take_ahead(self, tokens: list[int]) -> list[int]:
+        """Settle the step queued by ``_sample``: keep it when ``tokens`` starts with its token (returns the rest),
+        else undo it (returns ``tokens``)."""
+        if self._ahead is None:
+            return tokens
+        token, logits, undo = self._ahead
+        self._ahead = None
+        if tokens and tokens[0] == int(token.item()):
+            self._last_logits = logits
+            self._context.append(tokens[0])
+            return tokens[1:]
+        for cache, record in zip(self._cache, undo, strict=True):
+            if isinstance(record, int):
+                cache.offset = record
+            else:
+                cache.cache, cache.lengths, cache.left_padding = record
+        return tokens
+
+    def _undo_record(self) -> list[Any]:
+        """What a one-token step changes in each layer's cache: a KV cache's offset (the written slot is overwritten
+        later, never read before), or the list of state arrays a linear-attention cache replaces."""
+        kv_cache = require("mlx_lm.models.cache", extra="mlx").KVCache
+        return [c.offset if type(c) is kv_cache else (list(c.cache), c.lengths, c.left_padding) for c in self._cache]
 
     def _forward(self, tokens: list[int]) -> None:
         mx = require("mlx.core", extra="mlx")
-        tokens = [int(t) for t in tokens]
+        tokens = self._take_ahead([int(t) for t in tokens])
+        if not tokens:
+            return
+        if len(tokens) == 1 and self._context and self._step is not None:
+            # A decode step: compiled, and left lazy (``_sample`` evaluates it, one step ahead).
+            self._last_logits = self._step(mx.array([tokens]), self._cache)[:, -1, :]
+            self._context.extend(tokens)
+            return
         text_model = self._model.language_model
         for start in range(0, len(tokens), PREFILL_STEP):
             hidden = text_model.model(mx.array([tokens[start : start + PREFILL_STEP]]), cache=self._cache)
@@ -267,6 +311,7 @@ class Qwen35MLXChat(ChatModel):
 
     def _save_state(self) -> Any:
         mx = require("mlx.core", extra="mlx")
+        self._take_ahead([])
         layers = tuple(_snapshot_layer(c) for c in self._cache)
         mx.eval(_state_arrays([s for _, s in layers]))
         # No logits: the base class feeds at least one token after restoring a snapshot, and a lazy logits graph
@@ -276,6 +321,7 @@ class Qwen35MLXChat(ChatModel):
     def _restore_state(self, state: Any) -> None:
         self._cache = [cls() if s is None else cls.from_state(_copy_tree(s)) for cls, s in state]
         self._last_logits = None
+        self._ahead = None
         self._context = []
 
     def _state_nbytes(self, state: Any) -> int:
@@ -299,13 +345,24 @@ class Qwen35MLXChat(ChatModel):
 
     def _sample(self) -> int:
         mx = require("mlx.core", extra="mlx")
+        self._take_ahead([])  # a second draw from the same logits: the queued step was for the first
         logits = self._last_logits.astype(mx.float32)
         if self._processors and self._context:
             history = mx.array(self._context)
             for processor in self._processors:
                 logits = processor(history, logits)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        return int(self._sampler(logprobs).item())
+        token = self._sampler(logprobs)
+        if self._step is None or not self._context:
+            return int(token.item())
+        # Queue the forward of this token before reading it (see the module docstring); ``_forward`` settles it.
+        # Two evaluations, as mlx-lm's generate_step: reading the token waits for its own, not for the step after.
+        mx.async_eval(token)
+        undo = self._undo_record()
+        ahead = self._step(token[:, None], self._cache)[:, -1, :]
+        self._ahead = (token, ahead, undo)
+        mx.async_eval(ahead)
+        return int(token.item())
 
     def _logits(self) -> np.ndarray:
         mx = require("mlx.core", extra="mlx")

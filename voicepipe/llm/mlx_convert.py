@@ -233,9 +233,15 @@ def _use_fp32_norms(model: nn.Module) -> None:
         model.update_modules(utils.tree_unflatten(swaps))
 
 
-def prepare_model(model: nn.Module) -> nn.Module:
-    """Last step of every load: the one place where engine-level changes to mlx-lm's model are applied."""
+def prepare_model(model: nn.Module, *, fuse: bool = True) -> nn.Module:
+    """Last step of every load: the one place where engine-level changes to mlx-lm's model are applied.
+
+    ``fuse``: join each layer's projections into one matmul (``voicepipe.llm.mlx_fused``); conversion passes False
+    so that saved checkpoints keep mlx-lm's layout.
+    """
     _use_fp32_norms(model)
+    if fuse:
+        require("voicepipe.llm.mlx_fused", extra="mlx").fuse_projections(model)
     _use_cpu_prefill_linears(model)
     return model
 
@@ -424,7 +430,7 @@ def convert_checkpoint(
         except ValueError as exc:
             raise ModelLoadError(f"{src}: the weights do not fit the Qwen3.5 model in config.json ({exc})") from exc
         del weights
-        prepare_model(model)
+        prepare_model(model, fuse=False)
         mx.eval(model.parameters())
         if bits is not None:
             _quantize(model, bits, bar)

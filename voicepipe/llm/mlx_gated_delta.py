@@ -25,6 +25,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from voicepipe.llm.mlx_fused import FusedAttention, attention_projections
+
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_THRESHOLD",
@@ -348,6 +350,12 @@ def compiled_decode_step(model: nn.Module, *, segments: bool = True) -> Callable
     from mlx_lm.models.cache import ArraysCache, KVCache
     from mlx_lm.models.qwen3_next import Qwen3NextAttention
 
+    def is_qwen3_next_attention(attn: nn.Module) -> bool:  # mlx-lm's class or voicepipe's fused one
+        return isinstance(attn, Qwen3NextAttention) and type(attn).__call__ in (
+            Qwen3NextAttention.__call__,
+            FusedAttention.__call__,
+        )
+
     language = model.language_model if hasattr(model, "language_model") else model
     inner = language.model
     layers = list(inner.layers)
@@ -371,7 +379,7 @@ def compiled_decode_step(model: nn.Module, *, segments: bool = True) -> Callable
     def block(layer: nn.Module) -> Any:
         if layer.is_linear:
             return linear_block(layer)
-        if type(layer.self_attn) is Qwen3NextAttention:
+        if is_qwen3_next_attention(layer.self_attn):
             return attention_blocks(layer)
         return mlp_block(layer)
 
@@ -380,7 +388,7 @@ def compiled_decode_step(model: nn.Module, *, segments: bool = True) -> Callable
         head = mx.compile(lambda h: inner.embed_tokens.as_linear(inner.norm(h)))
     else:
         head = mx.compile(lambda h: language.lm_head(inner.norm(h)))
-    if segments and all(layer.is_linear or type(layer.self_attn) is Qwen3NextAttention for layer in layers):
+    if segments and all(layer.is_linear or is_qwen3_next_attention(layer.self_attn) for layer in layers):
         return _segmented_decode_step(model, layers, embed, head)
     blocks = [block(layer) for layer in layers]
 
@@ -416,12 +424,12 @@ def _attention_parts(layer: nn.Module) -> tuple[Callable[..., Any], Callable[...
     def before(h: mx.array, offset: mx.array) -> tuple[mx.array, mx.array, mx.array, mx.array]:
         x = layer.input_layernorm(h)
         batch, length, _ = x.shape
-        queries, gate = mx.split(attn.q_proj(x).reshape(batch, length, attn.num_attention_heads, -1), 2, axis=-1)
-        keys = attn.k_norm(attn.k_proj(x).reshape(batch, length, attn.num_key_value_heads, -1))
-        values = attn.v_proj(x).reshape(batch, length, attn.num_key_value_heads, -1).transpose(0, 2, 1, 3)
+        queries, gate, keys, values = attention_projections(attn, x)
+        keys = attn.k_norm(keys.reshape(batch, length, attn.num_key_value_heads, -1))
+        values = values.reshape(batch, length, attn.num_key_value_heads, -1).transpose(0, 2, 1, 3)
         queries = attn.rope(attn.q_norm(queries).transpose(0, 2, 1, 3), offset=offset)
         keys = attn.rope(keys.transpose(0, 2, 1, 3), offset=offset)
-        return queries, keys, values, gate.reshape(batch, length, -1)
+        return queries, keys, values, gate
 
     def after(h: mx.array, out: mx.array, gate: mx.array) -> mx.array:
         batch, _, length, _ = out.shape

@@ -69,6 +69,14 @@ class PromptCache:
             self._snapshots.move_to_end(best.tokens)
         return best
 
+    def keep_prefixes_of(self, tokens: Sequence[int]) -> int:
+        """Drop every snapshot that is not a prefix of ``tokens`` (it can never serve a conversation that extends
+        them); returns how many were dropped."""
+        stale = [key for key in self._snapshots if not _is_prefix(key, tokens)]
+        for key in stale:
+            del self._snapshots[key]
+        return len(stale)
+
     def clear(self) -> None:
         self._snapshots.clear()
 

@@ -122,6 +122,10 @@ class RemoteChat:
 
     async def awarm(self, messages: Sequence[ChatMessage]) -> None: ...
 
+    def rewind(self, messages: Sequence[ChatMessage]) -> None: ...  # the server keeps no state between requests
+
+    async def arewind(self, messages: Sequence[ChatMessage]) -> None: ...
+
     async def arun(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._get_executor(), functools.partial(fn, *args, **kwargs))

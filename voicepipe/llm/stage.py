@@ -1,5 +1,12 @@
 """The LLM pipeline stage: final transcript in, streamed reply tokens out, conversation history kept.
 
+Speculative replies (``speculative: true``, the default): a provisional transcript (``TranscriptFrame(final=False)``,
+sent when the user pauses) starts the reply at once, marked by ``SpeculationStartFrame`` so a gate before the sink
+holds it (``voicepipe.speculation``). When the final transcript has the same words, a ``SpeculationConfirmFrame``
+releases it; when the user goes on (``SpeechResumedFrame``) or says something else, it is cancelled, dropped
+(``SpeculationDiscardFrame``) and rewound out of the model's state (``ChatModel.rewind``), and the history never sees
+it: a reply enters the history only once its turn is confirmed.
+
 History keeps only what the user actually heard: a sink reports playback upstream (``PlaybackFrame``), and when a
 barge-in cuts the reply, the assistant message becomes the heard prefix (or what was generated, when no sink reports
 playback). After a reply has been heard in full, the finished conversation is prefilled in the background
@@ -12,18 +19,28 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from typing import Any, Literal
+import re
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
 from voicepipe.errors import StageError
 from voicepipe.frames import (
+    CancelFrame,
+    EndFrame,
     Frame,
     InterruptionFrame,
     LLMResponseEndFrame,
     LLMTokenFrame,
     MetricsFrame,
     PlaybackFrame,
+    SpeculationConfirmFrame,
+    SpeculationDiscardFrame,
+    SpeculationStartFrame,
+    SpeechResumedFrame,
+    SpeechStartedFrame,
     TranscriptFrame,
 )
 from voicepipe.llm.base import ChatSamplingConfig
@@ -33,6 +50,7 @@ from voicepipe.stage import Direction, Stage, StageConfig
 __all__ = ["LLMConfig", "LLMStage"]
 
 log = logging.getLogger("voicepipe.llm")
+T = TypeVar("T")
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful voice assistant. Answer in one to three short spoken sentences, without markdown or lists."
@@ -60,6 +78,9 @@ class LLMConfig(StageConfig):
     seed: int | None = Field(None, ge=0)
     max_history: int = Field(20, ge=2, description="Messages kept besides the system prompt.")
     warm_cache: bool = Field(True, description="Prefill the finished conversation while the user is silent.")
+    speculative: bool = Field(
+        True, description="Start the reply when the user pauses; it is held until the turn ends with the same words."
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for from_pretrained.")
     retries: int = Field(2, ge=0, le=10, description="Tries again after a retryable failure before any reply text.")
     retry_backoff_s: float = Field(0.5, ge=0, le=60, description="Wait before the first retry; doubles each time.")
@@ -105,7 +126,12 @@ class LLMStage(Stage):
         self._reply_index: int | None = None  # history index of the assistant message still being played
         self._heard: str | None = None  # what playback reported for that reply (None: no report)
         self._turn = 0
+        self._before_turn: tuple[int, list[ChatMessage]] | None = None  # (turn, history before it was answered)
         self._background: set[asyncio.Task[None]] = set()
+        self._speculation: _Speculation | None = None
+        self._speculation_ids = itertools.count(1)
+        #: Speculative replies cancelled because the user went on or said something else.
+        self.discarded_speculations = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
 
@@ -122,10 +148,16 @@ class LLMStage(Stage):
         await self.model.aload()
 
     async def cleanup(self) -> None:
+        if self._speculation is not None and self._speculation.task is not None:
+            self._speculation.task.cancel()
         for task in list(self._background):
             task.cancel()
         if self.model is not None:
             await self.run_blocking(self.model.close)
+
+    @property
+    def speculates(self) -> bool:
+        return self.config.speculative
 
     @property
     def memory_footprint(self) -> int:
@@ -147,11 +179,26 @@ class LLMStage(Stage):
 
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, TranscriptFrame):
-            if frame.final and frame.text.strip():
+            if not frame.text.strip():
+                return
+            if not frame.final:
+                if self.config.speculative:
+                    await self._speculate(frame)
+            elif not await self._confirm(frame):
                 await self._reply(frame)
             return
-        if isinstance(frame, InterruptionFrame):
-            self._keep_only_heard()
+        if isinstance(frame, InterruptionFrame | CancelFrame):
+            self._abandon_speculation()  # system lane: no waiting here; the gate drops what it held
+            if isinstance(frame, InterruptionFrame):
+                self._keep_only_heard()
+        elif isinstance(frame, SpeechResumedFrame | EndFrame) or (
+            isinstance(frame, SpeechStartedFrame)
+            and self._speculation is not None
+            and frame.turn_id != self._speculation.turn
+        ):
+            await self._discard_speculation()  # the user went on, a new turn began, or the input ended
+        if isinstance(frame, SpeechStartedFrame) and frame.resumes_turn is not None:
+            await self._forget_turn(frame.resumes_turn)
         await self.push(frame)
 
     async def process_upstream(self, frame: Frame) -> None:
@@ -164,54 +211,154 @@ class LLMStage(Stage):
 
     def messages(self) -> list[ChatMessage]:
         """What the model sees: the system prompt and the kept history."""
-        system = [ChatMessage("system", self.config.system_prompt)] if self.config.system_prompt else []
-        return system + self.history
+        return self._messages(self.history)
 
     async def _reply(self, frame: TranscriptFrame) -> None:
-        # A new turn without a barge-in: the last reply plays on to the end, so history keeps all of it.
-        self._reply_index, self._heard, self._turn = None, None, frame.turn_id
-        self.history.append(ChatMessage("user", frame.text.strip()))
-        self._trim_history()
+        self._begin_turn(frame.turn_id)
+        history = self._with_question(frame.text)
+        await self._settle_background()
         turn, parts = frame.turn_id, []
+        await self._commit(history, parts, self._generate(turn, self._messages(history), parts))
+        await self.push(LLMResponseEndFrame(text="".join(parts), turn_id=turn))
+        await self._push_metrics(turn, getattr(self.model, "last_stats", None))
+
+    def _begin_turn(self, turn: int) -> None:
+        # A new turn without a barge-in: the last reply plays on to the end, so history keeps all of it.
+        self._reply_index, self._heard, self._turn = None, None, turn
+        self._before_turn = (turn, list(self.history))
+
+    async def _forget_turn(self, turn: int) -> None:
+        """The VAD ended ``turn`` too early and the user went on: the new turn's audio holds its words, so neither
+        its question nor its (dropped) reply stays in the history or in the model's state."""
+        if self._before_turn is None or self._before_turn[0] != turn:
+            return
+        self.history, self._before_turn = self._before_turn[1], None
+        self._reply_index, self._heard = None, None
+        await self._settle_background()
+        if hasattr(self.model, "arewind"):
+            await self.model.arewind(self.messages())
+
+    def _with_question(self, text: str) -> list[ChatMessage]:
+        """The history this turn answers: the kept history plus the user's words (``self.history`` is untouched)."""
+        return _trimmed(self.history + [ChatMessage("user", text.strip())], self.config.max_history)
+
+    def _messages(self, history: list[ChatMessage]) -> list[ChatMessage]:
+        """The system prompt and ``history``."""
+        system = [ChatMessage("system", self.config.system_prompt)] if self.config.system_prompt else []
+        return system + history
+
+    async def _settle_background(self) -> None:
         if self._background:
             # A warm-up still running prefills exactly what this turn would prefill anyway: let it finish first.
             await asyncio.wait(set(self._background))
+
+    async def _generate(self, turn: int, messages: list[ChatMessage], parts: list[str]) -> Any:
+        """Stream the reply as ``LLMTokenFrame``s (collected in ``parts``); returns the generation's stats.
+
+        A ``StageError`` marked retryable (a server that was not reachable, a connection dropped before any text) is
+        tried again up to ``retries`` times with a doubling backoff; once text went out a retry would repeat words.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with contextlib.aclosing(self.model.agenerate_stream(messages, self._sampling)) as stream:
+                    async for delta in stream:
+                        parts.append(delta)
+                        await self.push(LLMTokenFrame(text=delta, turn_id=turn))
+                return getattr(self.model, "last_stats", None)
+            except StageError as exc:
+                if not exc.retryable or parts or attempt > self.config.retries:
+                    raise
+                delay = self.config.retry_backoff_s * 2 ** (attempt - 1)
+                log.warning(
+                    "%s: %s; trying again in %.1f s (%d/%d)", self.name, exc, delay, attempt, self.config.retries
+                )
+                await asyncio.sleep(delay)
+
+    async def _commit(self, history: list[ChatMessage], parts: list[str], work: Awaitable[T]) -> T:
+        """Await the reply's generation, then make ``history`` plus the reply the conversation.
+
+        A failed reply leaves the history as it was (the question is forgotten, the pipeline goes on); an interrupted
+        one keeps what was generated (``_keep_only_heard`` then cuts it to what was heard).
+        """
         failed = True
         try:
-            for attempt in itertools.count(1):
-                try:
-                    async with contextlib.aclosing(
-                        self.model.agenerate_stream(self.messages(), self._sampling)
-                    ) as stream:
-                        async for delta in stream:
-                            parts.append(delta)
-                            await self.push(LLMTokenFrame(text=delta, turn_id=turn))
-                    break
-                except StageError as exc:
-                    # a retry is safe only before any text went out (the user would hear words twice otherwise)
-                    if not exc.retryable or parts or attempt > self.config.retries:
-                        raise
-                    delay = self.config.retry_backoff_s * 2 ** (attempt - 1)
-                    log.warning(
-                        "%s: %s; trying again in %.1f s (%d/%d)", self.name, exc, delay, attempt, self.config.retries
-                    )
-                    await asyncio.sleep(delay)
+            result = await work
             failed = False
         except asyncio.CancelledError:
-            failed = False  # interrupted: the partial reply was emitted and stays (see _keep_only_heard)
+            failed = False
             raise
         finally:
-            if failed:
-                self.history.pop()  # the turn failed: forget the question, the pipeline goes on
-            else:
-                self.history.append(ChatMessage("assistant", "".join(parts)))
+            if not failed:
+                self.history = history + [ChatMessage("assistant", "".join(parts))]
                 self._reply_index = len(self.history) - 1
-        text = "".join(parts)
-        await self.push(LLMResponseEndFrame(text=text, turn_id=turn))
-        await self._push_metrics(turn)
+        return result
 
-    async def _push_metrics(self, turn: int) -> None:
-        stats = getattr(self.model, "last_stats", None)
+    # -- speculative replies -----------------------------------------------------------------------------------------
+
+    async def _speculate(self, frame: TranscriptFrame) -> None:
+        """Start answering a provisional transcript; the reply is held before the sink until the turn is confirmed."""
+        spec = self._speculation
+        if spec is not None and spec.turn == frame.turn_id and _same_words(spec.text, frame.text):
+            return  # already answering these words
+        await self._discard_speculation()
+        history = self._with_question(frame.text)
+        await self._settle_background()
+        spec = _Speculation(next(self._speculation_ids), frame.turn_id, frame.text, history)
+        await self.push(SpeculationStartFrame(turn_id=spec.turn, speculation=spec.id))
+        spec.task = asyncio.get_running_loop().create_task(self._run_speculation(spec))
+        self._speculation = spec
+
+    async def _run_speculation(self, spec: _Speculation) -> Any:
+        stats = await self._generate(spec.turn, self._messages(spec.history), spec.parts)
+        spec.finished = True
+        await self.push(LLMResponseEndFrame(text="".join(spec.parts), turn_id=spec.turn))
+        return stats
+
+    async def _confirm(self, frame: TranscriptFrame) -> bool:
+        """The final transcript: if a speculation answered these words, release its reply and adopt it."""
+        spec = self._speculation
+        if spec is None or spec.turn != frame.turn_id or not _same_words(spec.text, frame.text):
+            await self._discard_speculation()
+            return False
+        self._speculation = None
+        assert spec.task is not None  # noqa: S101 - set right after creation
+        await self.push(SpeculationConfirmFrame(turn_id=spec.turn, speculation=spec.id))
+        self._begin_turn(spec.turn)
+        stats = await self._commit(spec.history, spec.parts, spec.task)
+        await self._push_metrics(spec.turn, stats, speculative=True)
+        return True
+
+    def _abandon_speculation(self) -> None:
+        """Cancel the speculation at once (interruption, shutdown); its rewind runs in the background."""
+        spec, self._speculation = self._speculation, None
+        if spec is None or spec.task is None:
+            return
+        spec.task.cancel()
+        self.discarded_speculations += 1
+        if hasattr(self.model, "arewind"):
+            task = asyncio.get_running_loop().create_task(self.model.arewind(self.messages()))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _discard_speculation(self) -> None:
+        """Cancel the speculation, drop its held reply downstream and every trace of it in the model's state."""
+        spec, self._speculation = self._speculation, None
+        if spec is None or spec.task is None:
+            return
+        spec.task.cancel()
+        await asyncio.wait([spec.task])
+        if not spec.task.cancelled() and spec.task.exception() is not None:
+            log.debug("%s: discarded speculation %d had failed: %s", self.name, spec.id, spec.task.exception())
+        if not spec.finished:  # the chunker must not keep its unfinished text
+            await self.push(LLMResponseEndFrame(text="", interrupted=True, turn_id=spec.turn))
+        await self.push(SpeculationDiscardFrame(turn_id=spec.turn, speculation=spec.id))
+        self.discarded_speculations += 1
+        if hasattr(self.model, "arewind"):
+            await self.model.arewind(self.messages())
+
+    async def _push_metrics(self, turn: int, stats: Any, *, speculative: bool = False) -> None:
         if stats is None:
             return
         values = {
@@ -220,6 +367,7 @@ class LLMStage(Stage):
             "llm_cached_tokens": float(stats.cached_tokens),
             "llm_generated_tokens": float(stats.generated_tokens),
             "llm_decode_tokens_per_s": float(stats.decode_tokens_per_s),
+            "llm_speculative": 1.0 if speculative else 0.0,
         }
         if stats.ttft_s is not None:
             values["llm_ttft_s"] = float(stats.ttft_s)
@@ -238,15 +386,6 @@ class LLMStage(Stage):
         log.debug("%s: reply cut by barge-in; history keeps %d heard chars", self.name, len(heard))
         self._warm()
 
-    def _trim_history(self) -> None:
-        # Dropping the oldest messages changes the prompt's prefix, so the prompt cache cannot serve the next turn.
-        # Trimming one turn at a time would make every turn past the window a full prefill; trimming down to half
-        # the window makes that one turn in every max_history / 4.
-        if len(self.history) > self.config.max_history:
-            del self.history[: len(self.history) - self.config.max_history // 2]
-        while self.history and self.history[0].role != "user":
-            del self.history[0]
-
     def _warm(self) -> None:
         """Prefill the finished conversation on the model's thread, in the background (see ``ChatModel.warm``)."""
         if not self.config.warm_cache or not hasattr(self.model, "awarm") or not self.history:
@@ -260,3 +399,39 @@ class LLMStage(Stage):
             await self.model.awarm(messages)
         except Exception as exc:  # only an optimisation: the next turn prefills more, nothing else changes
             log.warning("%s: warming the prompt cache failed: %s", self.name, exc)
+
+
+@dataclass
+class _Speculation:
+    """A reply started on a provisional transcript (see ``LLMStage._speculate``)."""
+
+    id: int
+    turn: int
+    text: str  # the provisional transcript it answers
+    history: list[ChatMessage]  # the conversation it answers (the kept history plus ``text``)
+    parts: list[str] = field(default_factory=list)
+    task: asyncio.Task[Any] | None = None
+    finished: bool = False  # its LLMResponseEndFrame went out
+
+
+def _same_words(a: str, b: str) -> bool:
+    """Transcripts that differ only in case, spacing or punctuation say the same thing (as LiveKit compares them)."""
+    return _words(a) == _words(b)
+
+
+def _words(text: str) -> list[str]:
+    return re.sub(r"[^\w\s']", " ", text.lower()).split()
+
+
+def _trimmed(history: list[ChatMessage], max_history: int) -> list[ChatMessage]:
+    """``history`` within ``max_history`` messages, starting with a user message.
+
+    Dropping the oldest messages changes the prompt's prefix, so the prompt cache cannot serve the next turn.
+    Trimming one turn at a time would make every turn past the window a full prefill; trimming down to half the
+    window makes that one turn in every max_history / 4.
+    """
+    if len(history) > max_history:
+        history = history[len(history) - max_history // 2 :]
+    while history and history[0].role != "user":
+        history = history[1:]
+    return history

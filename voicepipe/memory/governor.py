@@ -578,6 +578,8 @@ class GovernorTap(Stage):
         if isinstance(frame, ErrorFrame) and frame.stage == self._llm_name() and self.role == "after-tts":
             g.turn_failed(frame.turn_id)
         if self.role == "before-llm":
+            if isinstance(frame, TranscriptFrame) and not frame.final and g.mode == "sequential":
+                return  # no speculative reply while the models take turns in memory
             if isinstance(frame, TranscriptFrame) and frame.final and frame.text.strip() and frame.turn_id > 0:
                 await g.turn_starts(frame.turn_id)
             elif isinstance(frame, InterruptionFrame):

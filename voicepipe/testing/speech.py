@@ -1,8 +1,9 @@
-"""Test speech made at run time: espeak-ng utterances, silence padding, white/pink noise at a chosen SNR, resampling.
+"""Test speech made at run time: espeak-ng and Piper utterances, silence padding, white/pink noise at a chosen SNR,
+resampling.
 
-Nothing here is committed audio: every clip is synthesized (espeak-ng, apt package ``espeak-ng``) or generated from a
-seeded random generator when a test runs. All functions return mono float32 numpy arrays in [-1, 1] unless they say
-otherwise. Other voices (Piper, Kokoro) can be added beside ``espeak``.
+Nothing here is committed audio: every clip is synthesized (espeak-ng, apt package ``espeak-ng``; Piper's joe voice
+from the dev extra) or generated from a seeded random generator when a test runs. All functions return mono float32
+numpy arrays in [-1, 1] unless they say otherwise.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import io
 import shutil
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +23,7 @@ from voicepipe.frames import AudioFrame
 __all__ = [
     "SAMPLE_RATE",
     "espeak",
+    "piper",
     "silence",
     "pad",
     "concat",
@@ -65,6 +68,40 @@ def espeak(
     return _trim(pcm, sample_rate).copy()
 
 
+@functools.lru_cache(maxsize=2)
+def _piper_voice(model: str) -> Any:  # a piper.PiperVoice (imported lazily: the piper extra)
+    from piper import PiperVoice
+
+    return PiperVoice.load(model)
+
+
+@functools.lru_cache(maxsize=256)
+def _piper_cached(text: str, model: str, sample_rate: int) -> np.ndarray:
+    from piper import SynthesisConfig
+
+    voice = _piper_voice(model)
+    # no sampling noise: the same text gives the same clip in every run (VITS otherwise varies its timing and melody)
+    config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    pcm = np.concatenate([chunk.audio_float_array for chunk in voice.synthesize(text, syn_config=config)])
+    pcm = resample(pcm, voice.config.sample_rate, sample_rate)
+    pcm.setflags(write=False)
+    return pcm
+
+
+def piper(text: str, model: str | None = None, *, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Speak ``text`` with a Piper voice (default: joe, from the dev extra); silence edges trimmed to 20 ms.
+
+    A neural voice with natural intonation: Whisper hears it more reliably than espeak-ng's formants (through a sound
+    server espeak's "capital of France" came back as "capital and friends" in some runs), and an end-of-turn model can
+    tell a finished sentence from an unfinished one by its melody.
+    """
+    if model is None:
+        from voicepipe.testing.tts_assets import piper_joe_model_path
+
+        model = str(piper_joe_model_path())
+    return _trim(_piper_cached(text, str(model), sample_rate), sample_rate).copy()
+
+
 def _trim(pcm: np.ndarray, sample_rate: int, *, threshold: float = 1e-3, keep: float = 0.02) -> np.ndarray:
     loud = np.flatnonzero(np.abs(pcm) > threshold)
     if loud.size == 0:
@@ -80,26 +117,6 @@ def silence(seconds: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 def pad(pcm: np.ndarray, lead: float = 0.5, trail: float = 1.0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Add ``lead`` seconds of silence before and ``trail`` seconds after."""
     return np.concatenate([silence(lead, sample_rate), pcm, silence(trail, sample_rate)]).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=64)
-def _piper_cached(text: str, model: str) -> np.ndarray:
-    from voicepipe.tts.piper import PiperEngine
-
-    engine = PiperEngine(model)
-    engine.load()
-    try:
-        pcm = engine.synthesize(text)
-    finally:
-        engine.unload()
-    return resample(pcm, engine.sample_rate, SAMPLE_RATE)
-
-
-def piper(text: str, model: str) -> np.ndarray:
-    """``text`` read by a Piper voice (``model``: its ``.onnx``), at 16 kHz: a neural voice, which Whisper hears
-    more reliably than espeak-ng's formants (through a sound server espeak's "capital of France" came back as
-    "capital and friends" in some runs)."""
-    return _piper_cached(text, str(model)).copy()
 
 
 def concat(*parts: np.ndarray) -> np.ndarray:

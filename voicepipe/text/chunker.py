@@ -1,9 +1,11 @@
 """Streaming text -> speakable chunks for TTS.
 
-``SentenceChunker`` takes the LLM's reply as it streams (``push``) and returns chunks ready to synthesize: the first
-one early, at a clause boundary (comma, semicolon, colon, dash) once it is ``first_min_chars`` long, so the first audio
-starts sooner; later ones at sentence ends, at least ``min_chars`` long (short sentences are merged); none longer than
-``max_chars`` (split at the last clause or space before it). ``flush`` returns the rest at the end of the turn.
+``SentenceChunker`` takes the LLM's reply as it streams (``push``) and returns chunks ready to synthesize: the first one
+early, at a clause boundary (comma, semicolon, colon, dash) once it is ``first_min_chars`` long, or, with
+``first_max_words``, after that many words when no clause or sentence has ended by then (before the last conjunction or
+preposition among them, if any: "...known | for its speed"), so the first audio starts sooner; later ones at sentence
+ends, at least ``min_chars`` long (short sentences are merged); none longer than ``max_chars`` (split at the last clause
+or space before it). ``flush`` returns the rest at the end of the turn.
 
 Terminal escape sequences and control characters are removed first (``voicepipe.text.control``). Then
 ``SpeechCleaner`` removes what should not be spoken: ``<think>...</think>`` text (also when the tags
@@ -48,6 +50,13 @@ _DOTTED = re.compile(r"(?:[A-Za-z]{1,2}\.)+[A-Za-z]{1,2}")
 _SENTENCE_PUNCT = ".!?…"
 _LOOKAHEAD = 16  # the longest markup the cleaner must see whole ("</think>", "###### ")
 _CLOSERS = "\"')]}»”’"
+# Words a long first chunk may be cut before: a phrase starts there, so the cut sounds like a breath, not a stumble.
+_BREAK_BEFORE = {
+    *("and", "but", "or", "so", "because", "since", "when", "while", "if", "that", "which", "who", "where", "whose"),
+    *("to", "for", "with", "in", "on", "at", "from", "by", "as", "than", "after", "before", "until", "unless"),
+    *("although", "though", "into", "about", "through", "without", "of", "over", "under", "like", "during"),
+}
+_FIRST_MIN_WORDS = 3  # a word-count cut leaves at least this many words in the first chunk
 _OPENERS = "\"'([{«“‘"
 
 
@@ -253,10 +262,14 @@ class SentenceChunker:
     the text was split into pushes.
     """
 
-    def __init__(self, first_min_chars: int = 16, min_chars: int = 40, max_chars: int = 240) -> None:
+    def __init__(
+        self, first_min_chars: int = 16, min_chars: int = 40, max_chars: int = 240, first_max_words: int | None = None
+    ) -> None:
         for name, value in (("first_min_chars", first_min_chars), ("min_chars", min_chars)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1 (got {value})")
+        if first_max_words is not None and first_max_words < _FIRST_MIN_WORDS:
+            raise ValueError(f"first_max_words must be at least {_FIRST_MIN_WORDS} or None (got {first_max_words})")
         if max_chars < max(first_min_chars, min_chars, 20):
             raise ValueError(
                 f"max_chars ({max_chars}) must be at least 20 and at least first_min_chars and min_chars; raise it"
@@ -264,6 +277,7 @@ class SentenceChunker:
         self.first_min_chars = first_min_chars
         self.min_chars = min_chars
         self.max_chars = max_chars
+        self.first_max_words = first_max_words
         self._cleaner = SpeechCleaner()
         self._control = ControlStripper()
         self.reset()
@@ -333,6 +347,10 @@ class SentenceChunker:
                     return end
                 i = end
                 continue
+            if self._first and self.first_max_words and ch in " \t\r" and i > start and not buf[i - 1].isspace():
+                cut = _word_cut(buf, start, i, self.first_max_words)
+                if cut is not None:
+                    return cut
             if self._first and i + 1 - start >= self.first_min_chars:
                 end = _clause_end(buf, i)
                 if end is None:
@@ -392,6 +410,17 @@ def _clause_end(buf: str, i: int) -> int | None:
             return None
         return i + 1 if buf[i + 1].isspace() else 0
     return 0
+
+
+def _word_cut(buf: str, start: int, i: int, max_words: int) -> int | None:
+    """Cut a first chunk ``buf[start:i]`` of ``max_words`` words: before its last break word, else at ``i``."""
+    words = list(re.finditer(r"\S+", buf[start:i]))
+    if len(words) < max_words:
+        return None
+    for word in reversed(words[_FIRST_MIN_WORDS:max_words]):
+        if word.group().strip(_OPENERS).lower() in _BREAK_BEFORE:
+            return start + word.start()
+    return start + words[max_words - 1].end()
 
 
 def _cap(buf: str, start: int, limit: int, min_chars: int) -> int:

@@ -15,6 +15,9 @@ class SentenceChunkerConfig(StageConfig):
     first_min_chars: int = Field(16, ge=1, description="The first chunk may end at a clause once this long.")
     min_chars: int = Field(40, ge=1, description="Later chunks end at a sentence end once at least this long.")
     max_chars: int = Field(240, ge=20, description="No chunk is longer; longer text is split at a clause or space.")
+    first_max_words: int | None = Field(
+        8, ge=3, description="The first chunk ends after this many words if no clause has ended (None: no limit)."
+    )
 
     @model_validator(mode="after")
     def _max_covers_mins(self) -> SentenceChunkerConfig:
@@ -43,6 +46,7 @@ class SentenceChunkerStage(Stage):
             first_min_chars=self.config.first_min_chars,
             min_chars=self.config.min_chars,
             max_chars=self.config.max_chars,
+            first_max_words=self.config.first_max_words,
         )
         self._turn_id = 0
         self._index = 0
@@ -61,7 +65,8 @@ class SentenceChunkerStage(Stage):
                 self._index = 0
             await self.push(frame)
         elif isinstance(frame, InterruptionFrame):
-            self._reset()
+            if not frame.turn_only or frame.turn_id == self._turn_id:  # turn_only: another turn's text stays
+                self._reset()
             await self.push(frame)
         elif isinstance(frame, EndFrame):
             await self._emit(self._chunker.flush())

@@ -60,7 +60,7 @@ class TTSEngine(ABC):
 
 
 def session_options(threads: int) -> Any:
-    """onnxruntime options for ``threads`` intra-op threads and no inter-op pool (the graphs are sequential).
+    """onnxruntime options for ``threads`` intra-op threads (not spinning) and no inter-op pool (sequential graphs).
 
     The CPU memory arena stays on: without it Kokoro kept less resident between sentences (158 MB instead of 314 MB)
     but its peak while synthesizing nearly doubled (peak RSS 813 MB instead of 439 MB, scripts/bench_tts.py), and the
@@ -72,6 +72,8 @@ def session_options(threads: int) -> Any:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # idle pool threads sleep instead of spinning: a spinning TTS pool takes cores from llama.cpp between graph nodes
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 

@@ -1,8 +1,14 @@
 """Kokoro-82M on kokoro-onnx (onnxruntime + espeak-ng phonemes).
 
 kokoro-onnx returns a whole text as one array, so the stage hands it one chunk (a clause or sentence) at a time.
-The session is built here rather than by kokoro-onnx so the thread count is ours to set: with other stages on the
-same cores, one intra-op thread was faster than several.
+The session is built here rather than by kokoro-onnx so the thread count is ours to set (the stage's ``threads``;
+its first chunk of a reply has the cores to itself, see ``voicepipe.cores``).
+
+Where a call's time goes (int8 graph, profiled with onnxruntime on the 2-core box): about 90% in the decoder's
+generator (the vocoder's resblocks, mostly ``ConvInteger``), which grows with the length of the audio; phonemizing
+takes ~30 ms on the first call and under 1 ms after; the graph's first run costs ~10% extra (hence the stage's
+warm-up). A copy of the graph with float convolutions was not faster. So the time to the first sound follows the
+length of the first chunk, which the chunker keeps to a few words.
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ while the LLM still writes the next. An ``InterruptionFrame`` (handled at once, 
 the running synthesis through onnxruntime's terminate flag and stops the blocks not yet sent; the pipeline itself
 drops the chunks queued before it, and chunks of the interrupted turn that still arrive are dropped here.
 
+Speed of the first sound: ``setup()`` speaks a short phrase once (``warm_up``), so the first reply does not pay for
+onnxruntime's first run of the graph and the phonemizer's start-up; the first chunk of each reply is synthesized as the
+critical path (``first_chunk_priority``, see ``voicepipe.cores``): the LLM waits between tokens meanwhile, so the TTS
+has the cores to itself.
+
 Each ``TTSAudioFrame`` says which chunk it speaks and which characters of it (``char_start``/``char_end``, in
 proportion to the block's place in the chunk's audio), so a sink can report what the user actually heard.
 """
@@ -13,12 +18,14 @@ proportion to the block's place in the chunk's audio), so a sink can report what
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
+from voicepipe.cores import schedule
 from voicepipe.frames import (
     CancelFrame,
     Frame,
@@ -32,6 +39,9 @@ from voicepipe.tts.engine import SynthesisCancelled, TTSEngine
 from voicepipe.tts.normalize import normalize_text
 
 __all__ = ["TTSConfig", "TTSStage", "KokoroTTS", "PiperTTS", "build_engine"]
+
+#: Spoken once at start-up (``warm_up``): words and punctuation enough to run every part of the engine.
+WARM_UP_TEXT = "Hello, this is a test."
 
 
 class TTSConfig(StageConfig):
@@ -55,7 +65,14 @@ class TTSConfig(StageConfig):
         "en-us", description="Language of the text: Kokoro's phonemizer language and the language numbers are read in."
     )
     threads: int = Field(
-        1, ge=1, le=64, description="onnxruntime threads (1 was fastest here while other stages used the cores)."
+        2,
+        ge=1,
+        le=64,
+        description="onnxruntime threads (the first chunk has the cores to itself; see first_chunk_priority).",
+    )
+    warm_up: bool = Field(True, description="Speak a short phrase once at start-up so the first reply starts fast.")
+    first_chunk_priority: bool = Field(
+        True, description="While the first chunk of a reply is synthesized, the LLM waits between tokens."
     )
     sample_rate: int | None = Field(
         None, ge=8000, le=192_000, description="Output rate in Hz; default: the voice's own (Kokoro 24000)."
@@ -106,6 +123,7 @@ class TTSStage(Stage):
         self._generation = 0  # bumped by each interruption; work of an older generation is dropped
         self._last_turn = 0
         self._interrupted_turn = 0
+        self._dropped_turns: set[int] = set()  # turns interrupted alone (InterruptionFrame.turn_only)
 
     @property
     def output_rate(self) -> int:
@@ -117,6 +135,8 @@ class TTSStage(Stage):
         if self.engine is None:
             self.engine = await self.run_blocking(build_engine, self.config)
         await self.run_blocking(self.engine.load)
+        if self.config.warm_up:
+            await self.run_blocking(self.engine.synthesize, normalize_text(WARM_UP_TEXT, self.config.language))
 
     async def cleanup(self) -> None:
         if self.engine is not None:
@@ -142,10 +162,15 @@ class TTSStage(Stage):
 
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, TextChunkFrame):
-            if 0 < frame.turn_id <= self._interrupted_turn:
+            if 0 < frame.turn_id <= self._interrupted_turn or frame.turn_id in self._dropped_turns:
                 return  # the rest of a reply the user interrupted
             self._last_turn = max(self._last_turn, frame.turn_id)
             await self._speak(frame)
+        elif isinstance(frame, InterruptionFrame) and frame.turn_only:
+            self._dropped_turns.add(frame.turn_id)
+            if frame.turn_id == self._last_turn:  # only that turn's speech stops; an older reply plays on
+                self._interrupt()
+            await self.push(frame)
         elif isinstance(frame, InterruptionFrame | CancelFrame):
             self._interrupt()
             await self.push(frame)
@@ -168,7 +193,8 @@ class TTSStage(Stage):
             raise RuntimeError(f"{self.name}: no engine (setup() was not run)")
         started = time.monotonic()
         try:
-            audio = await self.run_blocking(self._synthesize, engine, text, generation)
+            critical = chunk.index == 0 and self.config.first_chunk_priority
+            audio = await self.run_blocking(self._synthesize, engine, text, generation, critical)
         except SynthesisCancelled:
             return
         except asyncio.CancelledError:
@@ -201,13 +227,15 @@ class TTSStage(Stage):
                 )
             )
 
-    def _synthesize(self, engine: TTSEngine, text: str, generation: int) -> np.ndarray | None:
+    def _synthesize(self, engine: TTSEngine, text: str, generation: int, critical: bool) -> np.ndarray | None:
         """On the worker thread: load if the memory governor unloaded the engine, speak, resample."""
         if generation != self._generation:
             return None  # interrupted while this call waited for the thread
         if not engine.is_loaded:
             engine.load()
-        audio = _resample(engine.synthesize(text), engine.sample_rate, self.output_rate)
+        with schedule.critical(self.name) if critical else contextlib.nullcontext():
+            raw = engine.synthesize(text)
+        audio = _resample(raw, engine.sample_rate, self.output_rate)
         # Kokoro (and resampling) can overshoot full scale; frames promise [-1, 1].
         return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
 

@@ -7,7 +7,11 @@ after ``start_ms`` of consecutive voiced frames; the segment then begins ``prero
 (Whisper clips the first word without it). While speaking, a pause of ``pause_ms`` emits a provisional segment (so
 transcription can start early); a pause of ``hangover_ms`` ends the segment. A segment always ends ``pause_ms`` after
 its last voiced sample, so if the user does not resume, the final segment is identical to the provisional one.
-Segments with less than ``min_speech_ms`` of voiced audio are dropped (the end is still reported). Speech longer than
+An end-of-turn model may end the segment
+earlier, during a pause (``end_turn``): the final segment is then the provisional one. If speech starts again before
+the hangover would have ended that segment, the early end was wrong: the new segment resumes it (it starts where the
+ended one started and holds everything since, ``SpeechStart.resumed``). Segments with less than
+``min_speech_ms`` of voiced audio are dropped (the end is still reported). Speech longer than
 ``max_segment_s`` is split: from 80% of the cap on at the first 100 ms pause (the next words start a new segment,
 with pre-roll), at the cap at the latest (cut mid-speech, the next segment starts at the cut).
 
@@ -23,7 +27,7 @@ import numpy as np
 
 from voicepipe.vad.base import SAMPLE_RATE, VADModel
 
-__all__ = ["SegmenterConfig", "Segment", "SpeechStart", "Pause", "SpeechEnd", "Event", "Segmenter"]
+__all__ = ["SegmenterConfig", "Segment", "SpeechStart", "Pause", "Resume", "SpeechEnd", "Event", "Segmenter"]
 
 
 @dataclass(frozen=True)
@@ -70,9 +74,14 @@ class Segment:
 
 @dataclass
 class SpeechStart:
-    """Speech began; ``onset_time`` is the first voiced frame (the segment starts up to ``preroll_ms`` earlier)."""
+    """Speech began; ``onset_time`` is the first voiced frame (the segment starts up to ``preroll_ms`` earlier).
+
+    ``resumed``: the user went on within the hangover after ``end_turn`` ended the previous segment; this segment
+    starts where that one started and contains it.
+    """
 
     onset_time: float
+    resumed: bool = False
 
 
 @dataclass
@@ -83,8 +92,16 @@ class Pause:
 
 
 @dataclass
+class Resume:
+    """Speech went on after a ``Pause`` was reported: that provisional segment is void. ``time``: the voiced frame."""
+
+    time: float
+
+
+@dataclass
 class SpeechEnd:
-    """Speech ended (``capped``: split near ``max_segment_s``; the speech goes on in a new segment).
+    """Speech ended (``capped``: split near ``max_segment_s``; the speech goes on in a new segment; ``predicted``:
+    ended in a pause by ``Segmenter.end_turn``, before the hangover).
 
     ``segment`` is None when it held less than ``min_speech_ms`` of voiced audio. ``last_voiced_time`` is the end of
     the last voiced frame.
@@ -93,9 +110,10 @@ class SpeechEnd:
     segment: Segment | None
     last_voiced_time: float
     capped: bool = False
+    predicted: bool = False
 
 
-Event = SpeechStart | Pause | SpeechEnd
+Event = SpeechStart | Pause | Resume | SpeechEnd
 
 
 def _samples(ms: float) -> int:
@@ -103,7 +121,7 @@ def _samples(ms: float) -> int:
 
 
 class Segmenter:
-    """Feed 16 kHz mono audio of any length; get ``SpeechStart`` / ``Pause`` / ``SpeechEnd`` events back."""
+    """Feed 16 kHz mono audio of any length; get ``SpeechStart`` / ``Pause`` / ``Resume`` / ``SpeechEnd`` back."""
 
     def __init__(self, model: VADModel, config: SegmenterConfig | None = None) -> None:
         self.model = model
@@ -139,6 +157,8 @@ class Segmenter:
         self._voiced_n = 0
         self._silence_n = 0
         self._pause_sent = False
+        self._resumable: tuple[int, int, int] | None = None  # (seg_start, voiced_n, until) after end_turn
+        self._since_end: list[np.ndarray] = []  # the ended segment's audio and all audio after it, while resumable
 
     @property
     def position(self) -> float:
@@ -167,6 +187,27 @@ class Segmenter:
         self._pending = np.zeros(0, dtype=np.float32)
         return events
 
+    @property
+    def in_pause(self) -> bool:
+        """Speaking, and the last ``pause_ms`` or more were silent (a ``Pause`` was reported for this pause)."""
+        return self.speaking and self._pause_sent
+
+    def end_turn(self) -> list[Event]:
+        """End the segment now, before the hangover, if it is still in the pause that ``Pause`` reported.
+
+        Returns ``[SpeechEnd(predicted=True)]``, or nothing when the user has resumed (or the segment has ended) since.
+        """
+        if not self.in_pause:
+            return []
+        seg_start, voiced_n = self._seg_start, self._voiced_n
+        kept = np.concatenate(self._buffer) if self._buffer else np.zeros(0, dtype=np.float32)
+        event = self._end(capped=False)
+        event.predicted = True
+        # the hangover would have waited hangover_ms after the last voiced sample: until then the end can be undone
+        self._resumable = (seg_start, voiced_n, self._last_voiced_end + self._hangover_n)
+        self._since_end = [kept]
+        return [event]
+
     # -- the state machine ------------------------------------------------------------------------------------------
 
     def _step(self, frame: np.ndarray, probability: float, events: list[Event]) -> None:
@@ -177,6 +218,8 @@ class Segmenter:
             return
         self._buffer.append(frame)
         if probability >= self._release:
+            if self._pause_sent:
+                events.append(Resume(start / SAMPLE_RATE))
             self._last_voiced_end = end
             self._voiced_n += len(frame)
             self._silence_n = 0
@@ -203,6 +246,10 @@ class Segmenter:
             events.append(Pause(self._segment(self._last_voiced_end + self._pause_n)))
 
     def _idle_step(self, frame: np.ndarray, start: int, end: int, voiced: bool, events: list[Event]) -> None:
+        if self._resumable is not None:
+            self._since_end.append(frame)
+            if start >= self._resumable[2] and not (voiced and self._run_start is not None):
+                self._resumable, self._since_end = None, []  # the hangover has passed: the end stands
         self._ring.append((start, frame))
         keep_from = end - self._preroll_n - self._start_n - self._n
         while self._ring and self._ring[0][0] + len(self._ring[0][1]) <= keep_from:
@@ -215,6 +262,15 @@ class Segmenter:
         self._run_n += len(frame)
         if self._run_n >= self._start_n:
             onset, voiced_n = self._run_start, self._run_n
+            # resume only what the length cap would keep in one segment anyway (a monologue is split regardless)
+            if self._resumable is not None and onset < self._resumable[2] and end - self._resumable[0] < self._soft_n:
+                seg_start, old_voiced, _ = self._resumable
+                pieces, self._resumable, self._since_end = self._since_end, None, []
+                self._begin(seg_start, onset, pieces, events, resumed=True)
+                self._voiced_n = old_voiced + voiced_n
+                self._last_voiced_end = end
+                return
+            self._resumable, self._since_end = None, []
             seg_start = max(onset - self._preroll_n, self._ring[0][0])
             pieces = []
             for frame_start, data in self._ring:
@@ -224,7 +280,9 @@ class Segmenter:
             self._voiced_n = voiced_n
             self._last_voiced_end = end
 
-    def _begin(self, seg_start: int, onset: int, pieces: list[np.ndarray], events: list[Event]) -> None:
+    def _begin(
+        self, seg_start: int, onset: int, pieces: list[np.ndarray], events: list[Event], *, resumed: bool = False
+    ) -> None:
         self.speaking = True
         self._buffer = pieces
         self._seg_start = seg_start
@@ -234,7 +292,7 @@ class Segmenter:
         self._pause_sent = False
         self._ring.clear()
         self._run_start, self._run_n = None, 0
-        events.append(SpeechStart(onset / SAMPLE_RATE))
+        events.append(SpeechStart(onset / SAMPLE_RATE, resumed=resumed))
 
     def _segment(self, end: int) -> Segment:
         audio = np.concatenate(self._buffer) if self._buffer else np.zeros(0, dtype=np.float32)

