@@ -81,17 +81,29 @@ class Script(Source):
 
 
 class Log:
-    """Observer: every downstream push as (stage name, frame), in order."""
+    """Observer: every downstream frame as (producing stage's name, frame), in order (each is seen once, where it
+    was produced)."""
 
     def __init__(self) -> None:
         self.pushes: list[tuple[str, Frame]] = []
-        self.synthesized = asyncio.Event()  # the TTS has passed a whole reply on to the gate
+        self.synthesized = asyncio.Event()  # the TTS has passed a whole reply on to the gate (set by ReplyEndProbe)
 
     def on_frame(self, frame: Frame, source: Stage | None, direction: Direction) -> None:
         if direction is Direction.DOWNSTREAM:
             self.pushes.append((source.name if source else "", frame))
-            if source is not None and source.name == "tts" and isinstance(frame, LLMResponseEndFrame):
-                self.synthesized.set()
+
+
+class ReplyEndProbe(Stage):
+    """Between the TTS and the gate: sets ``event`` when a reply's end has passed the TTS (all its audio is out)."""
+
+    def __init__(self, event: asyncio.Event) -> None:
+        super().__init__(name="probe")
+        self.event = event
+
+    async def process(self, frame: Frame) -> None:
+        await self.push(frame)
+        if isinstance(frame, LLMResponseEndFrame):
+            self.event.set()
 
 
 def _stages(chat: ScriptedChat) -> list[Stage]:
@@ -104,7 +116,7 @@ async def _run(
 ) -> tuple[LLMStage, Log, list[Frame]]:
     stages = _stages(chat)
     log = log or Log()
-    pipeline = VoicePipeline([Script(items), *stages], observers=[log])
+    pipeline = VoicePipeline([Script(items), *stages, ReplyEndProbe(log.synthesized)], observers=[log])
     out: list[Frame] = []
     pipeline.on_output(out.append)
     await asyncio.wait_for(pipeline.run(), 60)

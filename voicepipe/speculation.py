@@ -8,19 +8,23 @@ gate keeps them from the speaker. The protocol (``voicepipe.frames``):
 - ``SpeculationConfirmFrame`` (system, overtakes queued work): the held frames go out at once, later ones pass.
 - ``SpeculationDiscardFrame`` (data, in order, behind the reply): the held frames are dropped.
 
-Only ``ReplyFrame``s of the speculative turn are held; everything else passes. The pipeline puts a gate in front of
+Only ``ReplyFrame``s of the speculative turn are held; everything else passes. What the gate lets through of a
+speculative turn's reply it sends as new frames of its own: observers see each frame once, where it was produced, and
+for such a turn "reached the speaker" happens here (the metrics take its first audio from the gate). The pipeline puts a gate in front of
 the sink by itself when a stage speculates (``Stage.speculates``), so no pipeline file has to name it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from voicepipe.frames import (
     CancelFrame,
     Frame,
     InterruptionFrame,
+    LLMResponseEndFrame,
     ReplyFrame,
     SpeculationConfirmFrame,
     SpeculationDiscardFrame,
@@ -43,6 +47,7 @@ class SpeculationGate(Stage):
         self._held: list[Frame] = []
         self._confirmed_early: set[int] = set()  # confirmations that overtook their start marker
         self._release: asyncio.Task[None] | None = None  # pushes released frames, ahead of any later data
+        self._speculative_turns: set[int] = set()  # turns whose reply goes out as the gate's own frames
 
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, SpeculationConfirmFrame):
@@ -59,6 +64,7 @@ class SpeculationGate(Stage):
             if self._release is release:
                 self._release = None
         if isinstance(frame, SpeculationStartFrame):
+            self._speculative_turns.add(frame.turn_id)
             if frame.speculation in self._confirmed_early:
                 self._confirmed_early.discard(frame.speculation)
             else:
@@ -71,7 +77,7 @@ class SpeculationGate(Stage):
         elif self._held_id is not None and isinstance(frame, ReplyFrame) and frame.turn_id == self._held_turn:
             self._held.append(frame)
         else:
-            await self.push(frame)
+            await self._out(frame)
 
     def _confirm(self, frame: SpeculationConfirmFrame) -> None:
         if frame.speculation != self._held_id:
@@ -85,7 +91,15 @@ class SpeculationGate(Stage):
         if previous is not None:
             await previous
         for frame in frames:
-            await self.push(frame)
+            await self._out(frame)
+
+    async def _out(self, frame: Frame) -> None:
+        """Push ``frame``; a speculative turn's reply as a new frame of the gate's (released to the speaker here)."""
+        if isinstance(frame, ReplyFrame) and frame.turn_id in self._speculative_turns:
+            if isinstance(frame, LLMResponseEndFrame):
+                self._speculative_turns.discard(frame.turn_id)  # the turn's reply is complete
+            frame = dataclasses.replace(frame)
+        await self.push(frame)
 
     def _drop_all(self) -> None:
         self._held_id, self._held = None, []
