@@ -94,6 +94,7 @@ class Log:
             ErrorFrame,
             InterruptionFrame,
             LLMTokenFrame,
+            SpeculationDiscardFrame,
             TranscriptFrame,
         )
 
@@ -102,6 +103,8 @@ class Log:
             self.transcripts.append((frame.turn_id, frame.text))
         elif isinstance(frame, LLMTokenFrame):  # an interrupted reply never gets its LLMResponseEndFrame
             self.generated[frame.turn_id] = self.generated.get(frame.turn_id, "") + frame.text
+        elif isinstance(frame, SpeculationDiscardFrame):  # a reply started at a pause, dropped: not this turn's
+            self.generated.pop(frame.turn_id, None)
         elif isinstance(frame, BotSpeakingFrame):
             self.speaking.append((time.monotonic(), frame.turn_id, frame.speaking))
         elif isinstance(frame, InterruptionFrame):
