@@ -84,6 +84,7 @@ class Log:
         self.generated: dict[int, str] = {}
         self.speaking: list[tuple[float, int, bool]] = []
         self.interruptions: list[tuple[float, int]] = []
+        self.resumed: list[int] = []  # turns the end-of-turn model ended early, resumed by the user
         self.ended: dict[int, bool] = {}
         self.errors: list[str] = []
 
@@ -107,6 +108,8 @@ class Log:
             self.generated.pop(frame.turn_id, None)
         elif isinstance(frame, BotSpeakingFrame):
             self.speaking.append((time.monotonic(), frame.turn_id, frame.speaking))
+        elif isinstance(frame, InterruptionFrame) and frame.turn_only:
+            self.resumed.append(frame.turn_id)  # the VAD ended a turn too early and the user went on: no barge-in
         elif isinstance(frame, InterruptionFrame):
             self.interruptions.append((time.monotonic(), frame.turn_id))
         elif isinstance(frame, EndOfTurnFrame):
@@ -220,6 +223,7 @@ def report(args, pipeline, log: Log, asked: list[str], stalls: list[str], elapse
         "questions": len(asked),
         "turns": len(turns),
         "interruptions": len(log.interruptions),
+        "turns_resumed_after_a_predicted_end": len(log.resumed),
         "interrupted_turns": interrupted,
         "interruptions_per_minute": round(len(log.interruptions) / (elapsed / 60), 1) if elapsed else 0.0,
         "history_messages": len(history),
