@@ -12,25 +12,54 @@ progress bars in a terminal). This module adds what it leaves to its callers:
   ``$VOICEPIPE_CACHE/hub-verified.json``, so a later start hashes nothing and asks the hub nothing more.
 
 Offline (``HF_HUB_OFFLINE=1``) the cache is used as it is: no request, no hashing.
+
+It also owns where voicepipe keeps what it builds (``cache_dir``: ``$VOICEPIPE_CACHE``, default
+``~/.cache/voicepipe``) and the one file lock (``file_lock``) that keeps concurrent processes from converting or
+unpacking the same thing twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from voicepipe.errors import ModelLoadError
 
-__all__ = ["fetch_file", "fetch_snapshot", "is_offline"]
+__all__ = ["fetch_file", "fetch_snapshot", "is_offline", "cache_dir", "file_lock"]
 
 log = logging.getLogger("voicepipe.assets")
 
 _OFFLINE_FIX = "download it while online (HF_HUB_OFFLINE=1 allows only the cache)"
+
+
+def cache_dir(*parts: str) -> Path:
+    """``$VOICEPIPE_CACHE/<parts>`` (default ``~/.cache/voicepipe/<parts>``), created on demand: converted models,
+    unpacked wheel files, the checksum record."""
+    base = os.environ.get("VOICEPIPE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "voicepipe")
+    path = Path(base).joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) while building something another process may build
+    at the same time (a conversion, an unpacked file)."""
+    lock_path = Path(path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def is_offline() -> bool:
@@ -227,8 +256,7 @@ class _Record:
 
     @classmethod
     def load(cls) -> _Record:
-        base = os.environ.get("VOICEPIPE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "voicepipe")
-        path = Path(base) / "hub-verified.json"
+        path = cache_dir() / "hub-verified.json"
         try:
             entries = json.loads(path.read_text())
         except (OSError, ValueError):

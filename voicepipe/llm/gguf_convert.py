@@ -15,7 +15,6 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from voicepipe.assets import cache_dir, file_lock
 from voicepipe.errors import ModelLoadError, UserError
 from voicepipe.outfile import OutputFile
 
@@ -45,23 +45,7 @@ _CONVERSION_VERSION = "1"  # bump when the output of this module changes
 
 def cache_root() -> Path:
     """Where converted GGUF files are cached: ``$VOICEPIPE_CACHE/gguf`` (default ``~/.cache/voicepipe/gguf``)."""
-    base = os.environ.get("VOICEPIPE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "voicepipe")
-    path = Path(base) / "gguf"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return cache_dir("gguf")
 
 
 @contextlib.contextmanager
@@ -97,7 +81,7 @@ def converter_dir(version: str | None = None) -> Path:
     """
     version = version or _llama_cpp_version()
     out = cache_root() / "converter" / version
-    with _locked(cache_root() / "converter.lock"):
+    with file_lock(cache_root() / "converter.lock"):
         if (out / "convert_hf_to_gguf.py").exists():
             return out
         with tempfile.TemporaryDirectory(prefix="voicepipe-sdist-") as tmp:
@@ -233,7 +217,7 @@ def gguf_for_checkpoint(checkpoint: str | Path, quantization: str | None = None,
     float_type = quant if quant in _FLOAT_TYPES else ("f32" if base_type == "f32" else "bf16")
     out_dir = cache_root() / f"{checkpoint.name}-{_checkpoint_key(checkpoint)}"
     target = out_dir / f"model-{quant}.gguf"
-    with _locked(out_dir / ".lock"):
+    with file_lock(out_dir / ".lock"):
         if target.exists():
             return target
         float_file = out_dir / f"model-{float_type}.gguf"

@@ -18,11 +18,9 @@ Two things are hand-written here because mlx-lm does not do them:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
-import os
 import shutil
 import struct
 import tempfile
@@ -31,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from voicepipe._optional import require
+from voicepipe.assets import cache_dir, file_lock
 from voicepipe.errors import ModelLoadError, UserError
 
 if TYPE_CHECKING:
@@ -461,8 +460,7 @@ def convert_checkpoint(
 
 def cache_root() -> Path:
     """Where converted checkpoints are cached: ``$VOICEPIPE_CACHE/mlx`` (default ``~/.cache/voicepipe/mlx``)."""
-    base = os.environ.get("VOICEPIPE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "voicepipe")
-    return Path(base) / "mlx"
+    return cache_dir("mlx")
 
 
 def _conversion_key(src: Path, quantization: str | None) -> str:
@@ -476,10 +474,8 @@ def _conversion_key(src: Path, quantization: str | None) -> str:
 def _converted(src: Path, quantization: str | None, progress: bool) -> Path:
     """Convert ``src`` once and reuse the result; a file lock keeps concurrent processes from converting twice."""
     root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
     dst = root / f"{src.name}-{quantization or 'fp'}-{_conversion_key(src, quantization)}"
-    with (root / f"{dst.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(root / f"{dst.name}.lock"):
         if not (dst / "config.json").is_file():
             convert_checkpoint(src, dst, quantization=quantization, progress=progress)
     return dst

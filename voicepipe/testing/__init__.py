@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import os
-from collections.abc import Iterator
 from pathlib import Path
+
+from voicepipe.assets import file_lock  # the one lock; test fixtures build under it too
 
 __all__ = ["cache_dir", "file_lock", "package_dir", "joined_parts"]
 
@@ -36,19 +35,6 @@ def package_dir(package: str) -> Path:
             f"install it with: pip install 'voicepipe[dev]'"
         )
     return Path(spec.origin).parent
-
-
-@contextlib.contextmanager
-def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing), so concurrent test runs build a fixture once."""
-    lock_path = Path(path)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def joined_parts(parts: list[Path], target: Path, sha256: str | None, *, label: str, reinstall: str) -> Path:
