@@ -40,3 +40,26 @@ async def test_kokoro_unload_gives_the_memory_back(kokoro_files: tuple[str, str]
     await stage.load()
     assert stage.is_loaded and stage.memory_footprint >= Path(model).stat().st_size
     stage.shutdown_worker()
+
+
+def test_piper_does_not_keep_its_largest_synthesis_resident(piper_model: str) -> None:
+    """onnxruntime's CPU arena grows by doubling regions to the largest run so far and keeps them; a soak's RSS grew
+    with every longer sentence (issue 15 row 13). Piper's runs shrink the arena afterwards, so one long sentence
+    leaves little behind."""
+    from voicepipe.tts.piper import PiperEngine
+
+    engine = PiperEngine(piper_model)
+    engine.load()
+    try:
+        engine.synthesize("A short warm-up.")
+        before = resident_bytes()
+        long_text = " ".join(
+            ["To boil an egg, put it in a pot of cold water, bring the water to the boil, then let it simmer"]
+            + ["for about nine minutes, cool it under the tap and peel it when it is cold enough to hold"] * 2
+        )
+        audio = engine.synthesize(long_text + ".")
+        assert audio.size > 10 * engine.sample_rate, "the long sentence must need a large arena"
+        kept = resident_bytes() - before
+        assert kept < 40 * 2**20, f"{kept >> 20} MB stayed resident after one long sentence"
+    finally:
+        engine.unload()

@@ -80,7 +80,7 @@ class PiperEngine(TTSEngine):
                 names = ", ".join(speakers) or "none: it has a single speaker, leave 'voice' unset"
                 raise ModelLoadError(f"voice {self.voice!r} is not a speaker of {self.model_path}; speakers: {names}")
             speaker_id = speakers[self.voice]
-        self._session = CancellableSession(session)
+        self._session = CancellableSession(session, shrink_arena=True)
         self._voice = PiperVoice(session=self._session, config=config)
         self._syn_config = SynthesisConfig(speaker_id=speaker_id, length_scale=config.length_scale / self.speed)
         self.sample_rate = config.sample_rate
