@@ -16,6 +16,13 @@ The exit status is 1 when a limit is exceeded. The full soak (results go to BENC
 
     .venv/bin/python scripts/soak.py --turns 500 --tts piper --json soak-piper.json
     .venv/bin/python scripts/soak.py --turns 500 --tts kokoro --json soak-kokoro.json
+
+Each sample also says where the memory sits (file/anonymous pages, malloc's heap, the prompt cache; ``--mappings``
+and ``--tracemalloc`` add each large anonymous mapping and Python's own allocations). To tell the parts apart, run
+the LLM alone (``--tts none``, a fake TTS) and then the TTS alone on that run's replies (``--replay REPORT``):
+
+    .venv/bin/python scripts/soak.py --turns 100 --tts none --json llm.json
+    .venv/bin/python scripts/soak.py --turns 100 --replay llm.json --mappings --json tts.json
 """
 
 from __future__ import annotations
@@ -74,7 +81,9 @@ class QuestionSource(Source):
             await self.turn_over.wait()
 
 
-def pipeline_yaml(model: str | None, tts: str, out: Path, max_tokens: int, max_history: int) -> str:
+def pipeline_yaml(
+    model: str | None, tts: str, out: Path, max_tokens: int, max_history: int, llm_threads: int | None = None
+) -> str:
     if tts == "none":
         tts_stage = "  - type: fake-tts\n"
     elif tts == "kokoro":
@@ -93,6 +102,7 @@ def pipeline_yaml(model: str | None, tts: str, out: Path, max_tokens: int, max_h
         if model is None
         else f"  - type: llm\n    backend: llamacpp\n    model: {model}\n    temperature: 0\n"
         f"    max_tokens: {max_tokens}\n    max_history: {max_history}\n"
+        + (f"    options: {{n_threads: {llm_threads}}}\n" if llm_threads else "")
     )
     return f"""stages:
 {llm_stage}  - type: chunker
@@ -143,7 +153,7 @@ def p50(values: list[float]) -> float | None:
 
 async def soak(args: argparse.Namespace, out_wav: Path) -> dict[str, Any]:
     loaded = parse_pipeline(
-        pipeline_yaml(args.model, args.tts, out_wav, args.max_tokens, args.max_history), "soak.yaml"
+        pipeline_yaml(args.model, args.tts, out_wav, args.max_tokens, args.max_history, args.llm_threads), "soak.yaml"
     )
     source = QuestionSource(args.turns, args.questions)
     samples: list[dict[str, Any]] = []
@@ -273,6 +283,9 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=48, help="reply length cap (a spoken answer)")
     parser.add_argument(
         "--max-history", type=int, default=20, help="LLM history kept (the steady state starts once it is full)"
+    )
+    parser.add_argument(
+        "--llm-threads", type=int, help="llama.cpp threads (default: every core; 1 leaves a core to a busy machine)"
     )
     parser.add_argument("--warmup", type=int, help="turns not measured (default: 10 %% of the turns, at least 3)")
     parser.add_argument("--window", type=int, default=50, help="turns in each latency p50 window")
