@@ -16,6 +16,13 @@ The exit status is 1 when a limit is exceeded. The full soak (results go to BENC
 
     .venv/bin/python scripts/soak.py --turns 500 --tts piper --json soak-piper.json
     .venv/bin/python scripts/soak.py --turns 500 --tts kokoro --json soak-kokoro.json
+
+Each sample also says where the memory sits (file/anonymous pages, malloc's heap, the prompt cache; ``--mappings``
+and ``--tracemalloc`` add each large anonymous mapping and Python's own allocations). To tell the parts apart, run
+the LLM alone (``--tts none``, a fake TTS) and then the TTS alone on that run's replies (``--replay REPORT``):
+
+    .venv/bin/python scripts/soak.py --turns 100 --tts none --json llm.json
+    .venv/bin/python scripts/soak.py --turns 100 --replay llm.json --mappings --json tts.json
 """
 
 from __future__ import annotations
@@ -30,13 +37,14 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from voicepipe.config import build_stages, parse_pipeline
 from voicepipe.frames import EndOfTurnFrame, ErrorFrame, Frame, TranscriptFrame
-from voicepipe.memory.rss import MB, rss_bytes
+from voicepipe.memory.rss import MB, heap_stats, rss_breakdown, rss_bytes
 from voicepipe.metrics import MetricsObserver, TurnMetrics
 from voicepipe.pipeline import VoicePipeline
 from voicepipe.stage import Source
@@ -60,20 +68,31 @@ QUESTIONS = [
 class QuestionSource(Source):
     """Sends question after question as final transcripts, each once the previous reply has left the sink."""
 
-    def __init__(self, turns: int) -> None:
+    def __init__(self, turns: int, questions: list[str] = QUESTIONS) -> None:
         super().__init__(name="questions")
         self.count = turns
+        self.questions = questions
         self.turn_over = asyncio.Event()
 
     async def frames(self) -> AsyncIterator[Frame]:
         for i in range(self.count):
             self.turn_over.clear()
-            yield TranscriptFrame(text=QUESTIONS[i % len(QUESTIONS)], final=True, turn_id=self.turns.next())
+            yield TranscriptFrame(text=self.questions[i % len(self.questions)], final=True, turn_id=self.turns.next())
             await self.turn_over.wait()
 
 
-def pipeline_yaml(model: str, tts: str, out: Path, max_tokens: int, max_history: int) -> str:
-    if tts == "kokoro":
+def pipeline_yaml(
+    model: str | None,
+    tts: str,
+    out: Path,
+    max_tokens: int,
+    max_history: int,
+    llm_threads: int | None = None,
+    keep_arena: bool = False,
+) -> str:
+    if tts == "none":
+        tts_stage = "  - type: fake-tts\n"
+    elif tts == "kokoro":
         from voicepipe.testing.tts_assets import KOKORO_TEST_VOICE, kokoro_model_path, kokoro_voices_path
 
         tts_stage = (
@@ -84,17 +103,56 @@ def pipeline_yaml(model: str, tts: str, out: Path, max_tokens: int, max_history:
         from voicepipe.testing.tts_assets import piper_joe_model_path
 
         tts_stage = f"  - type: piper\n    model: {piper_joe_model_path()}\n"
+    llm_stage = (
+        '  - type: fake-llm\n    reply: "{text}"\n'
+        if model is None
+        else f"  - type: llm\n    backend: llamacpp\n    model: {model}\n    temperature: 0\n"
+        f"    max_tokens: {max_tokens}\n    max_history: {max_history}\n"
+        + (f"    options: {{n_threads: {llm_threads}}}\n" if llm_threads else "")
+    )
+    if keep_arena and tts != "none":
+        tts_stage += "    release_arena: false\n"
     return f"""stages:
-  - type: llm
-    backend: llamacpp
-    model: {model}
-    temperature: 0
-    max_tokens: {max_tokens}
-    max_history: {max_history}
-  - type: chunker
+{llm_stage}  - type: chunker
 {tts_stage}  - type: wav-sink
     path: {out}
 """
+
+
+def memory_breakdown(llm: Any, traced: bool) -> dict[str, float]:
+    """Where the resident memory is, in MB: mapped files vs anonymous pages, malloc's heap (in use / held free /
+    mmapped blocks), the LLM's prompt-cache snapshots and (with ``--tracemalloc``) Python's own allocations."""
+    out = {f"rss_{k}_mb": v / MB for k, v in rss_breakdown().items() if k != "shmem"}
+    out.update({f"malloc_{k}_mb": v / MB for k, v in heap_stats().items()})
+    model = getattr(llm, "model", None)
+    if model is not None:
+        out["prompt_cache_mb"] = model.prompt_cache.nbytes / MB
+        out["prompt_cache_snapshots"] = len(model.prompt_cache)
+    if traced:
+        out["python_traced_mb"] = tracemalloc.get_traced_memory()[0] / MB
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def big_anonymous_mappings(min_mb: float = 16) -> dict[str, float]:
+    """Resident MB of each anonymous mapping of at least ``min_mb`` (Linux), keyed ``start-address:size_mb``: large
+    malloc blocks (onnxruntime arena regions, llama.cpp buffers) are mapped one by one, so a growing one shows here."""
+    out: dict[str, float] = {}
+    try:
+        with open("/proc/self/smaps", encoding="ascii", errors="replace") as smaps:
+            key = None
+            for line in smaps:
+                head = line.split()
+                if not head:
+                    continue
+                if "-" in head[0] and len(head) >= 5 and not line.startswith(("Size", "Rss")):
+                    start, end = (int(x, 16) for x in head[0].split("-"))
+                    size_mb = (end - start) / MB
+                    key = f"{head[0].split('-')[0]}:{size_mb:.0f}" if len(head) == 5 and size_mb >= min_mb else None
+                elif key is not None and head[0] == "Rss:":
+                    out[key] = round(int(head[1]) / 1024, 1)
+    except OSError:
+        return {}
+    return out
 
 
 def p50(values: list[float]) -> float | None:
@@ -103,9 +161,12 @@ def p50(values: list[float]) -> float | None:
 
 async def soak(args: argparse.Namespace, out_wav: Path) -> dict[str, Any]:
     loaded = parse_pipeline(
-        pipeline_yaml(args.model, args.tts, out_wav, args.max_tokens, args.max_history), "soak.yaml"
+        pipeline_yaml(
+            args.model, args.tts, out_wav, args.max_tokens, args.max_history, args.llm_threads, args.keep_arena
+        ),
+        "soak.yaml",
     )
-    source = QuestionSource(args.turns)
+    source = QuestionSource(args.turns, args.questions)
     samples: list[dict[str, Any]] = []
     finished: dict[int, TurnMetrics] = {}
     metrics = MetricsObserver(lambda turn: finished.__setitem__(turn.turn_id, turn))
@@ -123,6 +184,8 @@ async def soak(args: argparse.Namespace, out_wav: Path) -> dict[str, Any]:
                     "threads": sum(1 for t in threading.enumerate() if not t.name.startswith("asyncio_")),
                     "pool_threads": sum(1 for t in threading.enumerate() if t.name.startswith("asyncio_")),
                     "tasks": len(asyncio.all_tasks()),
+                    **memory_breakdown(llm, args.tracemalloc),
+                    **({"mappings": big_anonymous_mappings()} if args.mappings else {}),
                 }
             )
             if args.progress and frame.turn_id % 10 == 0:
@@ -130,7 +193,11 @@ async def soak(args: argparse.Namespace, out_wav: Path) -> dict[str, Any]:
                 print(f"turn {frame.turn_id}: RSS {s['rss_mb']:.0f} MB, {s['threads']} threads, {s['tasks']} tasks")
             source.turn_over.set()
 
-    pipeline = VoicePipeline([source, *build_stages(loaded)], observers=[metrics])
+    stages = build_stages(loaded)
+    llm = next((stage for stage in stages if hasattr(stage, "model")), None)
+    if args.tracemalloc:
+        tracemalloc.start()
+    pipeline = VoicePipeline([source, *stages], observers=[metrics])
     pipeline.on_output(on_output)
     await pipeline.run()
     metrics.flush()
@@ -150,9 +217,10 @@ async def soak(args: argparse.Namespace, out_wav: Path) -> dict[str, Any]:
         "turns": len(samples),
         "turns_asked": args.turns,
         "tts": args.tts,
-        "model": Path(args.model).name,
+        "model": Path(args.model).name if args.model else f"replay of {args.replay}",
         "max_tokens": args.max_tokens,
         "max_history": args.max_history,
+        "tts_release_arena": not args.keep_arena,
         "warmup_turns": args.warmup,
         "window": window,
         "wall_s": round(wall, 1),
@@ -160,6 +228,7 @@ async def soak(args: argparse.Namespace, out_wav: Path) -> dict[str, Any]:
         "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "replies_sample": [finished[i].reply for i in sorted(finished)[:3]],
+        "replies": [finished[i].reply for i in sorted(finished)],
     }
     if warm is not None and last is not None:
         growth = (last["rss_mb"] - warm["rss_mb"]) / warm["rss_mb"] * 100
@@ -214,11 +283,24 @@ def check(report: dict[str, Any], args: argparse.Namespace) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--turns", type=int, default=500)
-    parser.add_argument("--tts", choices=("piper", "kokoro"), default="piper")
+    parser.add_argument(
+        "--tts", choices=("piper", "kokoro", "none"), default="piper", help="none: a fake TTS (the LLM alone)"
+    )
+    parser.add_argument(
+        "--replay",
+        metavar="REPORT",
+        help="the TTS alone: speak the replies of an earlier --json report, with a fake LLM instead of the real one",
+    )
     parser.add_argument("--model", help="chat GGUF (default: the real Qwen2.5-Coder-0.5B-Instruct Q4_K_M)")
     parser.add_argument("--max-tokens", type=int, default=48, help="reply length cap (a spoken answer)")
     parser.add_argument(
         "--max-history", type=int, default=20, help="LLM history kept (the steady state starts once it is full)"
+    )
+    parser.add_argument(
+        "--llm-threads", type=int, help="llama.cpp threads (default: every core; 1 leaves a core to a busy machine)"
+    )
+    parser.add_argument(
+        "--keep-arena", action="store_true", help="TTS release_arena: false (compare memory and latency against it)"
     )
     parser.add_argument("--warmup", type=int, help="turns not measured (default: 10 %% of the turns, at least 3)")
     parser.add_argument("--window", type=int, default=50, help="turns in each latency p50 window")
@@ -226,6 +308,8 @@ def main() -> int:
     parser.add_argument("--max-drift-pct", type=float, default=10.0, help="latency drift limit (negative: off)")
     parser.add_argument("--json", metavar="PATH", help="write the report (with per-turn samples) here")
     parser.add_argument("--progress", action="store_true", help="a line every 10 turns")
+    parser.add_argument("--mappings", action="store_true", help="also sample each large anonymous mapping's RSS")
+    parser.add_argument("--tracemalloc", action="store_true", help="also sample Python's own allocations (slower)")
     args = parser.parse_args()
     if args.turns < 2:
         parser.error("--turns must be at least 2")
@@ -234,7 +318,11 @@ def main() -> int:
     args.warmup = max(1, min(args.warmup, args.turns - 1))
     if args.max_drift_pct is not None and args.max_drift_pct < 0:
         args.max_drift_pct = None
-    if args.model is None:
+    args.questions = QUESTIONS
+    if args.replay:
+        args.questions = [r for r in json.loads(Path(args.replay).read_text())["replies"] if r.strip()]
+        args.model = None
+    elif args.model is None:
         from voicepipe.testing.llm_assets import qwen25_05b_gguf
 
         args.model = str(qwen25_05b_gguf())
@@ -242,7 +330,7 @@ def main() -> int:
         report = asyncio.run(soak(args, Path(tmp) / "replies.wav"))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    summary = {k: v for k, v in report.items() if k != "samples"}
+    summary = {k: v for k, v in report.items() if k not in ("samples", "replies")}
     print(json.dumps(summary, indent=2))
     for failure in report["failures"]:
         print(f"FAIL: {failure}", file=sys.stderr)

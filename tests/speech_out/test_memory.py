@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from voicepipe.frames import TextChunkFrame, TTSAudioFrame
 from voicepipe.testing.harness import run_stage
 from voicepipe.tts.engine import resident_bytes
@@ -40,3 +42,30 @@ async def test_kokoro_unload_gives_the_memory_back(kokoro_files: tuple[str, str]
     await stage.load()
     assert stage.is_loaded and stage.memory_footprint >= Path(model).stat().st_size
     stage.shutdown_worker()
+
+
+@pytest.mark.parametrize("release_arena", [True, False])
+def test_piper_does_not_keep_its_largest_synthesis_resident(piper_model: str, release_arena: bool) -> None:
+    """onnxruntime's CPU arena grows by doubling regions to the largest run so far and keeps them; a soak's RSS grew
+    with every longer sentence (issue 15 row 13). With ``release_arena`` (the default) Piper's runs shrink the arena
+    afterwards, so one long sentence leaves little behind; without it the arena keeps it."""
+    from voicepipe.tts.piper import PiperEngine
+
+    engine = PiperEngine(piper_model, release_arena=release_arena)
+    engine.load()
+    try:
+        engine.synthesize("A short warm-up.")
+        before = resident_bytes()
+        long_text = " ".join(
+            ["To boil an egg, put it in a pot of cold water, bring the water to the boil, then let it simmer"]
+            + ["for about nine minutes, cool it under the tap and peel it when it is cold enough to hold"] * 2
+        )
+        audio = engine.synthesize(long_text + ".")
+        assert audio.size > 10 * engine.sample_rate, "the long sentence must need a large arena"
+        kept = resident_bytes() - before
+        if release_arena:
+            assert kept < 40 * 2**20, f"{kept >> 20} MB stayed resident after one long sentence"
+        else:
+            assert kept > 80 * 2**20, f"only {kept >> 20} MB stayed: the arena no longer keeps its regions?"
+    finally:
+        engine.unload()

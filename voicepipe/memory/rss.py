@@ -15,7 +15,15 @@ import sys
 
 import psutil
 
-__all__ = ["rss_bytes", "peak_rss_bytes", "reset_peak_rss", "release_freed_memory", "MB"]
+__all__ = [
+    "rss_bytes",
+    "rss_breakdown",
+    "heap_stats",
+    "peak_rss_bytes",
+    "reset_peak_rss",
+    "release_freed_memory",
+    "MB",
+]
 
 MB = 1024 * 1024
 _PROCESS = psutil.Process()
@@ -25,6 +33,55 @@ _LINUX = sys.platform.startswith("linux")
 def rss_bytes() -> int:
     """Resident set size of this process now."""
     return int(_PROCESS.memory_info().rss)
+
+
+def rss_breakdown() -> dict[str, int]:
+    """Resident bytes by kind (Linux ``RssAnon``/``RssFile``/``RssShmem``; empty elsewhere): file pages are mapped
+    weights (a GGUF), anonymous pages are heaps, arenas and buffers."""
+    if not _LINUX:
+        return {}
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+                    key, value = line.split(":", 1)
+                    out[key[3:].lower()] = int(value.split()[0]) * 1024
+    except OSError:
+        return {}
+    return out
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+def heap_stats() -> dict[str, int]:
+    """glibc malloc's own accounting (``mallinfo2``, glibc >= 2.33; empty elsewhere), summed over all arenas:
+    ``heap`` bytes obtained with brk/arena heaps, ``in_use`` and ``free`` parts of it (free bytes are held, not
+    returned: fragmentation or a high-water mark), ``mmapped`` bytes of large blocks mapped one by one.
+    No library exposes this, hence ctypes."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return {}
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return {"heap": info.arena, "in_use": info.uordblks, "free": info.fordblks, "mmapped": info.hblkhd}
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not _LINUX:
+        return None
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
 
 
 def peak_rss_bytes() -> int | None:
@@ -55,16 +112,9 @@ def reset_peak_rss() -> bool:
 
 def _malloc_trim() -> None:
     # glibc keeps freed heap pages mapped unless asked; malloc_trim(0) gives them back (no Python library does this).
-    if not _LINUX:
-        return
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    try:
-        libc = ctypes.CDLL(name)
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        return
 
 
 def release_freed_memory() -> None:

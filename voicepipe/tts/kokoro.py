@@ -53,6 +53,7 @@ class KokoroEngine(TTSEngine):
         speed: float = 1.0,
         language: str = "en-us",
         threads: int = 1,
+        release_arena: bool = True,
     ) -> None:
         self.model_path = Path(model_path)
         self.voices_path = Path(voices_path)
@@ -60,6 +61,7 @@ class KokoroEngine(TTSEngine):
         self.speed = speed
         self.language = language
         self.threads = threads
+        self.release_arena = release_arena  # see CancellableSession's shrink_arena
         self.sample_rate = SAMPLE_RATE
         self._kokoro = None
         self._session: CancellableSession | None = None
@@ -89,7 +91,7 @@ class KokoroEngine(TTSEngine):
         names = {i.name for i in session.get_inputs()}
         if not {"style", "speed"} <= names:
             raise ModelLoadError(f"{self.model_path} is an ONNX model but not a Kokoro one (inputs: {sorted(names)})")
-        wrapped = CancellableSession(session)
+        wrapped = CancellableSession(session, shrink_arena=self.release_arena)
         try:
             kokoro = kokoro_onnx.Kokoro.from_session(wrapped, str(self.voices_path))
             voices = list(kokoro.get_voices())

@@ -34,12 +34,14 @@ class PiperEngine(TTSEngine):
         voice: str | None = None,
         speed: float = 1.0,
         threads: int = 1,
+        release_arena: bool = True,
     ) -> None:
         self.model_path = Path(model_path)
         self.config_path = Path(config_path) if config_path else Path(f"{model_path}.json")
         self.voice = voice
         self.speed = speed
         self.threads = threads
+        self.release_arena = release_arena  # see CancellableSession's shrink_arena
         self._voice = None
         self._session: CancellableSession | None = None
         self._syn_config = None
@@ -80,7 +82,7 @@ class PiperEngine(TTSEngine):
                 names = ", ".join(speakers) or "none: it has a single speaker, leave 'voice' unset"
                 raise ModelLoadError(f"voice {self.voice!r} is not a speaker of {self.model_path}; speakers: {names}")
             speaker_id = speakers[self.voice]
-        self._session = CancellableSession(session)
+        self._session = CancellableSession(session, shrink_arena=self.release_arena)
         self._voice = PiperVoice(session=self._session, config=config)
         self._syn_config = SynthesisConfig(speaker_id=speaker_id, length_scale=config.length_scale / self.speed)
         self.sample_rate = config.sample_rate

@@ -78,6 +78,11 @@ class TTSConfig(StageConfig):
         None, ge=8000, le=192_000, description="Output rate in Hz; default: the voice's own (Kokoro 24000)."
     )
     block_ms: int = Field(160, ge=20, le=1000, description="Length of each audio block sent downstream.")
+    release_arena: bool = Field(
+        True,
+        description="Hand onnxruntime's working memory back after each sentence, so resident memory does not keep the "
+        "longest sentence so far; false: keep it (a sentence then starts without page faults, somewhat faster).",
+    )
 
     @model_validator(mode="after")
     def _voices_only_for_kokoro(self) -> TTSConfig:
@@ -100,6 +105,7 @@ def build_engine(config: TTSConfig) -> TTSEngine:
             speed=config.speed,
             language=config.language,
             threads=config.threads,
+            release_arena=config.release_arena,
         )
     from voicepipe.tts import piper
     from voicepipe.tts.files import is_hub_reference
@@ -107,7 +113,14 @@ def build_engine(config: TTSConfig) -> TTSEngine:
     ref = config.model or piper.DEFAULT_MODEL
     model_path = resolve_file(ref, field="model")
     config_path = resolve_file(f"{ref}.json", field="model") if is_hub_reference(ref) else None
-    return piper.PiperEngine(model_path, config_path, voice=config.voice, speed=config.speed, threads=config.threads)
+    return piper.PiperEngine(
+        model_path,
+        config_path,
+        voice=config.voice,
+        speed=config.speed,
+        threads=config.threads,
+        release_arena=config.release_arena,
+    )
 
 
 class TTSStage(Stage):
