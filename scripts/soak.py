@@ -88,7 +88,7 @@ def pipeline_yaml(
     max_tokens: int,
     max_history: int,
     llm_threads: int | None = None,
-    keep_arena: bool = False,
+    release_arena: bool = False,
 ) -> str:
     if tts == "none":
         tts_stage = "  - type: fake-tts\n"
@@ -110,8 +110,8 @@ def pipeline_yaml(
         f"    max_tokens: {max_tokens}\n    max_history: {max_history}\n"
         + (f"    options: {{n_threads: {llm_threads}}}\n" if llm_threads else "")
     )
-    if keep_arena and tts != "none":
-        tts_stage += "    release_arena: false\n"
+    if release_arena and tts != "none":
+        tts_stage += "    release_arena: true\n"
     return f"""stages:
 {llm_stage}  - type: chunker
 {tts_stage}  - type: wav-sink
@@ -162,7 +162,7 @@ def p50(values: list[float]) -> float | None:
 async def soak(args: argparse.Namespace, out_wav: Path) -> dict[str, Any]:
     loaded = parse_pipeline(
         pipeline_yaml(
-            args.model, args.tts, out_wav, args.max_tokens, args.max_history, args.llm_threads, args.keep_arena
+            args.model, args.tts, out_wav, args.max_tokens, args.max_history, args.llm_threads, args.release_arena
         ),
         "soak.yaml",
     )
@@ -220,7 +220,7 @@ async def soak(args: argparse.Namespace, out_wav: Path) -> dict[str, Any]:
         "model": Path(args.model).name if args.model else f"replay of {args.replay}",
         "max_tokens": args.max_tokens,
         "max_history": args.max_history,
-        "tts_release_arena": not args.keep_arena,
+        "tts_release_arena": args.release_arena,
         "warmup_turns": args.warmup,
         "window": window,
         "wall_s": round(wall, 1),
@@ -300,7 +300,7 @@ def main() -> int:
         "--llm-threads", type=int, help="llama.cpp threads (default: every core; 1 leaves a core to a busy machine)"
     )
     parser.add_argument(
-        "--keep-arena", action="store_true", help="TTS release_arena: false (compare memory and latency against it)"
+        "--release-arena", action="store_true", help="TTS release_arena: true (compare memory and latency against it)"
     )
     parser.add_argument("--warmup", type=int, help="turns not measured (default: 10 %% of the turns, at least 3)")
     parser.add_argument("--window", type=int, default=50, help="turns in each latency p50 window")

@@ -53,7 +53,7 @@ class KokoroEngine(TTSEngine):
         speed: float = 1.0,
         language: str = "en-us",
         threads: int = 1,
-        release_arena: bool = True,
+        release_arena: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
         self.voices_path = Path(voices_path)

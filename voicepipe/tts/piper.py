@@ -34,7 +34,7 @@ class PiperEngine(TTSEngine):
         voice: str | None = None,
         speed: float = 1.0,
         threads: int = 1,
-        release_arena: bool = True,
+        release_arena: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
         self.config_path = Path(config_path) if config_path else Path(f"{model_path}.json")
