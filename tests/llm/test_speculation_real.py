@@ -7,7 +7,6 @@ state the next turn continues from; a confirmed one is adopted as generated and 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,8 @@ from voicepipe.frames import (
 )
 from voicepipe.llm.stage import LLMConfig, LLMStage
 from voicepipe.pipeline import VoicePipeline
-from voicepipe.stage import Direction, Source, Stage
+from voicepipe.stage import Direction, Stage
+from voicepipe.testing.harness import ListSource
 
 pytest.importorskip("llama_cpp")
 
@@ -34,19 +34,9 @@ def qwen05() -> Path:
     return assets.qwen25_05b_gguf()
 
 
-class Script(Source):
-    """Emits frames; an ``asyncio.Event`` among them makes it wait until the pipeline has set it (no sleeps)."""
-
-    def __init__(self, items: list[Frame | asyncio.Event]) -> None:
-        super().__init__(name="script")
-        self.items = items
-
-    async def frames(self) -> AsyncIterator[Frame]:
-        for item in self.items:
-            if isinstance(item, asyncio.Event):
-                await asyncio.wait_for(item.wait(), 300)
-            else:
-                yield item
+def script(items: list) -> ListSource:
+    """The scripted user: frames, and events that make it wait (a real model may take minutes here)."""
+    return ListSource(items, name="script", event_timeout_s=300)
 
 
 class FirstTokens:
@@ -81,7 +71,7 @@ async def test_a_discarded_speculation_leaves_no_trace_and_a_confirmed_one_is_ke
     started = FirstTokens(3)
     pipeline = VoicePipeline(
         [
-            Script(
+            script(
                 [
                     SpeechStartedFrame(turn_id=1),
                     TranscriptFrame(text="What is the capital of France", final=False, turn_id=1),

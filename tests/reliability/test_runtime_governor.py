@@ -34,22 +34,6 @@ def piper_model() -> Path:
     return Path(piper_joe_model_path())
 
 
-@pytest.fixture(scope="module")
-def tiny_gguf() -> str:
-    """The tiny random Qwen3.5 (real vocabulary) as an f32 GGUF, shared with the LLM tests' cache."""
-    pytest.importorskip("llama_cpp")
-    from voicepipe.llm.gguf_convert import convert_hf_to_gguf
-    from voicepipe.testing import cache_dir, file_lock
-    from voicepipe.testing.checkpoints import tiny_checkpoint
-
-    checkpoint = tiny_checkpoint("real")
-    out = cache_dir("gguf") / f"{checkpoint.name}-f32.gguf"
-    with file_lock(cache_dir("gguf") / f"{checkpoint.name}.lock"):
-        if not out.exists():
-            convert_hf_to_gguf(checkpoint, out, outtype="f32")
-    return str(out)
-
-
 def test_sequential_never_loads_both_when_questions_overlap_replies(tmp_path: Path, tiny_gguf: str, piper_model):
     from voicepipe.testing.speech import SAMPLE_RATE, concat, espeak, pad, silence
     from voicepipe.testing.whisper_assets import whisper_tiny_en_dir

@@ -26,16 +26,26 @@ class Pause:
 
 
 class ListSource(Source):
-    """A source that emits the given frames (and honours ``Pause`` items), then ends."""
+    """A source that emits the given frames, then ends. A ``Pause`` item waits that long; an ``asyncio.Event`` item
+    waits until the pipeline has set it (e.g. "the reply has been streamed"), at most ``event_timeout_s``."""
 
-    def __init__(self, items: Iterable[Frame | Pause], *, name: str = "list-source") -> None:
+    def __init__(
+        self,
+        items: Iterable[Frame | Pause | asyncio.Event],
+        *,
+        name: str = "list-source",
+        event_timeout_s: float = 30.0,
+    ) -> None:
         super().__init__(name=name)
         self.items = list(items)
+        self.event_timeout_s = event_timeout_s
 
     async def frames(self) -> AsyncIterator[Frame]:
         for item in self.items:
             if isinstance(item, Pause):
                 await asyncio.sleep(item.seconds)
+            elif isinstance(item, asyncio.Event):
+                await asyncio.wait_for(item.wait(), self.event_timeout_s)
             else:
                 yield item
 
