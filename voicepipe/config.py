@@ -8,6 +8,7 @@ numbers come from the YAML node tree, since pydantic only knows paths), and all 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from voicepipe.engine import EngineStageConfig
 from voicepipe.errors import ConfigError, UserError
 from voicepipe.memory.config import MemoryConfig
 from voicepipe.registry import resolve_stage
@@ -239,6 +241,8 @@ def parse_pipeline(text: str, filename: str = "pipeline.yaml") -> LoadedPipeline
             continue
         used_names.add(name)
         fields = {k: v for k, v in entry.items() if k not in _RESERVED}
+        if issubclass(cls.Config, EngineStageConfig) and not _engine_fields_valid(cls.Config, fields, at, report):
+            continue
         try:
             config = cls.Config.model_validate(fields)
         except ValidationError as exc:
@@ -250,6 +254,28 @@ def parse_pipeline(text: str, filename: str = "pipeline.yaml") -> LoadedPipeline
     if problems:
         raise ConfigError(problems[0], problems)
     return LoadedPipeline(filename, settings, specs)
+
+
+def _engine_fields_valid(
+    config: type[EngineStageConfig], fields: dict[str, Any], at: tuple[Any, ...], report: Callable[..., None]
+) -> bool:
+    """Check an engine stage's ``engine:`` and the engine's own fields first, so each problem names its line."""
+    own, rest = config.split(fields)
+    name = config.engine_name(own)
+    if not isinstance(name, str):
+        return True  # the stage config reports a non-string 'engine'
+    try:
+        engine = config.engine_class(name)
+    except UserError as exc:
+        report((*at, "engine") if "engine" in own else at, str(exc))
+        return False
+    try:
+        engine.Config.model_validate(rest)
+    except ValidationError as exc:
+        for path, msg in _problems(exc, at):
+            report(path, msg)
+        return False
+    return True
 
 
 def build_stages(loaded: LoadedPipeline) -> list[Stage]:

@@ -3,22 +3,21 @@
 A stage handles the frame types it knows, pushes its output with ``await self.push(frame)``, and forwards every other
 frame unchanged (the default ``process`` does exactly that). Model loading happens in ``setup()``, never in the
 constructor; blocking model calls go through ``run_blocking`` so the event loop never blocks. Each stage gets one
-dedicated worker thread for that (created on first use): engines such as MLX tie generation to one thread.
+dedicated worker thread for that (a ``voicepipe.worker.Worker``, started on first use): engines such as MLX tie
+generation to one thread.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
-import functools
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from voicepipe.frames import Frame
+from voicepipe.worker import Worker
 
 __all__ = ["Direction", "StageConfig", "Stage", "Source", "Sink", "TurnCounter"]
 
@@ -64,7 +63,7 @@ class Stage:
         self.turns = TurnCounter()
         self._downstream: PushFn | None = None
         self._upstream: PushFn | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self.worker = Worker(self.name)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -107,16 +106,11 @@ class Stage:
 
     async def run_blocking(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run a blocking call on this stage's own worker thread without blocking the event loop."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"voicepipe-{self.name}")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        return await self.worker.run(fn, *args, **kwargs)
 
     def shutdown_worker(self) -> None:
         """Stop the worker thread (after cleanup). Work still running finishes in the background."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self.worker.shutdown()
 
     @property
     def speculates(self) -> bool:
