@@ -92,6 +92,70 @@ async def test_a_turn_only_interruption_drops_that_turn_and_leaves_the_others():
     assert slow.cancelled == [], "the older turn in flight must finish"
 
 
+class Recorder(Stage):
+    """Records every frame that reaches ``process()``."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.processed: list[Frame] = []
+
+    async def process(self, frame: Frame) -> None:
+        self.processed.append(frame)
+        await self.push(frame)
+
+
+def _texts(frames: list[Frame]) -> list[str]:
+    return [f.text for f in frames if isinstance(f, TextChunkFrame | TranscriptFrame)]
+
+
+async def test_late_reply_frames_of_an_interrupted_turn_never_reach_process():
+    """The rest of an interrupted reply that arrives after the interruption is dropped by the pipeline, not by the
+    stage; the user's own frames, system frames and the next turn's reply pass."""
+    recorder = Recorder()
+    items = [
+        TextChunkFrame(text="reply-1", turn_id=1),
+        Pause(0.05),
+        InterruptionFrame(turn_id=1),
+        TextChunkFrame(text="late-1", turn_id=1),  # still on its way when the user barged in
+        TranscriptFrame(text="question-2", turn_id=2),
+        TextChunkFrame(text="reply-2", turn_id=2),
+    ]
+    await run_stage(recorder, items)
+    assert _texts(recorder.processed) == ["reply-1", "question-2", "reply-2"]
+    assert [type(f) for f in recorder.processed if f.is_system] == [InterruptionFrame]
+
+
+async def test_an_interruption_covers_every_reply_up_to_the_latest_the_stage_saw_not_its_turn_id():
+    """A barge-in labelled with the next turn (as a UI may send it) still leaves that turn's reply alone."""
+    recorder = Recorder()
+    items = [
+        TextChunkFrame(text="reply-1", turn_id=1),
+        Pause(0.05),
+        InterruptionFrame(turn_id=2),
+        TextChunkFrame(text="reply-2", turn_id=2),
+        TextChunkFrame(text="late-1", turn_id=1),
+    ]
+    await run_stage(recorder, items)
+    assert _texts(recorder.processed) == ["reply-1", "reply-2"]
+
+
+async def test_a_turn_only_interruption_drops_late_frames_of_that_turn_alone():
+    """A resumed turn: its late reply is dropped; an older reply goes on and the new turn's frames pass."""
+    recorder = Recorder()
+    items = [
+        TextChunkFrame(text="reply-1", turn_id=1),
+        TextChunkFrame(text="reply-2", turn_id=2),
+        Pause(0.05),
+        InterruptionFrame(turn_id=2, turn_only=True),
+        TextChunkFrame(text="late-2", turn_id=2),
+        TextChunkFrame(text="more-1", turn_id=1),
+        TranscriptFrame(text="resumed", turn_id=3),
+        TextChunkFrame(text="reply-3", turn_id=3),
+    ]
+    await run_stage(recorder, items)
+    assert _texts(recorder.processed) == ["reply-1", "reply-2", "more-1", "resumed", "reply-3"]
+
+
 async def test_a_raising_stage_fails_the_turn_not_the_pipeline():
     frames = [
         TranscriptFrame(text="ok-1", turn_id=1),

@@ -7,6 +7,13 @@ other handles system frames at once. An interruption cancels the data frame in f
 interruption, and drops the data frames queued before it (``EndFrame`` excepted); frames queued after it survive,
 since they belong to the new turn.
 
+The runner also owns the rest of an interrupted turn's lifetime: reply frames (``ReplyFrame``: tokens, text chunks,
+audio) of an interrupted turn that still arrive after the interruption never reach the stage's ``process()``. An
+interruption covers every turn up to the latest one whose reply had reached the stage; a ``turn_only`` interruption (a
+turn the VAD ended too early and the user went on) covers that turn alone, so an older reply plays on and the resumed
+turn's frames pass. System frames are never dropped, nor are the user's own frames (audio, transcripts) of any turn.
+Stages therefore keep no record of interrupted turns; they only stop what they are doing when the interruption comes.
+
 Observers (metrics, the live view) are told about each frame once, when the stage that produced it pushes it (the
 pipeline tags it with ``Frame.origin``); stages that forward it unchanged, such as the memory governor's taps or a
 plugin between two stages, do not show it again, so a reply or an error is never counted twice.
@@ -27,7 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from voicepipe.errors import StageError, UserError
-from voicepipe.frames import CancelFrame, EndFrame, ErrorFrame, Frame, InterruptionFrame
+from voicepipe.frames import CancelFrame, EndFrame, ErrorFrame, Frame, InterruptionFrame, ReplyFrame
 from voicepipe.speculation import SpeculationGate
 from voicepipe.stage import Direction, Sink, Source, Stage, TurnCounter
 
@@ -71,11 +78,21 @@ class FrameQueue:
     async def get_system(self) -> tuple[int, Direction, Frame]:
         async with self._cond:
             await self._cond.wait_for(lambda: bool(self._system))
-            return self._system.popleft()
+            item = self._system.popleft()
+            self._cond.notify_all()  # wake the data task waiting for this interruption to be taken
+            return item
+
+    def _data_ready(self) -> bool:
+        """A data frame is handed out only once every interruption queued before it was taken: that interruption
+        decides whether the frame is late (``_InterruptedTurns``)."""
+        if not self._data:
+            return False
+        head = self._data[0][0]
+        return not any(seq < head and isinstance(frame, InterruptionFrame) for seq, _, frame in self._system)
 
     async def get_data(self) -> tuple[int, Direction, Frame]:
         async with self._cond:
-            await self._cond.wait_for(lambda: bool(self._data))
+            await self._cond.wait_for(self._data_ready)
             item = self._data.popleft()
             self._cond.notify_all()  # wake producers waiting for room
             return item
@@ -106,8 +123,32 @@ class FrameObserver(Protocol):
     def on_frame(self, frame: Frame, source: Stage | None, direction: Direction) -> None: ...
 
 
+class _InterruptedTurns:
+    """Which turns' replies one stage must no longer see (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.reply_turn = 0  # the latest turn whose reply frames reached the stage
+        self._up_to = 0  # replies of every turn up to this one were interrupted
+        self._alone: set[int] = set()  # turns interrupted alone (InterruptionFrame.turn_only)
+
+    def interrupt(self, interruption: InterruptionFrame) -> None:
+        if interruption.turn_only:
+            self._alone.add(interruption.turn_id)
+        else:
+            self._up_to = max(self._up_to, self.reply_turn)
+
+    def is_late(self, frame: Frame) -> bool:
+        """True for a reply frame of an interrupted turn; a reply frame that passes moves ``reply_turn`` on."""
+        if not isinstance(frame, ReplyFrame) or frame.turn_id <= 0:
+            return False
+        if frame.turn_id <= self._up_to or frame.turn_id in self._alone:
+            return True
+        self.reply_turn = max(self.reply_turn, frame.turn_id)
+        return False
+
+
 class _StageRunner:
-    """Drives one stage: a data task (in order) and a system task (at once)."""
+    """Drives one stage: a data task (in order) and a system task (at once); drops late frames of interrupted turns."""
 
     def __init__(self, pipeline: VoicePipeline, stage: Stage, queue: FrameQueue) -> None:
         self.pipeline = pipeline
@@ -117,6 +158,7 @@ class _StageRunner:
         self.system_task: asyncio.Task[None] | None = None
         self._in_flight: tuple[int, Frame] | None = None
         self._in_flight_task: asyncio.Task[None] | None = None
+        self._interrupted = _InterruptedTurns()
         self.finished = asyncio.Event()  # set once EndFrame has passed this stage
 
     def start(self) -> list[asyncio.Task[None]]:
@@ -143,6 +185,11 @@ class _StageRunner:
     async def _data_loop(self) -> None:
         while True:
             seq, direction, frame = await self.queue.get_data()
+            if direction is Direction.DOWNSTREAM and self._interrupted.is_late(frame):
+                log.debug(
+                    "%s: dropped a late %s of interrupted turn %d", self.stage.name, type(frame).__name__, frame.turn_id
+                )
+                continue
             self._in_flight = (seq, frame)
             self._in_flight_task = asyncio.create_task(self._call(frame, direction), name=f"{self.stage.name}:frame")
             try:
@@ -174,6 +221,7 @@ class _StageRunner:
 
     async def _interrupt(self, seq: int, interruption: InterruptionFrame) -> None:
         only = interruption.turn_id if interruption.turn_only else None
+        self._interrupted.interrupt(interruption)
         dropped = await self.queue.drop_data_before(seq, only)
         in_flight, task = self._in_flight, self._in_flight_task
         cancelled = False

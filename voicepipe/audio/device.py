@@ -367,7 +367,6 @@ class SpeakerSink(Sink):
         self._resample_from = 0
         self._turn = 0  # turn whose audio is playing or queued
         self._speaking = False
-        self._interrupted_turn = 0
         self._ended_turns: set[int] = set()
         self._lost: asyncio.Event | None = None  # created in setup, on the running loop
         self._lost_reported = False
@@ -490,8 +489,6 @@ class SpeakerSink(Sink):
 
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, TTSAudioFrame):
-            if 0 < frame.turn_id <= self._interrupted_turn:
-                return  # the rest of a reply the user interrupted
             await self._play(frame)
             return
         if isinstance(frame, LLMResponseEndFrame):
@@ -605,7 +602,6 @@ class SpeakerSink(Sink):
         self._resampler = None
         if turn == 0 or turn in self._ended_turns:
             return
-        self._interrupted_turn = max(self._interrupted_turn, turn)
         # what is already inside the device still plays out: wait for it so "heard" is exact
         await self._wait_until(lambda: self._played_position() >= stop_at, poll=0.005)
         self._update_heard()

@@ -59,7 +59,6 @@ class TurnTaking(Stage):
         self._voiced_s = 0.0
         self._gap_s = 0.0
         self._rest = np.zeros(0, dtype=np.float32)  # 16 kHz samples not yet a whole VAD frame
-        self._interrupted_turn = 0
         self.interruptions = 0
         self.backchannels = 0  # short sounds over the reply that did not interrupt
 
@@ -107,7 +106,7 @@ class TurnTaking(Stage):
         await self._barge_in(frame)
 
     async def _barge_in(self, frame: AudioFrame) -> None:
-        if not self.bot_speaking or self._bot_turn <= self._interrupted_turn:
+        if not self.bot_speaking:
             await self.push(frame)
             return
         voiced = self._voiced_fraction(frame)
@@ -127,9 +126,9 @@ class TurnTaking(Stage):
             await self.push(frame)
             return
         if self._voiced_s * 1000 >= self.config.barge_in_ms:
-            self._interrupted_turn = self._bot_turn
+            interrupted, self._bot_turn = self._bot_turn, 0  # that reply is stopped: never interrupt it twice
             self.interruptions += 1
-            await self.push(InterruptionFrame(reason="user speech", turn_id=self._bot_turn))
+            await self.push(InterruptionFrame(reason="user speech", turn_id=interrupted))
             await self._release(keep=True)
 
     def _voiced_fraction(self, frame: AudioFrame) -> float:

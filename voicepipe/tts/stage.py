@@ -3,8 +3,8 @@
 Each ``TextChunkFrame`` is synthesized on the stage's worker thread as soon as it arrives (the chunker sends the first
 clause early), and its audio goes out in blocks of ``block_ms``, resampled to ``sample_rate``: the first chunk plays
 while the LLM still writes the next. An ``InterruptionFrame`` (handled at once, on the pipeline's system lane) aborts
-the running synthesis through onnxruntime's terminate flag and stops the blocks not yet sent; the pipeline itself
-drops the chunks queued before it, and chunks of the interrupted turn that still arrive are dropped here.
+the running synthesis through onnxruntime's terminate flag and stops the blocks not yet sent: the pipeline cancels the
+chunk in flight, drops the chunks queued before the interruption and those of the interrupted turn that still arrive.
 
 Speed of the first sound: ``setup()`` speaks a short phrase once (``warm_up``), so the first reply does not pay for
 onnxruntime's first run of the graph and the phonemizer's start-up; the first chunk of each reply is synthesized as the
@@ -29,7 +29,6 @@ from voicepipe.cores import schedule
 from voicepipe.frames import (
     CancelFrame,
     Frame,
-    InterruptionFrame,
     MetricsFrame,
     TextChunkFrame,
     TTSAudioFrame,
@@ -134,10 +133,6 @@ class TTSStage(Stage):
         super().__init__(config, name=name)
         self.config: TTSConfig
         self.engine = engine
-        self._generation = 0  # bumped by each interruption; work of an older generation is dropped
-        self._last_turn = 0
-        self._interrupted_turn = 0
-        self._dropped_turns: set[int] = set()  # turns interrupted alone (InterruptionFrame.turn_only)
 
     @property
     def output_rate(self) -> int:
@@ -176,29 +171,13 @@ class TTSStage(Stage):
 
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, TextChunkFrame):
-            if 0 < frame.turn_id <= self._interrupted_turn or frame.turn_id in self._dropped_turns:
-                return  # the rest of a reply the user interrupted
-            self._last_turn = max(self._last_turn, frame.turn_id)
-            await self._speak(frame)
-        elif isinstance(frame, InterruptionFrame) and frame.turn_only:
-            self._dropped_turns.add(frame.turn_id)
-            if frame.turn_id == self._last_turn:  # only that turn's speech stops; an older reply plays on
-                self._interrupt()
-            await self.push(frame)
-        elif isinstance(frame, InterruptionFrame | CancelFrame):
-            self._interrupt()
-            await self.push(frame)
-        else:
-            await self.push(frame)
-
-    def _interrupt(self) -> None:
-        self._generation += 1
-        self._interrupted_turn = self._last_turn
-        if self.engine is not None:
+            await self._speak(frame)  # an interruption cancels this call (the pipeline does) and so the synthesis
+            return
+        if isinstance(frame, CancelFrame) and self.engine is not None:
             self.engine.cancel()
+        await self.push(frame)
 
     async def _speak(self, chunk: TextChunkFrame) -> None:
-        generation = self._generation
         text = normalize_text(chunk.text, self.config.language)
         if not text:
             return  # only symbols or markup: nothing to say
@@ -208,13 +187,13 @@ class TTSStage(Stage):
         started = time.monotonic()
         try:
             critical = chunk.index == 0 and self.config.first_chunk_priority
-            audio = await self.run_blocking(self._synthesize, engine, text, generation, critical)
+            audio = await self.run_blocking(self._synthesize, engine, text, critical)
         except SynthesisCancelled:
             return
         except asyncio.CancelledError:
-            engine.cancel()  # the pipeline cancelled this frame: stop the worker thread too
+            engine.cancel()  # the pipeline cancelled this frame (an interruption): stop the worker thread too
             raise
-        if audio is None or generation != self._generation or len(audio) == 0:
+        if len(audio) == 0:
             return
         synthesis_s = time.monotonic() - started
         rate = self.output_rate
@@ -226,8 +205,6 @@ class TTSStage(Stage):
             )
         )
         for start, end in _blocks(len(audio), rate * self.config.block_ms // 1000):
-            if generation != self._generation:
-                return
             char_start, char_end = _char_span(chunk.text, start, end, len(audio))
             await self.push(
                 TTSAudioFrame(
@@ -241,10 +218,10 @@ class TTSStage(Stage):
                 )
             )
 
-    def _synthesize(self, engine: TTSEngine, text: str, generation: int, critical: bool) -> np.ndarray | None:
-        """On the worker thread: load if the memory governor unloaded the engine, speak, resample."""
-        if generation != self._generation:
-            return None  # interrupted while this call waited for the thread
+    def _synthesize(self, engine: TTSEngine, text: str, critical: bool) -> np.ndarray:
+        """On the worker thread: load if the memory governor unloaded the engine, speak, resample.
+
+        A call cancelled while it waited for the thread never starts (``run_blocking`` drops it)."""
         if not engine.is_loaded:
             engine.load()
         with schedule.critical(self.name) if critical else contextlib.nullcontext():
