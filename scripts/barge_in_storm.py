@@ -44,13 +44,13 @@ QUESTIONS = [
 def build(args: argparse.Namespace):
     from voicepipe.asr.stage import ASRConfig, ASRStage
     from voicepipe.audio.device import MicConfig, MicSource, SpeakerConfig, SpeakerSink
-    from voicepipe.audio.turn_taking import TurnTaking, TurnTakingConfig
     from voicepipe.llm.stage import LLMConfig, LLMStage
     from voicepipe.pipeline import VoicePipeline
     from voicepipe.testing.whisper_assets import whisper_tiny_en_dir
     from voicepipe.text.stage import SentenceChunkerStage
     from voicepipe.tts.stage import TTSConfig, TTSStage
     from voicepipe.vad.stage import VADConfig, VADStage
+    from voicepipe.vad.turn_taking import TurnTaking, TurnTakingConfig
 
     llm = LLMConfig(
         backend="llamacpp",

@@ -146,4 +146,5 @@ class Source(Stage):
 
 
 class Sink(Stage):
-    """The last stage (speaker, file). It reports playback upstream and sends ``EndOfTurnFrame`` per finished turn."""
+    """The last stage (speaker, file). It reports playback upstream and sends ``EndOfTurnFrame`` per finished turn
+    (``voicepipe.audio.sink.AudioSink`` implements that protocol for sinks of reply audio)."""

@@ -9,12 +9,12 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from voicepipe.audio.device import MicConfig, MicSource, SpeakerConfig, SpeakerSink
-from voicepipe.audio.turn_taking import TurnTaking, TurnTakingConfig
 from voicepipe.frames import BotSpeakingFrame, EndOfTurnFrame, Frame, TranscriptFrame
 from voicepipe.pipeline import VoicePipeline
 from voicepipe.stage import Direction, Stage
 from voicepipe.testing.harness import FrameCollector
 from voicepipe.testing.speech import SAMPLE_RATE, espeak, pad, piper
+from voicepipe.vad.turn_taking import TurnTaking, TurnTakingConfig
 
 
 class Timeline:

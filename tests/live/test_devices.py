@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from voicepipe.audio.device import MicConfig, MicSource, SpeakerConfig, SpeakerSink, resolve_device
+from voicepipe.audio.device import MicConfig, MicSource, SpeakerConfig, SpeakerSink
+from voicepipe.audio.portaudio import resolve_device
 from voicepipe.errors import UserError
 
 

@@ -14,21 +14,11 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from voicepipe.audio.convert import finite, resample, to_mono
-from voicepipe.audio.playback import HeardText
+from voicepipe.audio.sink import AudioSink
 from voicepipe.errors import UserError
-from voicepipe.frames import (
-    AudioFrame,
-    EndFrame,
-    EndOfTurnFrame,
-    ErrorFrame,
-    Frame,
-    InterruptionFrame,
-    LLMResponseEndFrame,
-    PlaybackFrame,
-    TTSAudioFrame,
-)
+from voicepipe.frames import AudioFrame, EndFrame, ErrorFrame, Frame, TTSAudioFrame
 from voicepipe.outfile import OutputError, OutputFile
-from voicepipe.stage import Direction, Sink, Source, StageConfig
+from voicepipe.stage import Source, StageConfig
 
 __all__ = ["read_audio", "audio_format", "WavSource", "WavSink"]
 
@@ -137,14 +127,14 @@ class WavSinkConfig(StageConfig):
         return self
 
 
-class WavSink(Sink):
+class WavSink(AudioSink):
     """Writes every turn's reply audio into one audio file (WAV, or the format the file name's suffix names).
 
     The file is written through ``OutputFile``: into this run's own temporary file, moved into place at shutdown (the
     audio so far, also after Ctrl-C), written through when the path is a pipe or device. A write that fails (disk
     full, directory removed) discards the temporary file, keeps the previous file, and stops the run with a fatal
-    ``ErrorFrame``. Like a speaker, it reports what was heard upstream and sends ``EndOfTurnFrame`` once a turn's audio
-    is out. ``write_empty=False`` leaves the path untouched when no audio came at all.
+    ``ErrorFrame``. Like a speaker, it keeps the sink's turn protocol (``voicepipe.audio.sink``): a block counts as heard
+    once written. ``write_empty=False`` leaves the path untouched when no audio came at all.
     """
 
     Config = WavSinkConfig
@@ -156,7 +146,6 @@ class WavSink(Sink):
         super().__init__(config, name=name)
         self._file = None
         self._rate: int | None = None
-        self._heard = HeardText()
         self._out = OutputFile(self.config.path, what=f"{self.name} path")
         self._write_empty = write_empty
         self._failed = False
@@ -175,27 +164,16 @@ class WavSink(Sink):
         self._file = sf.SoundFile(str(temp), "w", samplerate=rate, channels=1, subtype=subtype, format=fmt)
 
     async def process(self, frame: Frame) -> None:
-        if isinstance(frame, TTSAudioFrame):
-            if not self._failed:
-                await self._write(frame)
-            return  # audio ends here
-        if isinstance(frame, LLMResponseEndFrame):
-            await self.push(
-                PlaybackFrame(text=self._heard.text, finished=True, turn_id=frame.turn_id), Direction.UPSTREAM
-            )
-            await self.push(frame)
-            await self.push(EndOfTurnFrame(turn_id=frame.turn_id, interrupted=frame.interrupted))
-            return
-        if isinstance(frame, InterruptionFrame):
-            await self.push(
-                PlaybackFrame(text=self._heard.text, finished=True, turn_id=self._heard.turn_id), Direction.UPSTREAM
-            )
         if isinstance(frame, EndFrame) and not self._failed:
             try:
                 await asyncio.to_thread(self._finish)
             except (OutputError, UserError) as exc:
                 await self._fail(str(exc), frame.turn_id)
-        await self.push(frame)
+        await super().process(frame)
+
+    async def play(self, frame: TTSAudioFrame) -> None:
+        if not self._failed:
+            await self._write(frame)
 
     async def _write(self, frame: TTSAudioFrame) -> None:
         try:
@@ -218,7 +196,7 @@ class WavSink(Sink):
             await self._fail(f"{lost}; nothing was written", frame.turn_id)
             return
         self.samples_written += len(pcm)
-        self._heard.played(frame)
+        self.heard.played(frame)
 
     async def _fail(self, message: str, turn_id: int) -> None:
         """Give up on the file: drop this run's temporary file (the previous file stays) and stop the run."""

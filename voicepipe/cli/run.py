@@ -67,7 +67,8 @@ def _native_chatter_hidden(stages: list, args: argparse.Namespace):
     """With a microphone or speaker, PortAudio/ALSA diagnostics go to the debug log (shown with -vv), not the screen."""
     import contextlib
 
-    from voicepipe.audio.device import MicSource, SpeakerSink, capture_native_stderr
+    from voicepipe.audio.device import MicSource, SpeakerSink
+    from voicepipe.audio.native_stderr import capture_native_stderr
 
     if getattr(args, "verbose", 0) >= 2 or not any(isinstance(s, MicSource | SpeakerSink) for s in stages):
         return contextlib.nullcontext()

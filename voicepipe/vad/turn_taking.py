@@ -1,6 +1,8 @@
 """Turn taking between the microphone and the VAD: echo guard and barge-in (entry point ``turn-taking``).
 
-It sits right after the audio source and listens to the ``BotSpeakingFrame``s the speaker sends upstream.
+It sits right after the audio source and listens to the ``BotSpeakingFrame``s the speaker sends upstream. It lives
+with the VAD because it is voice activity detection over the reply (webrtcvad, ``voicepipe.vad.webrtc``); ``audio``
+holds only devices, files and conversions, so ``vad`` depends on ``audio`` and not the other way round.
 
 - ``mode: echo-guard`` (default, for loudspeakers without echo cancellation): while the reply plays, and for
   ``echo_tail_ms`` after it, the microphone audio is replaced by silence of the same length, so the assistant never
