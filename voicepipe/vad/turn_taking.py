@@ -97,12 +97,7 @@ class TurnTaking(Stage):
             return
         if self.config.mode == "echo-guard":
             if self.bot_speaking or frame.timestamp < self._muted_until:
-                frame = AudioFrame(
-                    pcm=np.zeros_like(frame.pcm),
-                    sample_rate=frame.sample_rate,
-                    turn_id=frame.turn_id,
-                    timestamp=frame.timestamp,
-                )
+                frame = _silenced(frame)
             await self.push(frame)
             return
         await self._barge_in(frame)
@@ -153,10 +148,12 @@ class TurnTaking(Stage):
         self._voiced_s = self._gap_s = 0.0
         for frame in held:
             if not keep:
-                frame = AudioFrame(
-                    pcm=np.zeros_like(frame.pcm),
-                    sample_rate=frame.sample_rate,
-                    turn_id=frame.turn_id,
-                    timestamp=frame.timestamp,
-                )
+                frame = _silenced(frame)
             await self.push(frame)
+
+
+def _silenced(frame: AudioFrame) -> AudioFrame:
+    """``frame`` with its samples replaced by silence (same length, turn and timestamp)."""
+    return AudioFrame(
+        pcm=np.zeros_like(frame.pcm), sample_rate=frame.sample_rate, turn_id=frame.turn_id, timestamp=frame.timestamp
+    )
