@@ -8,8 +8,15 @@ import soundfile as sf
 
 from voicepipe.audio.wav import WavSink, WavSinkConfig, WavSource, WavSourceConfig
 from voicepipe.errors import UserError
-from voicepipe.frames import AudioFrame, EndOfTurnFrame, LLMResponseEndFrame, PlaybackFrame, TTSAudioFrame
-from voicepipe.testing.harness import run_pipeline_collect
+from voicepipe.frames import (
+    AudioFrame,
+    EndOfTurnFrame,
+    InterruptionFrame,
+    LLMResponseEndFrame,
+    PlaybackFrame,
+    TTSAudioFrame,
+)
+from voicepipe.testing.harness import Pause, run_pipeline_collect
 
 
 def sine(rate: int, seconds: float, freq: float = 440.0) -> np.ndarray:
@@ -98,6 +105,35 @@ async def test_sink_resamples_reports_playback_and_ends_turns(tmp_path):
     playback = [f for _, f in collector.upstream if isinstance(f, PlaybackFrame)]
     assert playback and playback[-1].text == "Hello there." and playback[-1].finished
     assert not list(tmp_path.glob(".out.wav*.partial"))
+
+
+async def test_sink_ends_an_interrupted_turn_with_what_was_written_and_ignores_another_turns_withdrawal(tmp_path):
+    """The sink protocol (``AudioSink``): a barge-in ends the turn being written (its late audio never arrives), a
+    ``turn_only`` interruption of another turn leaves the reply alone."""
+    out = tmp_path / "out.wav"
+    tone = sine(16000, 0.1)
+
+    def block(turn: int, text: str, end: int) -> TTSAudioFrame:
+        return TTSAudioFrame(pcm=tone, sample_rate=16000, chunk_text=text, char_end=end, turn_id=turn)
+
+    frames = [
+        block(1, "Hello there.", 6),
+        Pause(0.05),
+        InterruptionFrame(turn_id=9, turn_only=True),  # a withdrawn turn that is not this reply
+        block(1, "Hello there.", 12),
+        Pause(0.05),
+        InterruptionFrame(turn_id=1),
+        block(1, "Hello there. And more.", 20),  # late: never written
+        block(2, "Sure.", 5),
+        LLMResponseEndFrame(text="Sure.", turn_id=2),
+    ]
+    collector, _ = await run_pipeline_collect([WavSink(WavSinkConfig(path=str(out)))], frames)
+    ends = [(f.turn_id, f.interrupted) for f in collector.of_type(EndOfTurnFrame)]
+    assert ends == [(1, True), (2, False)]
+    finished = [(f.turn_id, f.text) for _, f in collector.upstream if isinstance(f, PlaybackFrame) and f.finished]
+    assert finished == [(1, "Hello there."), (2, "Sure.")]
+    data, _ = sf.read(out)
+    assert len(data) == 3 * len(tone)
 
 
 async def test_sink_in_a_missing_directory_fails_before_writing(tmp_path):
