@@ -83,7 +83,8 @@ class Stage:
 
         Data frames are processed one at a time, in order. System frames are processed as soon as they arrive, possibly
         while a data frame is still in ``process`` (an interruption first cancels that call if it belongs to the
-        interrupted turn), so a stage's handling of system frames must be quick and must not assume exclusivity.
+        interrupted turn), so a stage's handling of system frames must be quick and must not assume exclusivity. Reply
+        frames of an interrupted turn that arrive after the interruption never get here: the pipeline drops them.
         """
         await self.push(frame)
 
