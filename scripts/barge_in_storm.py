@@ -53,12 +53,12 @@ def build(args: argparse.Namespace):
     from voicepipe.vad.stage import VADConfig, VADStage
 
     llm = LLMConfig(
-        backend="llamacpp",
+        engine="llamacpp",
         model=args.model,
         temperature=0,
         max_tokens=args.max_tokens,
         system_prompt="You are a helpful voice assistant. Answer in three or four spoken sentences.",
-        options={"n_ctx": 4096},
+        n_ctx=4096,
     )
     stages = [
         MicSource(MicConfig(device="pulse"), name="mic"),

@@ -108,14 +108,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    from voicepipe.llm import load_chat
+    from voicepipe.llm.llamacpp import Qwen35LlamaCppChat
 
     gguf = args.gguf
     if gguf is None:
         from voicepipe.testing.llm_assets import qwen25_05b_gguf
 
         gguf = str(qwen25_05b_gguf())
-    model = load_chat("llamacpp", gguf, n_ctx=2048, n_threads=args.llm_threads, progress=False)
+    model = Qwen35LlamaCppChat.from_pretrained(gguf, n_ctx=2048, n_threads=args.llm_threads, progress=False)
     print(
         f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; llm threads {args.llm_threads}, "
         f"tts threads {args.tts_threads}; {os.path.basename(gguf)}"

@@ -169,11 +169,11 @@ def build_llm(args: argparse.Namespace) -> Stage:
         from voicepipe.testing.fakes import FakeLLM, FakeLLMConfig
 
         return FakeLLM(FakeLLMConfig(reply="Sure. Here is a short answer to that.", token_delay_ms=35), name="llm")
-    from voicepipe.llm import load_chat
+    from voicepipe.llm.llamacpp import Qwen35LlamaCppChat
     from voicepipe.llm.stage import LLMConfig, LLMStage
 
     config = LLMConfig(
-        backend="llamacpp",
+        engine="llamacpp",
         max_tokens=args.max_tokens,
         disable_thinking=True,
         seed=0,
@@ -181,9 +181,11 @@ def build_llm(args: argparse.Namespace) -> Stage:
         speculative=args.speculative == "on",
     )
     if args.llm == "real":
-        model = load_chat("llamacpp", args.gguf or str(_real_chat_gguf()), n_ctx=4096, load=False, progress=False)
+        source = args.gguf or str(_real_chat_gguf())
+        model = Qwen35LlamaCppChat.from_pretrained(source, n_ctx=4096, load=False, progress=False)
         return LLMStage(config, name="llm", model=model)
-    model = load_chat("llamacpp", args.gguf or str(_full_size_gguf()), n_ctx=4096, load=False, progress=False)
+    source = args.gguf or str(_full_size_gguf())
+    model = Qwen35LlamaCppChat.from_pretrained(source, n_ctx=4096, load=False, progress=False)
     return LLMStage(config, name="llm", model=ScriptedTextChat(model, REPLIES))
 
 
@@ -205,27 +207,25 @@ class ScriptedTextChat:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
 
-    async def aload(self) -> None:
-        await self._model.aload()
+    def load(self) -> None:
+        self._model.load()
         self._pieces = [[self._model.detokenize([t]) for t in self._model.tokenize(r)] for r in self._replies]
 
     async def agenerate_stream(self, messages: Any, sampling: Any = None) -> AsyncIterator[str]:
-        from voicepipe.llm.base import ChatSamplingConfig
+        from voicepipe.llm.sampling import ChatSamplingConfig
 
         pieces = self._pieces[self._turn % len(self._pieces)]
         self._turn += 1
         # the engine's own generation loop, one token per step on its thread (as ChatModel.agenerate_stream does)
         steps = self._model._reply_steps(list(messages), sampling or ChatSamplingConfig())
-        loop = asyncio.get_running_loop()
-        executor = self._model._get_executor()
         done = object()
         try:
             for piece in pieces:
-                if await loop.run_in_executor(executor, next, steps, done) is done:
+                if await self._model.arun(next, steps, done) is done:
                     break
                 yield piece
         finally:
-            await asyncio.shield(loop.run_in_executor(executor, steps.close))
+            await asyncio.shield(self._model.arun(steps.close))
 
 
 REPLIES = [

@@ -49,8 +49,8 @@ def pipeline_yaml(gguf: Path, tts: str, max_tokens: int, out: Path, memory: str)
         tts_stage = f"  - type: piper\n    model: {tts_assets.piper_joe_model_path()}\n    threads: 1\n"
     # repetition_penalty 10: greedy decoding of random weights otherwise repeats one whitespace token (nothing to say).
     return (
-        f"stages:\n  - type: llm\n    backend: llamacpp\n    model: {gguf}\n    temperature: 0\n"
-        f"    max_tokens: {max_tokens}\n    repetition_penalty: 10\n    options: {{n_threads: 1, n_ctx: 2048, max_snapshots: 1}}\n"
+        f"stages:\n  - type: llm\n    engine: llamacpp\n    model: {gguf}\n    temperature: 0\n"
+        f"    max_tokens: {max_tokens}\n    repetition_penalty: 10\n    n_threads: 1\n    n_ctx: 2048\n    max_snapshots: 1\n"
         f"  - type: chunker\n{tts_stage}  - type: wav-sink\n    path: {out}\n{memory}"
     )
 

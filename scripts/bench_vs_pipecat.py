@@ -352,9 +352,7 @@ async def child_voicepipe(args: argparse.Namespace) -> dict[str, Any]:
         if spec.type_name == "asr":
             config = config.model_copy(update={"model": voices["whisper"]})
         elif spec.type_name == "llm":
-            config = config.model_copy(
-                update={"backend": "llamacpp", "model": str(args.gguf), "max_tokens": args.max_tokens}
-            )
+            config = config.replace(engine="llamacpp", model=str(args.gguf), max_tokens=args.max_tokens)
         elif issubclass(spec.stage_class, TTSStage):
             tts = {"engine": args.tts, "voices": None, "voice": None}
             if args.tts == "piper":

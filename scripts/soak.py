@@ -106,9 +106,9 @@ def pipeline_yaml(
     llm_stage = (
         '  - type: fake-llm\n    reply: "{text}"\n'
         if model is None
-        else f"  - type: llm\n    backend: llamacpp\n    model: {model}\n    temperature: 0\n"
+        else f"  - type: llm\n    engine: llamacpp\n    model: {model}\n    temperature: 0\n"
         f"    max_tokens: {max_tokens}\n    max_history: {max_history}\n"
-        + (f"    options: {{n_threads: {llm_threads}}}\n" if llm_threads else "")
+        + (f"    n_threads: {llm_threads}\n" if llm_threads else "")
     )
     if release_arena and tts != "none":
         tts_stage += "    release_arena: true\n"

@@ -117,7 +117,7 @@ stages:
   - type: asr
     engine: faster-whisper
   - type: llm
-    backend: llamacpp
+    engine: llamacpp
     max_tokens: 8
     temperature: 0
   - type: chunker

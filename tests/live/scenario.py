@@ -104,11 +104,12 @@ def real_llm(gguf: str, *, max_tokens: int = 40, seed: int = 0, temperature: flo
     from voicepipe.llm.stage import LLMConfig, LLMStage
 
     config = LLMConfig(
-        backend="llamacpp",
+        engine="llamacpp",
         model=gguf,
         max_tokens=max_tokens,
         seed=seed,
         temperature=temperature,
-        options={"n_ctx": 2048, "progress": False},
+        n_ctx=2048,
+        progress=False,
     )
     return LLMStage(config, name="llm")

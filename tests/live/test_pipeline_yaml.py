@@ -26,7 +26,7 @@ def test_default_pipeline_is_the_live_chain_with_thinking_off():
     loaded = load_pipeline(PIPELINE)
     by_type = {spec.type_name: spec.config for spec in loaded.stages}
     assert [spec.type_name for spec in loaded.stages][0] == "mic" and loaded.stages[-1].type_name == "speaker"
-    assert by_type["llm"].backend == "auto" and by_type["llm"].disable_thinking is True
+    assert by_type["llm"].engine == "auto" and by_type["llm"].disable_thinking is True
     assert by_type["turn-taking"].mode == "echo-guard"
     assert by_type["asr"].engine == "faster-whisper" and by_type["kokoro"].engine == "kokoro"
 

@@ -60,11 +60,12 @@ class FirstTokens:
 async def test_a_discarded_speculation_leaves_no_trace_and_a_confirmed_one_is_kept(qwen05: Path) -> None:
     llm = LLMStage(
         LLMConfig(
-            backend="llamacpp",
+            engine="llamacpp",
             model=str(qwen05),
             temperature=0.0,
             max_tokens=10,
-            options={"n_ctx": 1024, "progress": False},
+            n_ctx=1024,
+            progress=False,
         ),
         name="llm",
     )

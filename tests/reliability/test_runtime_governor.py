@@ -53,12 +53,13 @@ def test_sequential_never_loads_both_when_questions_overlap_replies(tmp_path: Pa
   - type: asr
     model: {whisper_tiny_en_dir()}
   - type: llm
-    backend: llamacpp
+    engine: llamacpp
     model: {tiny_gguf}
     temperature: 0
     max_tokens: 48
     repetition_penalty: 10
-    options: {{n_threads: 1, n_ctx: 1024}}
+    n_threads: 1
+    n_ctx: 1024
   - type: chunker
   - type: piper
     model: {piper_model}
