@@ -211,9 +211,9 @@ class Qwen35CoreMLChat(ChatModel):
     # -- weights -----------------------------------------------------------------------------------------------------
 
     def _load_weights(self) -> None:
+        names = tuple(self.manifest["states"])  # first: a directory that is not a converted model says so
         if self._tokenizer is None:
             self._tokenizer = self._make_tokenizer()
-        names = tuple(self.manifest["states"])
         self._runtime = self._runtime_factory(self.model_dir, self.compute_units, names)
         self._reset_engine()
 
