@@ -33,7 +33,7 @@ from pydantic import Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from voicepipe.engine import Engine, EngineStageConfig
-from voicepipe.errors import StageError
+from voicepipe.errors import StageError, UserError
 from voicepipe.frames import (
     CancelFrame,
     EndFrame,
@@ -152,8 +152,10 @@ class LLMStage(Stage):
     async def setup(self) -> None:
         if self.model is None:
             engine = self.config.build_engine()
+            if not isinstance(engine, ChatEngine):
+                raise UserError(f"llm engine '{self.config.engine}' is not a ChatEngine (voicepipe.llm.base)")
             log.info("%s: llm engine %s", self.name, type(engine).__name__)
-            self.model = engine  # type: ignore[assignment]  # the llm registry holds only ChatEngines
+            self.model = engine
         await self.run_blocking(self.model.load)
 
     async def cleanup(self) -> None:
