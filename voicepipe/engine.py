@@ -27,7 +27,15 @@ from __future__ import annotations
 import abc
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from voicepipe.errors import UserError
 from voicepipe.stage import StageConfig
@@ -90,7 +98,9 @@ class EngineStageConfig(StageConfig):
     role: ClassVar[str] = ""
 
     engine: str
-    engine_config: EngineConfig = Field(default_factory=EngineConfig, description="(filled from the engine's fields)")
+    engine_config: SerializeAsAny[EngineConfig] = Field(
+        default_factory=EngineConfig, description="(filled from the engine's fields)"
+    )
 
     @classmethod
     def engine_class(cls, name: str) -> type[Engine]:
