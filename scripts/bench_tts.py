@@ -112,7 +112,12 @@ def _worker(args: argparse.Namespace) -> dict[str, object]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", nargs="+", default=["kokoro", "piper"], choices=["kokoro", "piper"])
-    parser.add_argument("--threads", nargs="+", type=int, default=[2], help="onnxruntime threads to try")
+    from voicepipe.tts.engine import TTSEngineConfig
+
+    threads = TTSEngineConfig.model_fields["threads"].default
+    parser.add_argument(
+        "--threads", nargs="+", type=int, default=[threads], help=f"onnxruntime threads to try (default {threads})"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per text (the median is reported)")
     parser.add_argument("--arena", nargs="+", default=["on"], choices=["on", "off"], help="onnxruntime CPU arena")
     parser.add_argument("--warm-up", nargs="+", default=["on"], choices=["on", "off"], help="TTS stage warm_up")

@@ -1,25 +1,28 @@
-"""What the TTS stage needs from an engine, and an onnxruntime session whose run another thread can abort.
+"""The TTS role: what the TTS stage needs from an engine, the settings every voicepipe TTS engine shares, and an
+onnxruntime session whose run another thread can abort.
 
-Engines are plain blocking wrappers (no asyncio, no frames): ``load()``, ``synthesize(text) -> float32 audio``,
-``cancel()``, ``unload()``. The stage runs ``load``/``synthesize`` on its worker thread and calls ``cancel`` from the
-event loop when the user barges in.
+A TTS engine is an ``Engine`` (``voicepipe.engine``: ``Config``, ``load``/``unload``, ``is_loaded``,
+``memory_footprint``, ``cancel``) that also has ``sample_rate`` and ``synthesize(text) -> float32 audio``. The stage
+runs ``load``/``synthesize`` on its worker thread and calls ``cancel`` from the event loop when the user barges in.
 """
 
 from __future__ import annotations
 
 import threading
-from abc import ABC, abstractmethod
-from typing import Any
+from abc import abstractmethod
+from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field
+
+from voicepipe.engine import Engine, EngineConfig
 
 __all__ = [
     "TTSEngine",
+    "TTSEngineConfig",
     "SynthesisCancelled",
     "CancellableSession",
     "session_options",
-    "resident_bytes",
-    "release_memory",
 ]
 
 
@@ -27,28 +30,42 @@ class SynthesisCancelled(Exception):
     """``cancel()`` stopped the synthesis that was running."""
 
 
-class TTSEngine(ABC):
+class TTSEngineConfig(EngineConfig):
+    """The settings Kokoro and Piper share (each engine's ``Config`` adds its files).
+
+    ``language`` is also the language the TTS stage normalizes text in (numbers, dates), so an engine whose ``Config``
+    has no ``language`` gets English text.
+    """
+
+    voice: str | None = Field(
+        None,
+        description="Kokoro: a voice of the archive (default af_heart); Piper: a speaker of a multi-speaker model.",
+    )
+    speed: float = Field(1.0, ge=0.5, le=2.0, description="Speaking rate (1.0 normal).")
+    language: str = Field(
+        "en-us", description="Language of the text: Kokoro's phonemizer language and the language numbers are read in."
+    )
+    threads: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="onnxruntime threads (the first chunk has the cores to itself; see first_chunk_priority).",
+    )
+    release_arena: bool = Field(
+        False,
+        description="Hand onnxruntime's working memory back after each sentence, so resident memory does not keep the "
+        "longest sentence so far (set it under a tight memory budget); off by default: each sentence then starts "
+        "without page faults (~20% faster synthesis of a short sentence, measured on a busy 2-core box).",
+    )
+
+
+class TTSEngine(Engine):
     """A text-to-speech engine: text in, mono float32 audio at ``sample_rate`` out."""
+
+    role: ClassVar[str] = "tts"
 
     #: Output rate of the loaded voice (valid after ``load``).
     sample_rate: int = 0
-
-    @abstractmethod
-    def load(self) -> None:
-        """Load the model files; raises ``ModelLoadError`` naming the file that is missing or broken."""
-
-    @abstractmethod
-    def unload(self) -> None:
-        """Free the model (``load`` brings it back)."""
-
-    @property
-    @abstractmethod
-    def is_loaded(self) -> bool: ...
-
-    @property
-    @abstractmethod
-    def memory_footprint(self) -> int:
-        """Bytes of model weights held now (0 when unloaded)."""
 
     @abstractmethod
     def synthesize(self, text: str) -> np.ndarray:
@@ -77,31 +94,6 @@ def session_options(threads: int) -> Any:
     return opts
 
 
-def resident_bytes() -> int:
-    """This process's resident set size."""
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
-
-
-def release_memory() -> None:
-    """After an unload: collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise).
-
-    Measured with Kokoro: 127 MB still resident after ``unload`` without this, 22 MB with it.
-    """
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return
-    libc = ctypes.CDLL(libc_name)
-    if hasattr(libc, "malloc_trim"):  # glibc only
-        libc.malloc_trim(0)
-
-
 class CancellableSession:
     """Wraps an ``onnxruntime.InferenceSession`` so that ``cancel()`` from another thread aborts ``run()``.
 
@@ -116,7 +108,7 @@ class CancellableSession:
     went from 104 MB to 183 MB (a 256 MB region added for one longer sentence), the whole of the TTS's RSS growth.
     Kokoro alone (40 turns): 461 -> 621 MB, with the shrink 284 -> 285 MB. The peak during a run is unchanged (the
     arena still serves the run); only what stays resident between runs shrinks. The cost: the next run faults its
-    pages in again (a short Piper sentence took ~20 % longer on a busy 2-core machine), hence the TTS stage's
+    pages in again (a short Piper sentence took ~20 % longer on a busy 2-core machine), hence the engines'
     ``release_arena`` setting.
     """
 
