@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import threading
 from abc import abstractmethod
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field
 
 from voicepipe.engine import Engine, EngineConfig
+from voicepipe.errors import ModelLoadError
 
 __all__ = [
     "TTSEngine",
@@ -23,6 +25,7 @@ __all__ = [
     "SynthesisCancelled",
     "CancellableSession",
     "session_options",
+    "open_session",
 ]
 
 
@@ -92,6 +95,22 @@ def session_options(threads: int) -> Any:
     # idle pool threads sleep instead of spinning: a spinning TTS pool takes cores from llama.cpp between graph nodes
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
+
+
+def open_session(model_path: Path, threads: int, engine: str) -> Any:
+    """An onnxruntime CPU session of ``model_path`` with ``session_options(threads)``; a ``ModelLoadError`` that names
+    the file when it is not an ONNX model (``engine`` names the engine in the message)."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(
+            str(model_path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{engine} model file {model_path} is not a valid ONNX model ({str(exc).splitlines()[0]}); "
+            "download it again or point the tts 'model' setting at a good copy"
+        ) from exc
 
 
 class CancellableSession:

@@ -22,7 +22,7 @@ from pydantic import Field
 from voicepipe._optional import require
 from voicepipe.errors import ModelLoadError
 from voicepipe.memory.rss import release_freed_memory, rss_bytes
-from voicepipe.tts.engine import CancellableSession, SynthesisCancelled, TTSEngine, TTSEngineConfig, session_options
+from voicepipe.tts.engine import CancellableSession, SynthesisCancelled, TTSEngine, TTSEngineConfig, open_session
 from voicepipe.tts.files import resolve_file
 
 __all__ = ["KokoroEngine", "DEFAULT_MODEL", "DEFAULT_VOICES", "DEFAULT_VOICE"]
@@ -76,22 +76,13 @@ class KokoroEngine(TTSEngine):
             return
         require("kokoro_onnx", extra="kokoro", purpose="The Kokoro TTS engine")
         import kokoro_onnx
-        import onnxruntime as ort
 
         model_path, voices_path = self.resolve_files()
         for path, what in ((model_path, "model"), (voices_path, "voices")):
             if not path.is_file():
                 raise ModelLoadError(f"Kokoro {what} file not found: {path}; check the tts '{what}' setting")
         before = rss_bytes()
-        try:
-            session = ort.InferenceSession(
-                str(model_path), sess_options=session_options(self.config.threads), providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:
-            raise ModelLoadError(
-                f"Kokoro model file {model_path} is not a valid ONNX model ({str(exc).splitlines()[0]}); "
-                "download it again or point the tts 'model' setting at a good copy"
-            ) from exc
+        session = open_session(model_path, self.config.threads, "Kokoro")
         names = {i.name for i in session.get_inputs()}
         if not {"style", "speed"} <= names:
             raise ModelLoadError(f"{model_path} is an ONNX model but not a Kokoro one (inputs: {sorted(names)})")

@@ -16,7 +16,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from voicepipe._optional import require
 from voicepipe.errors import ModelLoadError
 from voicepipe.memory.rss import release_freed_memory, rss_bytes
-from voicepipe.tts.engine import CancellableSession, TTSEngine, TTSEngineConfig, session_options
+from voicepipe.tts.engine import CancellableSession, TTSEngine, TTSEngineConfig, open_session
 from voicepipe.tts.files import is_hub_reference, resolve_file
 
 __all__ = ["PiperEngine", "DEFAULT_MODEL"]
@@ -79,7 +79,6 @@ class PiperEngine(TTSEngine):
         if self._voice is not None:
             return
         require("piper", extra="piper", purpose="The Piper TTS engine")
-        import onnxruntime as ort
         from piper import PiperVoice, SynthesisConfig
         from piper.config import PiperConfig
 
@@ -95,15 +94,7 @@ class PiperEngine(TTSEngine):
                 "download the .onnx.json that belongs to the voice again"
             ) from exc
         before = rss_bytes()
-        try:
-            session = ort.InferenceSession(
-                str(model_path), sess_options=session_options(self.config.threads), providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:
-            raise ModelLoadError(
-                f"Piper model file {model_path} is not a valid ONNX model ({str(exc).splitlines()[0]}); "
-                "download the voice again or point the tts 'model' setting at a good copy"
-            ) from exc
+        session = open_session(model_path, self.config.threads, "Piper")
         speaker_id = None
         if self.voice is not None:
             speakers = config.speaker_id_map or {}
