@@ -84,7 +84,7 @@ class Engine(abc.ABC):
         """Bytes of resident weights (0 when unloaded)."""
         return 0
 
-    def cancel(self) -> None:
+    def cancel(self) -> None:  # noqa: B027 - optional: most engines cannot be interrupted mid-call
         """Abort the call running on another thread now (thread-safe; a no-op when idle or not supported)."""
 
 
