@@ -57,5 +57,5 @@ def test_say_options_are_the_settings_with_their_defaults(capsys) -> None:
     options = " ".join(capsys.readouterr().out.split()).replace("- ", "-").split("options:")[1]
     helps = {part.split()[0]: part for part in options.split(" --")[1:]}  # option name -> its help text
     for field in ("threads", "speed", "language"):
-        assert helps[field].endswith(f"(default {TTSEngineConfig.model_fields[field].default})"), helps[field]
-    assert helps["voices"].endswith(f"(default {KokoroEngine.Config.model_fields['voices'].default})")
+        assert helps[field].endswith(f"(default: {TTSEngineConfig.model_fields[field].default})"), helps[field]
+    assert helps["voices"].endswith(f"(default: {KokoroEngine.Config.model_fields['voices'].default})")

@@ -1,9 +1,20 @@
-"""Command-line options made from a config model's fields, so a flag and the setting it fills share one default.
+"""Command-line options made from pydantic config fields, so a setting is defined once: in its config model.
 
-``add_model_options(parser, Model, ["threads", ...])`` adds ``--threads`` with the field's type, its bounds checked
-by the model, and a help text made of the field's description and default; ``values_from_args`` gives back only the
-options the user typed, so whatever is left out keeps the model's default. argparse has no pydantic bridge and the
-libraries that have one replace argparse altogether, hence these few lines.
+``voicepipe transcribe`` and ``voicepipe say`` expose some engine and stage settings as options (``--model``,
+``--threads``...). Instead of restating each setting's type, default and help in argparse, a command names the fields
+it exposes and this module derives the options from the model that defines them::
+
+    add_model_options(parser, FasterWhisperTranscriber.Config, ["model", "language", "threads"])
+    ...
+    values = values_from_args(args, ["model", "language", "threads"])   # only what the user gave
+    config = validate_options(ASRConfig, {"engine": args.engine, **values})
+
+- ``beam_size`` becomes ``--beam-size`` (its ``dest`` stays ``beam_size``); the help is the field's description and its
+  default; the type comes from the annotation: ``int``, ``float``, ``str``, ``Path``, a ``Literal`` (choices), ``bool``
+  (``--x`` / ``--no-x``), each optionally ``| None`` (then the word ``none`` gives None).
+- An option the user does not give is left out of the namespace (``argparse.SUPPRESS``), so the model's own default
+  applies: the default lives in one place, and a model picked at run time (an engine with other defaults) keeps its own.
+- ``validate_options`` reports a bad value against its option, as a one-line ``UserError``.
 """
 
 from __future__ import annotations
@@ -11,60 +22,109 @@ from __future__ import annotations
 import argparse
 import types
 import typing
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from voicepipe.errors import UserError
 
-__all__ = ["add_model_options", "values_from_args", "option_error", "flag"]
+__all__ = ["add_model_options", "values_from_args", "validate_options", "option_name"]
+
+M = TypeVar("M", bound=BaseModel)
+
+_SCALARS: dict[Any, Callable[[str], Any]] = {int: int, float: float, str: str, Path: Path}
+_NONE_WORD = "none"
 
 
-def flag(field: str) -> str:
-    """The option that fills ``field`` (``sample_rate`` -> ``--sample-rate``)."""
+def option_name(field: str) -> str:
+    """``beam_size`` -> ``--beam-size``."""
     return "--" + field.replace("_", "-")
 
 
-def _plain_type(annotation: Any) -> Any:
-    """``int | None`` -> ``int``: the type a typed value must have (None is the option left out)."""
+def _split_optional(annotation: Any) -> tuple[Any, bool]:
+    """(the annotation without ``None``, whether ``None`` is allowed)."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return args[0] if len(args) == 1 else str
-    return annotation
+        if len(args) == 1:
+            return args[0], len(args) < len(typing.get_args(annotation))
+    return annotation, False
 
 
-def add_model_options(parser: argparse.ArgumentParser, model_cls: type[BaseModel], fields: Sequence[str]) -> None:
-    """Add one ``--option`` per field of ``model_cls``; its default is the model's (shown in the help, not set here)."""
+def _argument(name: str, info: FieldInfo) -> dict[str, Any]:
+    """argparse keyword arguments for one field."""
+    inner, nullable = _split_optional(info.annotation)
+    kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+    if inner is bool and not nullable:
+        kwargs["action"] = argparse.BooleanOptionalAction
+        return kwargs
+    if typing.get_origin(inner) is typing.Literal:
+        choices = list(typing.get_args(inner))
+        convert = _SCALARS.get(type(choices[0]))
+        if convert is None or any(type(c) is not type(choices[0]) for c in choices):
+            raise TypeError(f"{name}: only Literals of one scalar type can become options, not {inner!r}")
+        kwargs["choices"] = [*choices, None] if nullable else choices
+        kwargs["metavar"] = "{" + ",".join(str(c) for c in kwargs["choices"]).replace("None", _NONE_WORD) + "}"
+    else:
+        convert = _SCALARS.get(inner)
+        if convert is None:
+            raise TypeError(f"{name}: a field of type {inner!r} cannot become a command-line option")
+        kwargs["metavar"] = name.upper()
+    if nullable:
+
+        def convert_or_none(text: str, convert: Callable[[str], Any] = convert) -> Any:
+            return None if text.lower() == _NONE_WORD else convert(text)
+
+        convert_or_none.__name__ = getattr(convert, "__name__", "value")  # argparse names it in "invalid int value"
+        kwargs["type"] = convert_or_none
+    else:
+        kwargs["type"] = convert
+    return kwargs
+
+
+def _help(info: FieldInfo, nullable: bool) -> str:
+    parts = [info.description or ""]
+    if not info.is_required() and info.default is not None:
+        default = info.default
+        if isinstance(default, bool):
+            default = "on" if default else "off"
+        parts.append(f"(default: {default})")
+    if nullable:
+        parts.append(f"('{_NONE_WORD}' for None)")
+    return " ".join(p for p in parts if p)
+
+
+def add_model_options(parser: argparse.ArgumentParser, model_cls: type[BaseModel], fields: Iterable[str]) -> None:
+    """Add one option per named field of ``model_cls`` to ``parser`` (or an argument group; see the module docstring)."""
     for name in fields:
-        info = model_cls.model_fields[name]
-        kind = _plain_type(info.annotation)
-        default = info.get_default(call_default_factory=True)
-        shown = "" if default is None else f" (default {str(default).lower() if kind is bool else default})"
-        help_text = (info.description or name.replace("_", " ")).rstrip(".") + shown
-        if kind is bool:
-            parser.add_argument(flag(name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif typing.get_origin(kind) is typing.Literal:
-            choices = typing.get_args(kind)
-            parser.add_argument(flag(name), choices=choices, type=type(choices[0]), default=None, help=help_text)
+        info = model_cls.model_fields.get(name)
+        if info is None:
+            raise KeyError(f"{model_cls.__name__} has no field {name!r}")
+        kwargs = _argument(name, info)
+        kwargs["help"] = _help(info, _split_optional(info.annotation)[1])
+        parser.add_argument(option_name(name), **kwargs)
+
+
+def values_from_args(args: argparse.Namespace, fields: Iterable[str]) -> dict[str, Any]:
+    """The named fields the user gave on the command line (options left out are absent, not None)."""
+    return {name: getattr(args, name) for name in fields if hasattr(args, name)}
+
+
+def validate_options(model_cls: type[M], values: Mapping[str, Any], *, what: str = "this command") -> M:
+    """``model_cls`` validated from ``values``; a problem becomes ``UserError('--option: problem')``.
+
+    ``what`` names what an unknown setting does not apply to ("the mlx-whisper engine").
+    """
+    try:
+        return model_cls.model_validate(dict(values))
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        loc = [str(p) for p in problem["loc"]]
+        where = option_name(loc[0]) if loc else "options"
+        if problem["type"] == "extra_forbidden":
+            message = f"does not apply to {what}"
         else:
-            kind = kind if kind in (int, float) else str
-            parser.add_argument(flag(name), type=kind, default=None, metavar=name.upper(), help=help_text)
-
-
-def values_from_args(args: argparse.Namespace, model_cls: type[BaseModel], fields: Sequence[str]) -> dict[str, Any]:
-    """The values of the options ``add_model_options`` added that were given (left-out ones keep the model's)."""
-    unknown = [name for name in fields if name not in model_cls.model_fields]
-    if unknown:
-        raise ValueError(f"{model_cls.__name__} has no field {', '.join(unknown)}")
-    return {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
-
-
-def option_error(exc: ValidationError) -> UserError:
-    """One line for the first problem a config model found in the options, naming the option."""
-    problem = exc.errors()[0]
-    msg = problem["msg"]
-    if problem["type"] == "value_error" and "error" in problem.get("ctx", {}):
-        msg = str(problem["ctx"]["error"])  # our own validators' words, without pydantic's "Value error, "
-    where = [str(p) for p in problem["loc"] if not str(p).startswith("function-")]
-    return UserError(f"{flag(where[-1])}: {msg}" if where else msg)
+            message = problem["msg"].removeprefix("Value error, ")
+        raise UserError(f"{where}: {message}") from exc

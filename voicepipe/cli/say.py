@@ -46,11 +46,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
 
-    from voicepipe.cli.options import option_error, values_from_args
-    from voicepipe.tts.engine import TTSEngineConfig
-    from voicepipe.tts.kokoro import KokoroEngine
+    from voicepipe.cli.options import validate_options, values_from_args
     from voicepipe.tts.stage import TTSConfig, TTSStage
 
     if args.output is not None:
@@ -61,17 +58,12 @@ def run(args: argparse.Namespace) -> int:
         OutputFile(args.output, what="--output").check()
     if not args.text.strip():
         raise UserError('TEXT is empty: give the words to say, e.g. voicepipe say "Hello there."')
-    options = {
-        **values_from_args(args, TTSConfig, STAGE_OPTIONS),
-        **values_from_args(args, KokoroEngine.Config, KOKORO_OPTIONS),
-        **values_from_args(args, TTSEngineConfig, ENGINE_OPTIONS),
-    }
+    options = values_from_args(args, (*STAGE_OPTIONS, *KOKORO_OPTIONS, *ENGINE_OPTIONS))
     if args.model is not None:
         options["model"] = args.model
-    try:
-        config = TTSStage.Config(**options)
-    except ValidationError as exc:
-        raise option_error(exc) from None
+    config = validate_options(
+        TTSConfig, options, what=f"the {options.get('engine', TTSConfig.model_fields['engine'].default)} engine"
+    )
     tts = TTSStage(config, name="tts")
     if args.output is not None:
         from voicepipe.audio.wav import WavSink
