@@ -53,6 +53,7 @@ INCOMPLETE = [
 def bench_cost(calls: int, threads: list[int]) -> None:
     import numpy as np
 
+    from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
     from voicepipe.testing import speech
     from voicepipe.vad.smart_turn import SmartTurn
 
@@ -62,7 +63,7 @@ def bench_cost(calls: int, threads: list[int]) -> None:
         model = SmartTurn(threads=n)
         model.load()
         for seconds in (2, 8):
-            pcm = np.ascontiguousarray(clip[-seconds * 16000 :])
+            pcm = np.ascontiguousarray(clip[-seconds * SPEECH_SAMPLE_RATE :])
             features, total = [], []
             for _ in range(calls):
                 start = time.perf_counter()

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
 from voicepipe.audio.wav import WavSink, WavSinkConfig
 from voicepipe.frames import AudioFrame, EndOfTurnFrame, Frame, SpeechEndedFrame
 from voicepipe.metrics import MetricsObserver, TurnMetrics
@@ -72,7 +73,7 @@ LLM_NAMES = {
     "qwen35-shape": "qwen3.5-0.8b-random q4_k_m (scripted text)",
     "fake": "scripted fake LLM",
 }
-RATE = 16000
+RATE = SPEECH_SAMPLE_RATE
 BLOCK = RATE // 50  # 20 ms, as a microphone delivers
 
 
@@ -409,7 +410,7 @@ def main() -> int:
     parser.add_argument("--first-words", default="8", help="chunker: word cap of the first chunk, or 'off'")
     parser.add_argument("--tts-warm-up", choices=on_off, default="on", help="TTS: speak a phrase once at start-up")
     parser.add_argument("--core-priority", choices=on_off, default="on", help="the LLM waits during the first chunk")
-    parser.add_argument("--tts-threads", type=int, help="TTS onnxruntime threads (default: the stage's)")
+    parser.add_argument("--tts-threads", type=int, help="TTS onnxruntime threads (default: the engine's)")
     parser.add_argument("--voice", choices=("espeak", "piper"), default="espeak", help="who reads the questions")
     parser.add_argument(
         "--speculative",

@@ -33,6 +33,7 @@ from pydantic import (
     Field,
     SerializeAsAny,
     SerializerFunctionWrapHandler,
+    ValidationError,
     model_serializer,
     model_validator,
 )
@@ -98,7 +99,7 @@ class EngineStageConfig(StageConfig):
     role: ClassVar[str] = ""
 
     engine: str
-    # SerializeAsAny: dump the chosen engine's fields, not only those of the declared base class
+    # SerializeAsAny: dump the chosen engine's fields, not those of the declared base (which has none)
     engine_config: SerializeAsAny[EngineConfig] = Field(
         default_factory=EngineConfig, description="(filled from the engine's fields)"
     )
@@ -132,8 +133,9 @@ class EngineStageConfig(StageConfig):
             return data  # the 'engine' field's own validation reports it
         try:
             engine = cls.engine_class(name)
-        except UserError as exc:
-            raise ValueError(str(exc)) from None
+        except UserError as exc:  # reported against the 'engine' field, like any other bad value
+            error = {"type": "value_error", "loc": ("engine",), "input": name, "ctx": {"error": str(exc)}}
+            raise ValidationError.from_exception_data(cls.__name__, [error]) from None
         return {**own, "engine_config": engine.Config.model_validate(rest)}
 
     @model_serializer(mode="wrap")

@@ -70,7 +70,9 @@ def listener():  # noqa: ANN201
     from voicepipe.asr.faster_whisper import FasterWhisperTranscriber
     from voicepipe.testing.whisper_assets import whisper_base_dir
 
-    engine = FasterWhisperTranscriber(str(whisper_base_dir()), language="en", threads=2)
+    engine = FasterWhisperTranscriber(
+        FasterWhisperTranscriber.Config(model=str(whisper_base_dir()), language="en", threads=2)
+    )
     engine.load()
     yield lambda pcm: engine.transcribe(pcm).text
     engine.unload()
