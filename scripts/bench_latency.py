@@ -254,7 +254,7 @@ def _real_chat_gguf() -> Path:
 
 
 def _full_size_gguf() -> Path:
-    from voicepipe.llm.gguf_convert import gguf_for_checkpoint
+    from voicepipe.convert.to_gguf import gguf_for_checkpoint
     from voicepipe.testing.checkpoints import full_size_checkpoint
 
     return gguf_for_checkpoint(full_size_checkpoint(), "q4_k_m")

@@ -102,7 +102,7 @@ def main() -> None:
 
         gguf = qwen25_05b_gguf()
     else:
-        from voicepipe.llm.gguf_convert import gguf_for_checkpoint
+        from voicepipe.convert.to_gguf import gguf_for_checkpoint
         from voicepipe.testing.checkpoints import full_size_checkpoint
 
         gguf = gguf_for_checkpoint(full_size_checkpoint(), "q4_k_m")

@@ -5,7 +5,7 @@
     python scripts/convert_mlx.py path/to/hf-checkpoint out-dir --quantization none --dtype float32
 
 The source is a local checkpoint directory or a Hugging Face repo id (downloaded through huggingface_hub, honouring
-HF_HUB_OFFLINE). Norm weights are folded in fp32 (see voicepipe/llm/mlx_convert.py). The result loads with
+HF_HUB_OFFLINE). Norm weights are folded in fp32 (see voicepipe/convert/to_mlx.py). The result loads with
 ``Qwen35MLXChat.from_pretrained(out_dir)``.
 """
 
@@ -15,8 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from voicepipe.convert.to_mlx import DTYPES, convert_checkpoint, resolve_hf_source, weights_summary
 from voicepipe.errors import UserError
-from voicepipe.llm.mlx_convert import DTYPES, QUANTIZATION_BITS, convert_checkpoint, resolve_hf_source, weights_summary
+from voicepipe.llm.mlx_model import QUANTIZATION_BITS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ def defaults() -> dict[tuple[str, str], dict]:
 
 def test_manifest_defaults_match_the_code():
     from voicepipe.asr import faster_whisper, mlx_whisper
-    from voicepipe.llm import llamacpp, mlx_convert
+    from voicepipe.llm import llamacpp, mlx_model
     from voicepipe.tts import kokoro, piper
     from voicepipe.vad.smart_turn import SMART_TURN_V3
 
@@ -24,7 +24,7 @@ def test_manifest_defaults_match_the_code():
     assert m["asr", "faster-whisper"]["default"] == faster_whisper.DEFAULT_MODEL
     assert m["asr", "mlx-whisper"]["default"] == mlx_whisper.DEFAULT_MODEL
     assert m["llm", "llamacpp"]["default"] == llamacpp.DEFAULT_REPO
-    assert m["llm", "mlx"]["default"] == mlx_convert.DEFAULT_REPO
+    assert m["llm", "mlx"]["default"] == mlx_model.DEFAULT_REPO
     assert m["tts", "kokoro"]["default"] == kokoro.DEFAULT_MODEL
     assert m["tts", "kokoro"]["voices"] == kokoro.DEFAULT_VOICES
     assert m["tts", "piper"]["default"] == piper.DEFAULT_MODEL

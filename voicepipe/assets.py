@@ -14,8 +14,9 @@ progress bars in a terminal). This module adds what it leaves to its callers:
 Offline (``HF_HUB_OFFLINE=1``) the cache is used as it is: no request, no hashing.
 
 It also owns where voicepipe keeps what it builds (``cache_dir``: ``$VOICEPIPE_CACHE``, default
-``~/.cache/voicepipe``) and the one file lock (``file_lock``) that keeps concurrent processes from converting or
-unpacking the same thing twice.
+``~/.cache/voicepipe``), how a build there is named after its inputs (``fingerprint``), the one file lock
+(``file_lock``) that keeps concurrent processes from converting or unpacking the same thing twice, and the progress
+display of a long build (``progress_bar``). The converters (``voicepipe.convert``) use all four.
 """
 
 from __future__ import annotations
@@ -23,16 +24,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from voicepipe.errors import ModelLoadError
 
-__all__ = ["fetch_file", "fetch_snapshot", "is_offline", "cache_dir", "file_lock"]
+__all__ = ["fetch_file", "fetch_snapshot", "is_offline", "cache_dir", "fingerprint", "file_lock", "progress_bar"]
 
 log = logging.getLogger("voicepipe.assets")
 
@@ -48,6 +50,18 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def fingerprint(files: Iterable[str | os.PathLike[str]], *salt: object) -> str:
+    """16 hex digits naming a build after its inputs: ``salt`` (a converter version, options) and each file's real
+    path, size and mtime. A changed input gives a new name, so a stale build is never reused; hashing the contents
+    instead would read gigabytes of weights on every start."""
+    digest = hashlib.sha256("|".join(map(str, salt)).encode())
+    for file in files:
+        real = Path(file).resolve()
+        st = real.stat()
+        digest.update(f"|{real}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing) while building something another process may build
@@ -60,6 +74,27 @@ def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool = True, *, unit: str = "steps", transient: bool = False) -> Iterator[Any]:
+    """A rich ``Progress`` for a long build (a conversion, files joined): description, bar, done/total (``unit``
+    "steps" or "bytes"), elapsed time. When ``enabled`` is false nothing is shown, but its tasks still count, so
+    callers never branch on it."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    amount = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), amount, TimeElapsedColumn())
+    with Progress(*columns, disable=not enabled, transient=transient) as bar:
+        yield bar
 
 
 def is_offline() -> bool:

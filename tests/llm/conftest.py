@@ -20,7 +20,7 @@ os.environ.setdefault("VOICEPIPE_CACHE", str(cache_dir("voicepipe-home")))  # co
 
 
 def _gguf_f32(checkpoint: Path) -> Path:
-    from voicepipe.llm.gguf_convert import convert_hf_to_gguf
+    from voicepipe.convert.to_gguf import convert_hf_to_gguf
 
     out = cache_dir("gguf") / f"{checkpoint.name}-f32.gguf"
     with file_lock(cache_dir("gguf") / f"{checkpoint.name}.lock"):

@@ -18,9 +18,9 @@ pytest.importorskip("mlx_lm")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from voicepipe.convert.to_mlx import convert_checkpoint  # noqa: E402
 from voicepipe.llm import ChatMessage, ChatSamplingConfig  # noqa: E402
 from voicepipe.llm.mlx import Qwen35MLXChat  # noqa: E402
-from voicepipe.llm.mlx_convert import convert_checkpoint  # noqa: E402
 from voicepipe.testing import cache_dir, file_lock  # noqa: E402
 from voicepipe.testing.checkpoints import tiny_checkpoint  # noqa: E402
 

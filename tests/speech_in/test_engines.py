@@ -89,7 +89,7 @@ def test_converted_tensors_match_mlx_whispers_module_exactly(tiny_dir: str) -> N
     from mlx.utils import tree_flatten
     from mlx_whisper.whisper import ModelDimensions, Whisper
 
-    from voicepipe.asr.convert_mlx import ct2_to_mlx_weights, read_ct2_model
+    from voicepipe.convert.whisper_to_mlx import ct2_to_mlx_weights, read_ct2_model
 
     spec, variables = read_ct2_model(f"{tiny_dir}/model.bin")
     assert spec == "WhisperSpec"

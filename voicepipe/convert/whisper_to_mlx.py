@@ -13,7 +13,6 @@ Output: ``config.json`` (mlx-whisper's ``ModelDimensions``) and ``weights.safete
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from voicepipe.assets import cache_dir, file_lock, fingerprint, progress_bar
 from voicepipe.errors import ModelLoadError
 
 __all__ = ["read_ct2_model", "ct2_to_mlx_weights", "convert_ct2_to_mlx", "converted_dir", "is_ct2_dir"]
@@ -171,8 +171,6 @@ def ct2_to_mlx_weights(
 
 def convert_ct2_to_mlx(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, dtype: str = "float32") -> Path:
     """Convert the CT2 Whisper directory ``src`` into an mlx-whisper directory ``dst`` (written atomically)."""
-    from rich.progress import Progress
-
     src, dst = Path(src), Path(dst)
     if not is_ct2_dir(src):
         raise ModelLoadError(
@@ -182,7 +180,7 @@ def convert_ct2_to_mlx(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         raise ModelLoadError(f"dtype must be float32 or float16, not {dtype!r}")
     import mlx.core as mx
 
-    with Progress(transient=True) as progress:
+    with progress_bar(transient=True) as progress:
         task = progress.add_task(f"converting {src.name} to mlx-whisper", total=3)
         spec, variables = read_ct2_model(src / "model.bin")
         if spec != "WhisperSpec":
@@ -206,12 +204,9 @@ def convert_ct2_to_mlx(src: str | os.PathLike[str], dst: str | os.PathLike[str],
 
 
 def converted_dir(src: str | os.PathLike[str], *, dtype: str = "float32") -> Path:
-    """Convert ``src`` once into ``~/.cache/voicepipe/mlx-whisper/`` (keyed by its model.bin) and return that dir."""
-    from voicepipe.assets import cache_dir, file_lock
-
+    """Convert ``src`` once into ``$VOICEPIPE_CACHE/mlx-whisper/`` (keyed by its model.bin) and return that dir."""
     src = Path(src).resolve()
-    stat = (src / "model.bin").stat()
-    key = hashlib.sha256(f"{src}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}".encode()).hexdigest()[:16]
+    key = fingerprint([src / "model.bin"], dtype)
     root = cache_dir("mlx-whisper")
     dst = root / f"{src.name}-{key}"
     if (dst / "weights.safetensors").is_file():
