@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the real weights the tests use
+
 OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
 UTTERANCES = [
     "Please turn on the lights in the kitchen.",
@@ -38,13 +40,13 @@ UTTERANCES = [
 
 
 def _model_dir(model: str) -> str:
-    from voicepipe.testing import whisper_assets
+    from tests.support import whisper_assets
 
     return str(whisper_assets.whisper_tiny_en_dir() if model == "tiny.en" else whisper_assets.whisper_base_dir())
 
 
 def _stream():
-    from voicepipe.testing import speech
+    from tests.support import speech
 
     return speech.concat(*[speech.pad(speech.espeak(text), 0.6, 1.2) for text in UTTERANCES])
 

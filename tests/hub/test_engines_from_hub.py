@@ -14,7 +14,7 @@ from .server import HubServer
 
 
 def test_kokoro_default_files_come_from_the_hub_verified(hub: HubServer, tmp_path: Path):
-    from voicepipe.testing.tts_assets import kokoro_model_path, kokoro_voices_path
+    from tests.support.tts_assets import kokoro_model_path, kokoro_voices_path
     from voicepipe.tts.stage import TTSConfig, build_engine
 
     engine = build_engine(TTSConfig(engine="kokoro"))

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from voicepipe.assets import file_lock
 from voicepipe.llm import ChatModel
-from voicepipe.testing import cache_dir, file_lock
+from voicepipe.testing import cache_dir
 from voicepipe.testing.checkpoints import tiny_checkpoint
 
 os.environ.setdefault("VOICEPIPE_CACHE", str(cache_dir("voicepipe-home")))  # conversions land in the test cache

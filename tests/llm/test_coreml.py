@@ -17,10 +17,11 @@ torch = pytest.importorskip("torch")
 ct = pytest.importorskip("coremltools")
 transformers = pytest.importorskip("transformers")
 
+from voicepipe.assets import file_lock  # noqa: E402
 from voicepipe.convert.coreml_torch import STATE_NAMES, load_checkpoint  # noqa: E402
 from voicepipe.convert.to_coreml import MANIFEST, PACKAGE, convert, trace_function  # noqa: E402
 from voicepipe.errors import UserError  # noqa: E402
-from voicepipe.testing import cache_dir, file_lock  # noqa: E402
+from voicepipe.testing import cache_dir  # noqa: E402
 from voicepipe.testing.checkpoints import TINY_SHAPE, build_checkpoint, tiny_checkpoint  # noqa: E402
 
 SEQ_LEN = 32

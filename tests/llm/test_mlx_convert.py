@@ -21,13 +21,14 @@ transformers = pytest.importorskip("transformers")
 from mlx.utils import tree_flatten  # noqa: E402
 from mlx_lm.utils import load_model as mlx_lm_load_model  # noqa: E402
 
+from voicepipe.assets import file_lock  # noqa: E402
 from voicepipe.convert import to_mlx  # noqa: E402
 from voicepipe.convert.to_mlx import convert_checkpoint  # noqa: E402
 from voicepipe.errors import ModelLoadError, UserError  # noqa: E402
 from voicepipe.llm import ChatMessage, ChatSamplingConfig  # noqa: E402
 from voicepipe.llm.mlx import Qwen35MLXChat  # noqa: E402
 from voicepipe.llm.mlx_model import checkpoint_kind, cpu_prefill_linear_class, load_mlx_model  # noqa: E402
-from voicepipe.testing import cache_dir, file_lock  # noqa: E402
+from voicepipe.testing import cache_dir  # noqa: E402
 from voicepipe.testing.checkpoints import TINY_SHAPE, build_checkpoint, tiny_checkpoint  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

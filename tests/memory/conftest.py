@@ -30,7 +30,7 @@ def full_q4_gguf() -> Path:
 @pytest.fixture(scope="session")
 def kokoro_files() -> tuple[str, str, str]:
     pytest.importorskip("kokoro_onnx", reason="needs the kokoro extra")
-    from voicepipe.testing import tts_assets
+    from tests.support import tts_assets
 
     return str(tts_assets.kokoro_model_path()), str(tts_assets.kokoro_voices_path()), tts_assets.KOKORO_TEST_VOICE
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from tests.support import speech
 from voicepipe.asr.base import GuardConfig, TranscriptSegment, apply_guards, rejection
 from voicepipe.asr.faster_whisper import FasterWhisperTranscriber
 from voicepipe.asr.stage import ASRConfig, ASRStage
 from voicepipe.errors import ModelLoadError
-from voicepipe.testing import speech
 
 from .conftest import CLEAN_SET, normalize, wer
 
@@ -169,7 +169,7 @@ def test_mlx_whisper_matches_faster_whisper_on_the_clean_set(tiny_dir: str, clea
 
 @pytest.mark.slow
 def test_whisper_base_from_its_two_pypi_halves(clean_clips: list[np.ndarray]) -> None:
-    from voicepipe.testing.whisper_assets import whisper_base_dir
+    from tests.support.whisper_assets import whisper_base_dir
 
     engine = FasterWhisperTranscriber(str(whisper_base_dir()), language="en")
     engine.load()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.support import speech
 from voicepipe.frames import (
     AudioFrame,
     InterruptionFrame,
@@ -14,7 +15,6 @@ from voicepipe.frames import (
     TextChunkFrame,
     UserAudioFrame,
 )
-from voicepipe.testing import speech
 from voicepipe.testing.harness import run_stage
 from voicepipe.vad.stage import VADConfig, VADStage
 
