@@ -24,7 +24,7 @@ import numpy as np
 from voicepipe.assets import cache_dir, file_lock, fingerprint, progress_bar
 from voicepipe.errors import ModelLoadError
 
-__all__ = ["read_ct2_model", "ct2_to_mlx_weights", "convert_ct2_to_mlx", "converted_dir", "is_ct2_dir"]
+__all__ = ["read_ct2_model", "ct2_to_mlx_weights", "convert_ct2_to_mlx", "cache_root", "converted_dir", "is_ct2_dir"]
 
 # CTranslate2 DataType enum order (include/ctranslate2/types.h); bfloat16 has no numpy dtype: read as uint16.
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: np.uint16}
@@ -203,11 +203,16 @@ def convert_ct2_to_mlx(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     return dst
 
 
+def cache_root() -> Path:
+    """Where converted models are cached: ``$VOICEPIPE_CACHE/mlx-whisper`` (default ``~/.cache/voicepipe/mlx-whisper``)."""
+    return cache_dir("mlx-whisper")
+
+
 def converted_dir(src: str | os.PathLike[str], *, dtype: str = "float32") -> Path:
     """Convert ``src`` once into ``$VOICEPIPE_CACHE/mlx-whisper/`` (keyed by its model.bin) and return that dir."""
     src = Path(src).resolve()
     key = fingerprint([src / "model.bin"], dtype)
-    root = cache_dir("mlx-whisper")
+    root = cache_root()
     dst = root / f"{src.name}-{key}"
     if (dst / "weights.safetensors").is_file():
         return dst
