@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from voicepipe.assets import cache_dir, file_lock, fingerprint, progress_bar
+from voicepipe.assets import cache_dir, file_lock, fingerprint, pip_download, progress_bar
 from voicepipe.errors import ModelLoadError, UserError
 from voicepipe.outfile import OutputFile
 
@@ -57,7 +57,8 @@ def _llama_cpp_version() -> str:
 def converter_dir(version: str | None = None) -> Path:
     """The cached ``convert_hf_to_gguf.py`` (+ ``conversion/``, ``gguf-py/``) of llama-cpp-python ``version`` (default: installed).
 
-    Fetched on first use with ``pip download --no-deps --no-binary :all: llama-cpp-python==VERSION``.
+    Fetched on first use with ``pip download --no-deps --no-binary :all: llama-cpp-python==VERSION``
+    (``voicepipe.assets.pip_download``).
     """
     version = version or _llama_cpp_version()
     out = cache_root() / "converter" / version
@@ -65,20 +66,14 @@ def converter_dir(version: str | None = None) -> Path:
         if (out / "convert_hf_to_gguf.py").exists():
             return out
         with tempfile.TemporaryDirectory(prefix="voicepipe-sdist-") as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
-            cmd += ["--quiet", "-d", tmp, f"llama-cpp-python=={version}"]
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            sdists = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-            if result.returncode != 0 or not sdists:
-                raise ModelLoadError(
-                    f"could not fetch the GGUF converter (llama-cpp-python=={version} sdist) with pip: "
-                    f"{(result.stderr or result.stdout).strip().splitlines()[-1:] or ['no sdist']}; "
-                    "check network access to PyPI or pip's cache"
-                )
+            try:
+                sdist = pip_download(f"llama-cpp-python=={version}", tmp, sdist=True, quiet=True)
+            except ModelLoadError as exc:
+                raise ModelLoadError(f"the GGUF converter: {exc}") from exc
             partial = out.with_name(out.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
-            with tarfile.open(sdists[0]) as tar:
+            with tarfile.open(sdist) as tar:
                 for member in tar.getmembers():
                     parts = Path(member.name).parts
                     if len(parts) < 4 or parts[1:3] != ("vendor", "llama.cpp"):
