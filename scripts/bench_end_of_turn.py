@@ -58,6 +58,7 @@ def bench_cost(calls: int, threads: list[int]) -> None:
     import numpy as np
 
     from tests.support import speech
+    from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
     from voicepipe.vad.smart_turn import SmartTurn
 
     clip = speech.piper(" ".join(COMPLETE[:6]))
@@ -66,7 +67,7 @@ def bench_cost(calls: int, threads: list[int]) -> None:
         model = SmartTurn(threads=n)
         model.load()
         for seconds in (2, 8):
-            pcm = np.ascontiguousarray(clip[-seconds * 16000 :])
+            pcm = np.ascontiguousarray(clip[-seconds * SPEECH_SAMPLE_RATE :])
             features, total = [], []
             for _ in range(calls):
                 start = time.perf_counter()

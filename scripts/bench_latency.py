@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
 from voicepipe.audio.wav import WavSink, WavSinkConfig
 from voicepipe.frames import AudioFrame, EndOfTurnFrame, Frame, SpeechEndedFrame
 from voicepipe.metrics import MetricsObserver, TurnMetrics
@@ -74,7 +75,7 @@ LLM_NAMES = {
     "qwen35-shape": "qwen3.5-0.8b-random q4_k_m (scripted text)",
     "fake": "scripted fake LLM",
 }
-RATE = 16000
+RATE = SPEECH_SAMPLE_RATE
 BLOCK = RATE // 50  # 20 ms, as a microphone delivers
 
 

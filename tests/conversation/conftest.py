@@ -50,7 +50,9 @@ def listener():  # noqa: ANN201
     from tests.support.whisper_assets import whisper_base_dir
     from voicepipe.asr.faster_whisper import FasterWhisperTranscriber
 
-    engine = FasterWhisperTranscriber(str(whisper_base_dir()), language="en", threads=2)
+    engine = FasterWhisperTranscriber(
+        FasterWhisperTranscriber.Config(model=str(whisper_base_dir()), language="en", threads=2)
+    )
     engine.load()
 
     def hear(path: Path) -> str:

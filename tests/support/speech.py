@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
 from voicepipe.errors import MissingDependencyError
 from voicepipe.frames import AudioFrame
 
@@ -37,7 +38,8 @@ __all__ = [
     "audio_frames",
 ]
 
-SAMPLE_RATE = 16000
+#: Test speech comes at the rate speech models take.
+SAMPLE_RATE = SPEECH_SAMPLE_RATE
 
 
 def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
