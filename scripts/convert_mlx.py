@@ -23,7 +23,11 @@ from voicepipe.llm.mlx_model import QUANTIZATION_BITS
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="Hugging Face checkpoint directory or repo id (e.g. Qwen/Qwen3.5-0.8B)")
-    parser.add_argument("output", type=Path, help="directory to write the MLX model to (replaced if it exists)")
+    parser.add_argument(
+        "output",
+        type=Path,
+        help="directory to write the MLX model to (an earlier output there is replaced, other files are never)",
+    )
     parser.add_argument("--quantization", "-q", choices=[*QUANTIZATION_BITS, "none"], default="int4")
     parser.add_argument(
         "--dtype", choices=DTYPES, default=None, help="float dtype of unquantized weights (default: keep)"

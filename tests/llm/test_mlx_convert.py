@@ -306,3 +306,10 @@ def test_convert_script(hf_dir, tmp_path, capsys):
     assert config["quantization"]["bits"] == 4
     assert run_script(str(tmp_path / "missing"), str(tmp_path / "x")) == 2
     assert "not a model directory" in capsys.readouterr().err
+    # Converting again over an earlier output replaces it; over a directory holding other files, it is refused.
+    assert run_script(str(hf_dir), str(tmp_path / "int4"), "--quantization", "int8") == 0
+    assert load_mlx_model(tmp_path / "int4")[1]["quantization"]["bits"] == 8
+    (tmp_path / "int4" / "notes.txt").write_text("mine")
+    assert run_script(str(hf_dir), str(tmp_path / "int4"), "--quantization", "int4") == 2
+    assert "notes.txt" in capsys.readouterr().err and (tmp_path / "int4" / "notes.txt").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging directory left

@@ -25,6 +25,7 @@ from typing import Any
 from voicepipe._optional import require
 from voicepipe.assets import progress_bar
 from voicepipe.errors import UserError
+from voicepipe.outfile import replace_dir
 
 __all__ = ["MANIFEST", "PACKAGE", "convert", "main", "trace_function"]
 
@@ -165,9 +166,12 @@ def convert(
             desc.default_function_name = "decode"
             output.mkdir(parents=True, exist_ok=True)
             package = output / PACKAGE
-            if package.exists():
-                shutil.rmtree(package)
-            ct.utils.save_multifunction(desc, str(package))
+            staged = Path(tempfile.mkdtemp(prefix=f".{PACKAGE}.", dir=output))  # beside the package: a rename
+            try:
+                ct.utils.save_multifunction(desc, str(staged / PACKAGE))
+                replace_dir(staged / PACKAGE, package, what="CoreML package")
+            finally:
+                shutil.rmtree(staged, ignore_errors=True)
             bar.advance(task)
         bar.update(task, description="writing manifest and tokenizer")
         for fname in _TOKENIZER_FILES:

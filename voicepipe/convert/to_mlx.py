@@ -28,6 +28,7 @@ from voicepipe.llm.mlx_model import (
     requested_bits,
     weight_files,
 )
+from voicepipe.outfile import replace_dir
 
 __all__ = [
     "DTYPES",
@@ -114,7 +115,8 @@ def convert_checkpoint(
 
     ``quantization``: "int4" / "int8" (affine, group size 64) or None. ``dtype``: "float32", "bfloat16", "float16" or
     None (keep the checkpoint's). Norm weights stay fp32 either way. The output is written to a temporary directory
-    and renamed into place, so an interrupted conversion never leaves a half-written model.
+    and renamed into place, so an interrupted conversion never leaves a half-written model; an existing ``dst`` is
+    replaced only if it holds nothing but an earlier output (``voicepipe.outfile.replace_dir``).
     """
     mx = _mx()
     mlx_utils = require("mlx_lm.utils", extra="mlx", purpose="The MLX converter")
@@ -150,10 +152,8 @@ def convert_checkpoint(
                 if (src / name).is_file():
                     shutil.copy2(src / name, tmp / name)
             bar.advance(task)
-            if dst.exists():
-                shutil.rmtree(dst)
             tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any model directory
-            tmp.rename(dst)
+            replace_dir(tmp, dst, what="MLX output")
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -16,13 +16,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from voicepipe.assets import cache_dir, file_lock, fingerprint, progress_bar
 from voicepipe.errors import ModelLoadError
+from voicepipe.outfile import replace_dir
 
 __all__ = ["read_ct2_model", "ct2_to_mlx_weights", "convert_ct2_to_mlx", "cache_root", "converted_dir", "is_ct2_dir"]
 
@@ -170,7 +173,8 @@ def ct2_to_mlx_weights(
 
 
 def convert_ct2_to_mlx(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, dtype: str = "float32") -> Path:
-    """Convert the CT2 Whisper directory ``src`` into an mlx-whisper directory ``dst`` (written atomically)."""
+    """Convert the CT2 Whisper directory ``src`` into an mlx-whisper directory ``dst`` (written atomically; an existing
+    ``dst`` is replaced only if it holds nothing but an earlier output)."""
     src, dst = Path(src), Path(dst)
     if not is_ct2_dir(src):
         raise ModelLoadError(
@@ -189,16 +193,16 @@ def convert_ct2_to_mlx(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         ct2_config = json.loads((src / "config.json").read_text())
         dims, weights = ct2_to_mlx_weights(variables, np.dtype(dtype), ct2_config.get("alignment_heads"))
         progress.advance(task)
-        tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        mx.save_safetensors(str(tmp / "weights.safetensors"), {k: mx.array(a) for k, a in weights.items()})
-        config = {"model_type": "whisper", **dims}
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        if dst.exists():
-            import shutil
-
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+        try:
+            mx.save_safetensors(str(tmp / "weights.safetensors"), {k: mx.array(a) for k, a in weights.items()})
+            config = {"model_type": "whisper", **dims}
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any model directory
+            replace_dir(tmp, dst, what="mlx-whisper output")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         progress.advance(task)
     return dst
 
