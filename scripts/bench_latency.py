@@ -412,7 +412,7 @@ def main() -> int:
     parser.add_argument("--first-words", default="8", help="chunker: word cap of the first chunk, or 'off'")
     parser.add_argument("--tts-warm-up", choices=on_off, default="on", help="TTS: speak a phrase once at start-up")
     parser.add_argument("--core-priority", choices=on_off, default="on", help="the LLM waits during the first chunk")
-    parser.add_argument("--tts-threads", type=int, help="TTS onnxruntime threads (default: the stage's)")
+    parser.add_argument("--tts-threads", type=int, help="TTS onnxruntime threads (default: the engine's)")
     parser.add_argument("--voice", choices=("espeak", "piper"), default="espeak", help="who reads the questions")
     parser.add_argument(
         "--speculative",

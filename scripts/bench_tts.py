@@ -41,14 +41,16 @@ def _worker(args: argparse.Namespace) -> dict[str, object]:
     from voicepipe.tts.stage import TTSStage
 
     if args.arena == "off":  # the stage keeps onnxruntime's CPU arena on; this measures what turning it off changes
-        from voicepipe.tts import engine, kokoro, piper
+        from voicepipe.tts import engine
+
+        with_arena = engine.session_options
 
         def without_arena(threads: int):  # noqa: ANN202
-            opts = engine.session_options(threads)
+            opts = with_arena(threads)
             opts.enable_cpu_mem_arena = False
             return opts
 
-        kokoro.session_options = piper.session_options = without_arena
+        engine.session_options = without_arena  # what open_session() builds every engine's session with
     rss_before = psutil.Process().memory_info().rss
     config: dict[str, object] = {"engine": args.engine, "threads": args.threads, "warm_up": args.warm_up == "on"}
     if args.engine == "kokoro":
@@ -115,7 +117,12 @@ def _worker(args: argparse.Namespace) -> dict[str, object]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", nargs="+", default=["kokoro", "piper"], choices=["kokoro", "piper"])
-    parser.add_argument("--threads", nargs="+", type=int, default=[2], help="onnxruntime threads to try")
+    from voicepipe.tts.engine import TTSEngineConfig
+
+    threads = TTSEngineConfig.model_fields["threads"].default
+    parser.add_argument(
+        "--threads", nargs="+", type=int, default=[threads], help=f"onnxruntime threads to try (default {threads})"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per text (the median is reported)")
     parser.add_argument("--arena", nargs="+", default=["on"], choices=["on", "off"], help="onnxruntime CPU arena")
     parser.add_argument("--warm-up", nargs="+", default=["on"], choices=["on", "off"], help="TTS stage warm_up")

@@ -83,7 +83,7 @@ def speak_questions(out_dir: Path, count: int) -> list[Path]:
     from voicepipe.audio.convert import resample
     from voicepipe.tts.piper import PiperEngine
 
-    engine = PiperEngine(str(piper_joe_model_path()), threads=2)
+    engine = PiperEngine(PiperEngine.Config(model=str(piper_joe_model_path()), threads=2))
     engine.load()
     paths = []
     for i, question in enumerate(QUESTIONS[:count]):
@@ -358,12 +358,13 @@ async def child_voicepipe(args: argparse.Namespace) -> dict[str, Any]:
                 update={"backend": "llamacpp", "model": str(args.gguf), "max_tokens": args.max_tokens}
             )
         elif issubclass(spec.stage_class, TTSStage):
-            tts = {"engine": args.tts, "voices": None, "voice": None}
+            own, _ = config.split(config.model_dump())  # the stage's settings; the engine's come from this run
+            tts = {"engine": args.tts}
             if args.tts == "piper":
                 tts["model"] = voices["piper"]
             else:
                 tts.update(model=voices["kokoro_model"], voices=voices["kokoro_voices"], voice=voices["kokoro_voice"])
-            stages.append(TTSStage(config.model_copy(update=tts), name=spec.name))
+            stages.append(TTSStage(type(config).model_validate({**own, **tts}), name=spec.name))
             continue
         stages.append(spec.stage_class(config, name=spec.name))
     stages.append(WavSink(WavSinkConfig(path=str(Path(tmp.name) / "reply.wav")), name="speaker"))

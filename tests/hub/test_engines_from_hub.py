@@ -15,11 +15,12 @@ from .server import HubServer
 
 def test_kokoro_default_files_come_from_the_hub_verified(hub: HubServer, tmp_path: Path):
     from tests.support.tts_assets import kokoro_model_path, kokoro_voices_path
-    from voicepipe.tts.stage import TTSConfig, build_engine
+    from voicepipe.tts.stage import TTSConfig
 
-    engine = build_engine(TTSConfig(engine="kokoro"))
-    assert engine.model_path.is_relative_to(tmp_path / "hf" / "hub")
-    for got, source in ((engine.model_path, kokoro_model_path()), (engine.voices_path, kokoro_voices_path())):
+    engine = TTSConfig(engine="kokoro").build_engine()
+    model_path, voices_path = engine.resolve_files()  # what load() does first
+    assert model_path.is_relative_to(tmp_path / "hf" / "hub")
+    for got, source in ((model_path, kokoro_model_path()), (voices_path, kokoro_voices_path())):
         assert hashlib.sha256(got.read_bytes()).digest() == hashlib.sha256(source.read_bytes()).digest()
     assert [r.path for r in hub.requests if r.path.startswith("/api/")].count(
         f"/api/models/{KOKORO}/revision/{hub.repos[KOKORO].commit}"

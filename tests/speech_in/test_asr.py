@@ -134,7 +134,7 @@ async def test_a_neural_voice_piper_joe_is_transcribed_like_espeak(make_asr) -> 
     from tests.support.tts_assets import piper_joe_model_path
     from voicepipe.tts.piper import PiperEngine
 
-    engine = PiperEngine(piper_joe_model_path())
+    engine = PiperEngine(PiperEngine.Config(model=str(piper_joe_model_path())))
     engine.load()
     try:
         clips = [

@@ -36,7 +36,7 @@ def kokoro_engine(kokoro_files: tuple[str, str]) -> Iterator[TTSEngine]:
     from voicepipe.tts.kokoro import KokoroEngine
 
     model, voices = kokoro_files
-    engine = KokoroEngine(model, voices, voice=tts_assets.KOKORO_TEST_VOICE, threads=2)
+    engine = KokoroEngine(KokoroEngine.Config(model=model, voices=voices, voice=tts_assets.KOKORO_TEST_VOICE))
     engine.load()
     yield engine
     engine.unload()
@@ -46,7 +46,7 @@ def kokoro_engine(kokoro_files: tuple[str, str]) -> Iterator[TTSEngine]:
 def piper_engine(piper_model: str) -> Iterator[TTSEngine]:
     from voicepipe.tts.piper import PiperEngine
 
-    engine = PiperEngine(piper_model, threads=2)
+    engine = PiperEngine(PiperEngine.Config(model=piper_model))
     engine.load()
     yield engine
     engine.unload()
@@ -100,6 +100,7 @@ class RecordingEngine(TTSEngine):
     started: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
+        self.config = self.inner.config
         self.sample_rate = self.inner.sample_rate
 
     def load(self) -> None:
