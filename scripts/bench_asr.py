@@ -29,6 +29,8 @@ from pathlib import Path
 
 from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the real weights the tests use
+
 OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
 UTTERANCES = [
     "Please turn on the lights in the kitchen.",
@@ -40,13 +42,13 @@ UTTERANCES = [
 
 
 def _model_dir(model: str) -> str:
-    from voicepipe.testing import whisper_assets
+    from tests.support import whisper_assets
 
     return str(whisper_assets.whisper_tiny_en_dir() if model == "tiny.en" else whisper_assets.whisper_base_dir())
 
 
 def _stream():
-    from voicepipe.testing import speech
+    from tests.support import speech
 
     return speech.concat(*[speech.pad(speech.espeak(text), 0.6, 1.2) for text in UTTERANCES])
 

@@ -17,8 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import threading
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the real weights the tests use
 
 FIRST_CHUNK = "Sure, I can help you with that."
 SENTENCES = [
@@ -29,7 +33,7 @@ PROMPT = "Tell me a long story about a lighthouse keeper and his cat."
 
 
 def load_tts(name: str, threads: int | None):  # noqa: ANN201 - a loaded TTSEngine
-    from voicepipe.testing import tts_assets
+    from tests.support import tts_assets
     from voicepipe.tts.kokoro import KokoroEngine
     from voicepipe.tts.piper import PiperEngine
 
@@ -109,7 +113,7 @@ def main() -> None:
 
     gguf = args.gguf
     if gguf is None:
-        from voicepipe.testing.llm_assets import qwen25_05b_gguf
+        from tests.support.llm_assets import qwen25_05b_gguf
 
         gguf = str(qwen25_05b_gguf())
     model = Qwen35LlamaCppChat.from_pretrained(gguf, n_ctx=2048, n_threads=args.llm_threads, progress=False)

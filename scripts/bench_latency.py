@@ -23,6 +23,8 @@ released.
 Models: faster-whisper tiny.en and Piper/Kokoro from the PyPI packages of the dev extra, and by default a real chat
 model on llama.cpp (Qwen2.5-Coder-0.5B-Instruct Q4_K_M, greedy), so first-token, first-clause and TTS timings come
 from real replies of real length. ``--llm qwen35-shape`` runs the full-size random Qwen3.5-0.8B
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the real weights the tests use
 (``voicepipe.testing.checkpoints``) as Q4_K_M GGUF instead, whose tokens carry the text of a scripted reply (see
 ``ScriptedTextChat``: random weights speak no words); ``--llm fake`` runs a scripted LLM; ``--gguf`` any chat GGUF.
 """
@@ -135,18 +137,18 @@ class TurnWatcher:
 
 
 def build_stages(args: argparse.Namespace, tts: str, out_wav: Path) -> list[Stage]:
+    from tests.support.whisper_assets import whisper_tiny_en_dir
     from voicepipe.asr.stage import ASRConfig, ASRStage
-    from voicepipe.testing.whisper_assets import whisper_tiny_en_dir
     from voicepipe.text.stage import SentenceChunkerStage
     from voicepipe.tts.stage import TTSConfig, TTSStage
     from voicepipe.vad.stage import VADConfig, VADStage
 
     if tts == "kokoro":
-        from voicepipe.testing.tts_assets import kokoro_model_path, kokoro_voices_path
+        from tests.support.tts_assets import kokoro_model_path, kokoro_voices_path
 
         files = {"model": str(kokoro_model_path()), "voices": str(kokoro_voices_path())}
     else:
-        from voicepipe.testing.tts_assets import piper_joe_model_path
+        from tests.support.tts_assets import piper_joe_model_path
 
         files = {"model": str(piper_joe_model_path())}
     levers = {"warm_up": args.tts_warm_up == "on", "first_chunk_priority": args.core_priority == "on"}
@@ -249,20 +251,20 @@ REPLIES = [
 
 
 def _real_chat_gguf() -> Path:
-    from voicepipe.testing.llm_assets import qwen25_05b_gguf
+    from tests.support.llm_assets import qwen25_05b_gguf
 
     return qwen25_05b_gguf()
 
 
 def _full_size_gguf() -> Path:
-    from voicepipe.llm.gguf_convert import gguf_for_checkpoint
+    from voicepipe.convert.to_gguf import gguf_for_checkpoint
     from voicepipe.testing.checkpoints import full_size_checkpoint
 
     return gguf_for_checkpoint(full_size_checkpoint(), "q4_k_m")
 
 
 async def run_once(args: argparse.Namespace, tts: str) -> dict[str, Any]:
-    from voicepipe.testing import speech
+    from tests.support import speech
 
     speak = speech.piper if args.voice == "piper" else speech.espeak
     questions = [speech.pad(speak(q), lead=0.0, trail=0.0) for q in QUESTIONS[: args.turns + 1]]

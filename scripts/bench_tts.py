@@ -23,6 +23,9 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the real weights the tests use
 
 CLAUSE = "Sure, let me check that."
 SENTENCE = "The museum opens at nine in the morning and closes at six, except on public holidays."
@@ -51,13 +54,13 @@ def _worker(args: argparse.Namespace) -> dict[str, object]:
     rss_before = psutil.Process().memory_info().rss
     config: dict[str, object] = {"engine": args.engine, "threads": args.threads, "warm_up": args.warm_up == "on"}
     if args.engine == "kokoro":
-        from voicepipe.testing import tts_assets
+        from tests.support import tts_assets
 
         config["model"] = args.kokoro_model or str(tts_assets.kokoro_model_path())
         config["voices"] = args.kokoro_voices or str(tts_assets.kokoro_voices_path())
         config["voice"] = args.voice or tts_assets.KOKORO_TEST_VOICE
     else:
-        from voicepipe.testing import tts_assets
+        from tests.support import tts_assets
 
         config["model"] = args.piper_model or str(tts_assets.piper_joe_model_path())
     stage = TTSStage(TTSStage.Config(**config), name="tts")

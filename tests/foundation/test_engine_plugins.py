@@ -29,7 +29,7 @@ def _readme_engine() -> str:
 
 @pytest.fixture(scope="module")
 def whisper_tiny_en() -> str:
-    from voicepipe.testing.whisper_assets import whisper_tiny_en_dir
+    from tests.support.whisper_assets import whisper_tiny_en_dir
 
     return str(whisper_tiny_en_dir())
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+from tests.support.speech import espeak, pad
 from voicepipe.cli.main import main
 from voicepipe.config import load_pipeline
-from voicepipe.testing.speech import espeak, pad
 
 PIPELINE = Path(__file__).resolve().parents[2] / "pipeline.yaml"
 

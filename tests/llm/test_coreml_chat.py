@@ -20,11 +20,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("coremltools")
 transformers = pytest.importorskip("transformers")
 
+from voicepipe.convert.coreml_torch import STATE_NAMES, load_checkpoint  # noqa: E402
+from voicepipe.convert.to_coreml import MANIFEST, PACKAGE, _manifest, trace_function  # noqa: E402
 from voicepipe.errors import UserError  # noqa: E402
 from voicepipe.llm import ChatMessage, ChatSamplingConfig  # noqa: E402
 from voicepipe.llm.coreml import Qwen35CoreMLChat, _FunctionStates, sample_token  # noqa: E402
-from voicepipe.llm.coreml_convert import MANIFEST, PACKAGE, _manifest, trace_function  # noqa: E402
-from voicepipe.llm.coreml_model import STATE_NAMES, load_checkpoint  # noqa: E402
 from voicepipe.testing.checkpoints import tiny_checkpoint  # noqa: E402
 
 SEQ_LEN = 16

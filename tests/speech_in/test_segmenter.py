@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voicepipe.testing import speech
+from tests.support import speech
 from voicepipe.vad.segmenter import Pause, Segmenter, SegmenterConfig, SpeechEnd, SpeechStart
 from voicepipe.vad.silero import SileroVAD
 from voicepipe.vad.webrtc import WebRTCVAD

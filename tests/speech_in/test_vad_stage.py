@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.support import speech
 from voicepipe.config import parse_pipeline
 from voicepipe.frames import (
     AudioFrame,
@@ -15,7 +16,6 @@ from voicepipe.frames import (
     TextChunkFrame,
     UserAudioFrame,
 )
-from voicepipe.testing import speech
 from voicepipe.testing.harness import run_stage
 from voicepipe.vad.silero import SileroVAD
 from voicepipe.vad.stage import VADConfig, VADStage

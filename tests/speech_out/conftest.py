@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from voicepipe.testing import tts_assets
+from tests.support import tts_assets
 from voicepipe.tts.engine import TTSEngine
 
 
@@ -64,7 +64,7 @@ def whisper():
     pytest.importorskip("faster_whisper", reason="needs the whisper extra")
     from faster_whisper import WhisperModel
 
-    from voicepipe.testing.whisper_assets import whisper_tiny_en_dir
+    from tests.support.whisper_assets import whisper_tiny_en_dir
 
     return WhisperModel(str(whisper_tiny_en_dir()), device="cpu", compute_type="int8", cpu_threads=2)
 

@@ -8,8 +8,8 @@ import jiwer
 import pytest
 import soundfile as sf
 
+from tests.support.speech import resample
 from voicepipe.cli.main import main
-from voicepipe.testing.speech import resample
 
 from .conftest import transcribe, words
 

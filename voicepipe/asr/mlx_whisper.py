@@ -1,7 +1,7 @@
 """mlx-whisper engine: float32 on CPU (``fp16=False``), greedy decoding (mlx-whisper has no beam search).
 
 ``model`` may be an mlx-whisper directory, an HF repo id of one, or a CTranslate2 (faster-whisper) directory, which
-is converted once (``voicepipe.asr.convert_mlx``) so both engines can run the same weights. On Linux, MLX's CPU
+is converted once (``voicepipe.convert.whisper_to_mlx``) so both engines can run the same weights. On Linux, MLX's CPU
 matmuls go through BLAS: preloading OpenBLAS (``LD_PRELOAD=.../openblas-pthread/libblas.so.3``) speeds it up ~6x.
 """
 
@@ -98,7 +98,7 @@ class MLXWhisperTranscriber(ASREngine):
         from mlx.utils import tree_map
         from mlx_whisper.load_models import load_model
 
-        from voicepipe.asr.convert_mlx import converted_dir, is_ct2_dir
+        from voicepipe.convert.whisper_to_mlx import converted_dir, is_ct2_dir
 
         path = Path(self.model_name).expanduser()
         if not path.exists():

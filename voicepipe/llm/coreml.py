@@ -1,6 +1,6 @@
 """Qwen3.5 chat on CoreML (Neural Engine on Mac and iPhone): ``Qwen35CoreMLChat``.
 
-The model is a package made by ``scripts/convert_coreml.py`` (``voicepipe.llm.coreml_convert``): one mlprogram with
+The model is a package made by ``scripts/convert_coreml.py`` (``voicepipe.convert.to_coreml``): one mlprogram with
 a ``prefill`` function (chunks of ``seq_len`` tokens, the last one right-padded) and a ``decode`` function (one
 token), sharing the KV cache and the DeltaNet conv/recurrent state as CoreML states. This file implements only the
 token-level hooks of ``ChatModel`` (see ``voicepipe.llm.chat_model``):
@@ -25,9 +25,9 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from voicepipe._optional import require
+from voicepipe.convert.to_coreml import MANIFEST, PACKAGE
 from voicepipe.errors import ModelLoadError, UserError
 from voicepipe.llm.chat_model import ChatModel, ChatModelConfig
-from voicepipe.llm.coreml_convert import MANIFEST, PACKAGE
 from voicepipe.llm.sampling import ChatSamplingConfig
 
 __all__ = ["Qwen35CoreMLChat", "CoreMLChatConfig", "COMPUTE_UNITS"]

@@ -58,7 +58,7 @@ def resolve_gguf(
     source's precision; by default checkpoints become ``q4_k_m`` and ``.gguf`` files are used as they are.
     """
     from voicepipe.assets import fetch_file, fetch_snapshot
-    from voicepipe.llm import gguf_convert
+    from voicepipe.convert import to_gguf as gguf_convert
 
     source = str(source or DEFAULT_REPO)
     path = Path(source).expanduser()

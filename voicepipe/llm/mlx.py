@@ -1,6 +1,6 @@
 """Qwen3.5 chat on MLX: ``Qwen35MLXChat``.
 
-The model code is mlx-lm's ``qwen3_5``; weights are found, converted and loaded by ``voicepipe.llm.mlx_convert``. This
+The model code is mlx-lm's ``qwen3_5``; weights are found by ``convert.to_mlx``, loaded by ``llm.mlx_model``. This
 file implements only the token-level hooks of ``ChatModel`` (see ``voicepipe.llm.base``): a forward pass over mlx-lm's
 cache objects, sampling through mlx-lm's ``make_sampler`` / ``make_logits_processors``, and snapshots of the cache for
 the multi-turn prompt cache (the DeltaNet state of the linear-attention layers cannot be trimmed, so the base class
@@ -8,7 +8,7 @@ snapshots at turn boundaries and this engine copies the cache arrays).
 
 On Apple Silicon MLX runs on Metal. On Linux it runs on the CPU, slowly: mlx-lm's gated-delta recurrence is a token
 loop without Metal kernels, MLX's CPU quantized matmul has no matrix-matrix kernel (prompts therefore go through
-dequantized fp32 weights, see ``mlx_convert.cpu_prefill_linear_class``), and only fp32 matmuls use BLAS, which gets
+dequantized fp32 weights, see ``mlx_model.cpu_prefill_linear_class``), and only fp32 matmuls use BLAS, which gets
 ~20x faster when Debian's OpenBLAS is preloaded (apt ``libopenblas0-pthread``):
 ``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3`` (``OPENBLAS``; ``scripts/bench_llm.py`` does it).
 
@@ -36,9 +36,10 @@ import numpy as np
 from pydantic import Field
 
 from voicepipe._optional import require
+from voicepipe.convert.to_mlx import resolve_model_dir
 from voicepipe.errors import ModelLoadError
 from voicepipe.llm.chat_model import ChatModel, ChatModelConfig
-from voicepipe.llm.mlx_convert import load_mlx_model, resolve_model_dir, weights_nbytes
+from voicepipe.llm.mlx_model import load_mlx_model, weights_nbytes
 from voicepipe.llm.sampling import ChatSamplingConfig
 
 __all__ = ["Qwen35MLXChat", "OPENBLAS"]

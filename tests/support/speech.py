@@ -98,7 +98,7 @@ def piper(text: str, model: str | None = None, *, sample_rate: int = SAMPLE_RATE
     tell a finished sentence from an unfinished one by its melody.
     """
     if model is None:
-        from voicepipe.testing.tts_assets import piper_joe_model_path
+        from tests.support.tts_assets import piper_joe_model_path
 
         model = str(piper_joe_model_path())
     return _trim(_piper_cached(text, str(model), sample_rate), sample_rate).copy()
