@@ -71,10 +71,10 @@ def _known_models_table():  # noqa: ANN202 - rich is imported lazily
 
     from voicepipe.llm.known_models import KNOWN_CHAT_MODELS
 
-    table = Table(title="chat models known to work (llm stage: backend + model)")
+    table = Table(title="chat models known to work (llm stage: engine + model)")
     table.add_column("model", no_wrap=True)  # names are what users copy: never cut them
-    for column in ("backends", "model:", "checked"):
+    for column in ("engines", "model:", "checked"):
         table.add_column(column)
     for m in KNOWN_CHAT_MODELS:
-        table.add_row(m.name, m.backends, m.source, m.checked)
+        table.add_row(m.name, m.engines, m.source, m.checked)
     return table
