@@ -6,7 +6,14 @@ import asyncio
 
 import pytest
 
-from voicepipe.frames import EndFrame, ErrorFrame, Frame, InterruptionFrame, TextChunkFrame, TranscriptFrame
+from voicepipe.frames import (
+    EndFrame,
+    ErrorFrame,
+    Frame,
+    InterruptionFrame,
+    TextChunkFrame,
+    TranscriptFrame,
+)
 from voicepipe.pipeline import FrameQueue, PipelineError, VoicePipeline
 from voicepipe.stage import Sink, Source, Stage
 from voicepipe.testing.harness import ListSource, Pause, run_pipeline, run_stage
@@ -296,6 +303,21 @@ async def test_frame_queue_system_lane_overtakes_and_drop_keeps_end_frame():
     assert await q.drop_data_before(seq) == 1
     _, _, remaining = await q.get_data()
     assert isinstance(remaining, EndFrame)
+
+
+async def test_frame_queue_hands_out_no_data_frame_queued_after_an_interruption_not_yet_taken():
+    """Whether a data frame is late depends on the interruptions before it, so the system task must take them first
+    (it may be busy with an earlier system frame while the data task waits)."""
+    q = FrameQueue(4)
+    await q.put(InterruptionFrame(turn_id=1))
+    await q.put(TextChunkFrame(text="late", turn_id=1))
+    data = asyncio.create_task(q.get_data())
+    await asyncio.sleep(0.05)
+    assert not data.done(), "a data frame overtook the interruption queued before it"
+    _, _, first = await q.get_system()
+    assert isinstance(first, InterruptionFrame)
+    _, _, frame = await asyncio.wait_for(data, 1)
+    assert frame.text == "late"
 
 
 def test_duplicate_stage_names_are_rejected():
