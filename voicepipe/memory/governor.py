@@ -54,6 +54,7 @@ from voicepipe.memory.jetsam import RssWatchdog
 from voicepipe.memory.policy import Mode
 from voicepipe.memory.records import ModelEvent, ReloadFailed, StageMemory, TurnRecord
 from voicepipe.memory.rss import MB, release_freed_memory, rss_bytes
+from voicepipe.memory.swap import ModelSwap
 from voicepipe.memory.taps import AfterLLMTap, AfterTTSTap, BeforeLLMTap, GovernorTap
 from voicepipe.stage import Stage
 
@@ -84,7 +85,7 @@ class MemoryGovernor:
         self._llm_parked = False  # unloaded by the governor (upstream frames for it wait)
         self._tasks: set[asyncio.Task[None]] = set()
         self._after_llm: AfterLLMTap | None = None
-        self.events: deque[ModelEvent] = deque(maxlen=10_000)  # bounded: a long conversation must not grow it
+        self._models: ModelSwap | None = None
         self._idle: asyncio.Event | None = None  # set while no turn holds the models (sequential turns wait for it)
         self._active: int | None = None  # the turn holding them
         self._phase = "idle"  # of the active turn: "llm" (writing) or "tts" (speaking)
@@ -100,6 +101,7 @@ class MemoryGovernor:
         if i_llm >= i_tts:
             raise ConfigError(f"memory: the LLM stage '{self.llm.name}' must come before the TTS '{self.tts.name}'")
         self.llm_memory.name, self.tts_memory.name = self.llm.name, self.tts.name
+        self._models = ModelSwap(self.llm, self.tts, self._decide)
         self._after_llm = AfterLLMTap(self)
         chain.insert(i_tts + 1, AfterTTSTap(self))
         chain.insert(i_llm + 1, self._after_llm)
@@ -160,7 +162,7 @@ class MemoryGovernor:
 
     async def after_llm_loaded(self) -> None:
         """Startup, after the LLM's ``setup``: measure it; unload it when a TTS as big might not fit beside it."""
-        llm = self._stage(self.llm)
+        llm = self._swap().llm
         now = rss_bytes()
         self.llm_memory.measured = max(0, now - self._rss_mark)
         self.llm_memory.reported = llm.memory_footprint
@@ -175,7 +177,7 @@ class MemoryGovernor:
 
     async def after_tts_loaded(self) -> None:
         """Startup, after the TTS's ``setup``: measure it and decide how the turns run."""
-        tts, llm = self._stage(self.tts), self._stage(self.llm)
+        tts, llm = self._swap().tts, self._swap().llm
         now = rss_bytes()
         self.tts_memory.measured = max(0, now - self._rss_mark)
         self.tts_memory.reported = tts.memory_footprint
@@ -215,97 +217,43 @@ class MemoryGovernor:
 
     # -- transitions (each under the lock) -------------------------------------------------------------------------
 
-    @staticmethod
-    def _stage(stage: Stage | None) -> Stage:
-        if stage is None:
+    def _swap(self) -> ModelSwap:
+        if self._models is None:
             raise RuntimeError("MemoryGovernor.install() was not called")
-        return stage
+        return self._models
+
+    @property
+    def events(self) -> deque[ModelEvent]:
+        """Every load and unload, and every change of the two models' state the taps noticed."""
+        return self._models.events if self._models is not None else deque()
 
     async def _unload_llm(self, *, reason: str) -> float:
-        llm = self._stage(self.llm)
-        if not llm.is_loaded:
-            return 0.0
-        before, footprint = rss_bytes(), llm.memory_footprint
-        started = time.perf_counter()
-        await llm.unload()
-        release_freed_memory()
-        ms = (time.perf_counter() - started) * 1000
-        self.note(f"unloaded {llm.name}")
-        self._llm_parked = True
-        self.llm_memory.unload_drop = before - rss_bytes()
-        self._decide(
-            f"unloaded {llm.name} {reason}: {ms:.0f} ms, RSS -{self.llm_memory.unload_drop / MB:.0f} MB "
-            f"(footprint {footprint / MB:.0f} MB), now {rss_bytes() / MB:.0f} MB"
-        )
+        swap = self._swap()
+        parks = swap.llm.is_loaded  # frames going up to it wait from now on until it is loaded again
+        footprint = swap.llm.memory_footprint if parks else None
+        ms = await swap.unload(swap.llm, self.llm_memory, reason=reason, footprint=footprint)
+        self._llm_parked = self._llm_parked or parks
         return ms
 
     async def _load_llm(self, *, reason: str) -> float:
-        llm = self._stage(self.llm)
-        ms = 0.0
-        if not llm.is_loaded:
-            started = time.perf_counter()
-            await self._reload(llm, reason)
-            ms = (time.perf_counter() - started) * 1000
-            self._decide(f"loaded {llm.name} {reason}: {ms:.0f} ms, RSS now {rss_bytes() / MB:.0f} MB")
+        swap = self._swap()
+        ms = await swap.load(swap.llm, reason=reason)
         self._llm_parked = False
         if self._after_llm is not None:
             await self._after_llm.flush_upstream()
         return ms
 
     async def _unload_tts(self, *, reason: str) -> float:
-        tts = self._stage(self.tts)
-        if not tts.is_loaded:
-            return 0.0
-        before = rss_bytes()
-        started = time.perf_counter()
-        await tts.unload()
-        release_freed_memory()
-        ms = (time.perf_counter() - started) * 1000
-        self.note(f"unloaded {tts.name}")
-        self.tts_memory.unload_drop = before - rss_bytes()
-        self._decide(
-            f"unloaded {tts.name} {reason}: {ms:.0f} ms, RSS -{self.tts_memory.unload_drop / MB:.0f} MB, "
-            f"now {rss_bytes() / MB:.0f} MB"
-        )
-        return ms
+        swap = self._swap()
+        return await swap.unload(swap.tts, self.tts_memory, reason=reason)
 
     async def _load_tts(self, *, reason: str) -> float:
-        tts = self._stage(self.tts)
-        if tts.is_loaded:
-            return 0.0
-        started = time.perf_counter()
-        await self._reload(tts, reason)
-        ms = (time.perf_counter() - started) * 1000
-        self._decide(f"loaded {tts.name} {reason}: {ms:.0f} ms, RSS now {rss_bytes() / MB:.0f} MB")
-        return ms
-
-    async def _reload(self, stage: Stage, reason: str) -> None:
-        """Load ``stage`` again; one more try if that fails, then ``ReloadFailed`` (the run stops)."""
-        for attempt in (1, 2):
-            try:
-                await stage.load()
-                break
-            except Exception as exc:
-                detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-                if attempt == 2:
-                    raise ReloadFailed(
-                        f"memory governor: {stage.name} could not be loaded again {reason} ({detail}); its model "
-                        "changed or disappeared while it was unloaded, so the run stops"
-                    ) from exc
-                log.warning("memory governor: loading %s again failed (%s); trying once more", stage.name, detail)
-        self.note(f"loaded {stage.name}")
-
-    def note(self, what: str) -> None:
-        """Log an event with both models' state after it."""
-        llm, tts = self._stage(self.llm), self._stage(self.tts)
-        self.events.append(ModelEvent(time.monotonic(), what, llm.is_loaded, tts.is_loaded))
+        swap = self._swap()
+        return await swap.load(swap.tts, reason=reason)
 
     def check_state(self, where: str) -> None:
         """Called by the taps on every frame: log a model that loaded or unloaded itself since the last event."""
-        llm, tts = self._stage(self.llm), self._stage(self.tts)
-        last = self.events[-1] if self.events else None
-        if last is None or (last.llm_loaded, last.tts_loaded) != (llm.is_loaded, tts.is_loaded):
-            self.note(f"seen at {where}")
+        self._swap().check_state(where)
 
     def _release(self, turn_id: int | None = None) -> None:
         """The active turn (or ``turn_id``, if it is the active one) no longer holds the models."""
@@ -373,7 +321,7 @@ class MemoryGovernor:
         turn = self._turn(turn_id)
         async with self._locked():
             llm_peak = self._phase_peak(turn)
-            footprint = self._stage(self.llm).memory_footprint
+            footprint = self._swap().llm.memory_footprint
             turn.values["llm_unload_ms"] = await self._unload_llm(reason=f"after writing turn {turn_id}")
             self.floor = rss_bytes()
             self.llm_memory.working = max(self.llm_memory.working, llm_peak - self.floor)
