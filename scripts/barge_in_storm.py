@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the real weights the tests use
+
 QUESTIONS = [
     "Tell me about the history of Paris.",
     "Wait, tell me about Berlin instead.",
@@ -42,23 +44,23 @@ QUESTIONS = [
 
 
 def build(args: argparse.Namespace, observers: list):
+    from tests.support.whisper_assets import whisper_tiny_en_dir
     from voicepipe.asr.stage import ASRConfig, ASRStage
     from voicepipe.audio.device import MicConfig, MicSource, SpeakerConfig, SpeakerSink
     from voicepipe.audio.turn_taking import TurnTaking, TurnTakingConfig
     from voicepipe.llm.stage import LLMConfig, LLMStage
     from voicepipe.pipeline import build_pipeline
-    from voicepipe.testing.whisper_assets import whisper_tiny_en_dir
     from voicepipe.text.stage import SentenceChunkerStage
     from voicepipe.tts.stage import TTSConfig, TTSStage
     from voicepipe.vad.stage import VADConfig, VADStage
 
     llm = LLMConfig(
-        backend="llamacpp",
+        engine="llamacpp",
         model=args.model,
         temperature=0,
         max_tokens=args.max_tokens,
         system_prompt="You are a helpful voice assistant. Answer in three or four spoken sentences.",
-        options={"n_ctx": 4096},
+        n_ctx=4096,
     )
     stages = [
         MicSource(MicConfig(device="pulse"), name="mic"),
@@ -134,7 +136,7 @@ async def wait_for(condition, timeout: float) -> bool:
 
 
 async def storm(args: argparse.Namespace, room) -> dict[str, Any]:
-    from voicepipe.testing.speech import SAMPLE_RATE, pad, piper
+    from tests.support.speech import SAMPLE_RATE, pad, piper
 
     voices = {q: pad(piper(q, args.piper), lead=0.2, trail=0.3) for q in QUESTIONS}
     log = Log()
@@ -245,11 +247,11 @@ def main() -> int:
     if shutil.which("pulseaudio") is None or shutil.which("pacat") is None:
         print("needs pulseaudio and pulseaudio-utils (scripts/install_system_deps.sh)", file=sys.stderr)
         return 2
+    from tests.support.tts_assets import piper_joe_model_path
     from voicepipe.testing.pulse import pulse_server, reinitialize_portaudio
-    from voicepipe.testing.tts_assets import piper_joe_model_path
 
     if args.model is None:
-        from voicepipe.testing.llm_assets import qwen25_05b_gguf
+        from tests.support.llm_assets import qwen25_05b_gguf
 
         args.model = str(qwen25_05b_gguf())
     args.piper = str(piper_joe_model_path())

@@ -27,6 +27,10 @@ import sys
 import time
 from pathlib import Path
 
+from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the real weights the tests use
+
 OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
 UTTERANCES = [
     "Please turn on the lights in the kitchen.",
@@ -38,13 +42,13 @@ UTTERANCES = [
 
 
 def _model_dir(model: str) -> str:
-    from voicepipe.testing import whisper_assets
+    from tests.support import whisper_assets
 
     return str(whisper_assets.whisper_tiny_en_dir() if model == "tiny.en" else whisper_assets.whisper_base_dir())
 
 
 def _stream():
-    from voicepipe.testing import speech
+    from tests.support import speech
 
     return speech.concat(*[speech.pad(speech.espeak(text), 0.6, 1.2) for text in UTTERANCES])
 
@@ -53,7 +57,7 @@ def _segments(stream):
     from voicepipe.vad.segmenter import Segmenter, SpeechEnd
     from voicepipe.vad.webrtc import WebRTCVAD
 
-    segmenter = Segmenter(WebRTCVAD(2))
+    segmenter = Segmenter(WebRTCVAD())  # aggressiveness 2
     events = segmenter.feed(stream) + segmenter.flush()
     return [e.segment.pcm for e in events if isinstance(e, SpeechEnd) and e.segment is not None]
 
@@ -74,7 +78,7 @@ async def _paced_latency(engine_name: str, model_dir: str, early: bool, stream) 
                 delay = start + (i + 1) * 0.02 - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                yield AudioFrame(pcm=stream[offset : offset + 320], sample_rate=16000)
+                yield AudioFrame(pcm=stream[offset : offset + 320], sample_rate=SPEECH_SAMPLE_RATE)
 
     ends: dict[int, float] = {}
     latencies: list[float] = []
@@ -85,7 +89,7 @@ async def _paced_latency(engine_name: str, model_dir: str, early: bool, stream) 
         elif isinstance(frame, TranscriptFrame):
             latencies.append(time.monotonic() - ends[frame.turn_id])
 
-    asr = ASRStage(ASRConfig(engine=engine_name, model=model_dir, threads=2, early_transcription=early))
+    asr = ASRStage(ASRConfig(engine=engine_name, model=model_dir, early_transcription=early))
     vad = VADStage(VADConfig(engine="webrtc", early_transcription=early))
     run = build_pipeline([PacedSource(name="mic"), vad, asr])
     run.pipeline.on_output(collect)
@@ -95,16 +99,16 @@ async def _paced_latency(engine_name: str, model_dir: str, early: bool, stream) 
 
 def measure_one(engine_name: str, model: str, repeats: int) -> dict:
     """Run in the child process: RTF and latencies for one engine/model."""
-    from voicepipe.asr.stage import ASRConfig, make_transcriber
+    from voicepipe.asr.stage import ASRConfig
 
     model_dir = _model_dir(model)
     stream = _stream()
     segments = _segments(stream)
-    engine = make_transcriber(ASRConfig(engine=engine_name, model=model_dir, threads=2))
+    engine = ASRConfig(engine=engine_name, model=model_dir).build_engine()  # faster-whisper: 2 threads
     started = time.perf_counter()
     engine.load()
     load_s = time.perf_counter() - started
-    audio_s = sum(len(s) for s in segments) / 16000
+    audio_s = sum(len(s) for s in segments) / SPEECH_SAMPLE_RATE
     for s in segments[:2]:
         engine.transcribe(s)  # warm-up
     passes = []

@@ -4,7 +4,7 @@ Usage: python scripts/bench_coreml.py OUT_DIR [--max-context 2048] [--seq-len 64
        python scripts/bench_coreml.py --parity   # traced functions vs transformers on the full-size checkpoint
 
 Builds (or reuses) the cached random checkpoint of the real shape (``voicepipe.testing.checkpoints``), converts it
-with ``voicepipe.llm.coreml_convert.convert``, and prints one Markdown table row: wall time, peak RSS of this process,
+with ``voicepipe.convert.to_coreml.convert``, and prints one Markdown table row: wall time, peak RSS of this process,
 the package's weight file and total size, ops per function and how many weights are INT8. Prediction speed needs a Mac.
 """
 
@@ -39,8 +39,8 @@ def parity(seq_len: int, steps: int = 16) -> None:
     import torch
     from transformers import Qwen3_5ForCausalLM
 
-    from voicepipe.llm.coreml_convert import trace_function
-    from voicepipe.llm.coreml_model import load_checkpoint
+    from voicepipe.convert.coreml_torch import load_checkpoint
+    from voicepipe.convert.to_coreml import trace_function
     from voicepipe.testing.checkpoints import full_size_checkpoint
 
     checkpoint = full_size_checkpoint()
@@ -89,8 +89,8 @@ def main() -> None:
     if args.output is None:
         parser.error("OUT_DIR is required (or pass --parity)")
 
-    from voicepipe.llm.coreml_convert import PACKAGE, convert
-    from voicepipe.llm.coreml_model import read_shape
+    from voicepipe.convert.coreml_torch import read_shape
+    from voicepipe.convert.to_coreml import PACKAGE, convert
     from voicepipe.testing.checkpoints import full_size_checkpoint
 
     checkpoint = full_size_checkpoint()

@@ -17,8 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import threading
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the real weights the tests use
 
 FIRST_CHUNK = "Sure, I can help you with that."
 SENTENCES = [
@@ -28,20 +32,17 @@ SENTENCES = [
 PROMPT = "Tell me a long story about a lighthouse keeper and his cat."
 
 
-def load_tts(name: str, threads: int):  # noqa: ANN201 - a loaded TTSEngine
-    from voicepipe.testing import tts_assets
+def load_tts(name: str, threads: int | None):  # noqa: ANN201 - a loaded TTSEngine
+    from tests.support import tts_assets
     from voicepipe.tts.kokoro import KokoroEngine
     from voicepipe.tts.piper import PiperEngine
 
+    levers = {} if threads is None else {"threads": threads}
     if name == "kokoro":
-        engine = KokoroEngine(
-            tts_assets.kokoro_model_path(),
-            tts_assets.kokoro_voices_path(),
-            voice=tts_assets.KOKORO_TEST_VOICE,
-            threads=threads,
-        )
+        files = {"model": str(tts_assets.kokoro_model_path()), "voices": str(tts_assets.kokoro_voices_path())}
+        engine = KokoroEngine(KokoroEngine.Config(**files, voice=tts_assets.KOKORO_TEST_VOICE, **levers))
     else:
-        engine = PiperEngine(tts_assets.piper_joe_model_path(), threads=threads)
+        engine = PiperEngine(PiperEngine.Config(model=str(tts_assets.piper_joe_model_path()), **levers))
     engine.load()
     engine.synthesize("Hello, this is a test.")  # as the stage's warm-up does
     return engine
@@ -103,22 +104,22 @@ def main() -> None:
     parser.add_argument("--tts", nargs="+", choices=("kokoro", "piper"), default=["kokoro", "piper"])
     parser.add_argument("--gguf", help="GGUF chat model (default: the real Qwen2.5-Coder-0.5B Q4_K_M of the dev extra)")
     parser.add_argument("--llm-threads", type=int, default=os.cpu_count())
-    parser.add_argument("--tts-threads", type=int, default=2)
+    parser.add_argument("--tts-threads", type=int, help="TTS onnxruntime threads (default: the engine's)")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    from voicepipe.llm import load_chat
+    from voicepipe.llm.llamacpp import Qwen35LlamaCppChat
 
     gguf = args.gguf
     if gguf is None:
-        from voicepipe.testing.llm_assets import qwen25_05b_gguf
+        from tests.support.llm_assets import qwen25_05b_gguf
 
         gguf = str(qwen25_05b_gguf())
-    model = load_chat("llamacpp", gguf, n_ctx=2048, n_threads=args.llm_threads, progress=False)
+    model = Qwen35LlamaCppChat.from_pretrained(gguf, n_ctx=2048, n_threads=args.llm_threads, progress=False)
     print(
         f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; llm threads {args.llm_threads}, "
-        f"tts threads {args.tts_threads}; {os.path.basename(gguf)}"
+        f"tts threads {args.tts_threads or 'the engine default'}; {os.path.basename(gguf)}"
     )
     alone = [decode_rate(model, args.tokens) for _ in range(args.repeat)]
     print(f"decode alone:          {statistics.median(alone):6.1f} tok/s")

@@ -18,7 +18,11 @@ import argparse
 import asyncio
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the real weights the tests use
 
 COMPLETE = [
     "Set a timer for ten minutes.",
@@ -53,7 +57,8 @@ INCOMPLETE = [
 def bench_cost(calls: int, threads: list[int]) -> None:
     import numpy as np
 
-    from voicepipe.testing import speech
+    from tests.support import speech
+    from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
     from voicepipe.vad.smart_turn import SmartTurn
 
     clip = speech.piper(" ".join(COMPLETE[:6]))
@@ -62,7 +67,7 @@ def bench_cost(calls: int, threads: list[int]) -> None:
         model = SmartTurn(threads=n)
         model.load()
         for seconds in (2, 8):
-            pcm = np.ascontiguousarray(clip[-seconds * 16000 :])
+            pcm = np.ascontiguousarray(clip[-seconds * SPEECH_SAMPLE_RATE :])
             features, total = [], []
             for _ in range(calls):
                 start = time.perf_counter()
@@ -84,8 +89,8 @@ def _ms(values: list[float]) -> str:
 
 
 async def ended_early(pcm) -> tuple[bool, float | None]:  # noqa: ANN001 - a float32 16 kHz clip
+    from tests.support import speech
     from voicepipe.frames import SpeechEndedFrame
-    from voicepipe.testing import speech
     from voicepipe.testing.harness import run_stage
     from voicepipe.vad.stage import VADStage
 
@@ -96,7 +101,7 @@ async def ended_early(pcm) -> tuple[bool, float | None]:  # noqa: ANN001 - a flo
 
 
 def bench_rate(limit: int | None) -> None:
-    from voicepipe.testing import speech
+    from tests.support import speech
 
     voices = {"piper": speech.piper, "espeak": speech.espeak}
     print("Turns ended at the pause by the model (of those spoken; Smart Turn v3, threshold 0.5):")

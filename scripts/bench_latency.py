@@ -23,6 +23,8 @@ released.
 Models: faster-whisper tiny.en and Piper/Kokoro from the PyPI packages of the dev extra, and by default a real chat
 model on llama.cpp (Qwen2.5-Coder-0.5B-Instruct Q4_K_M, greedy), so first-token, first-clause and TTS timings come
 from real replies of real length. ``--llm qwen35-shape`` runs the full-size random Qwen3.5-0.8B
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the real weights the tests use
 (``voicepipe.testing.checkpoints``) as Q4_K_M GGUF instead, whose tokens carry the text of a scripted reply (see
 ``ScriptedTextChat``: random weights speak no words); ``--llm fake`` runs a scripted LLM; ``--gguf`` any chat GGUF.
 """
@@ -44,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
 from voicepipe.audio.wav import WavSink, WavSinkConfig
 from voicepipe.frames import AudioFrame, EndOfTurnFrame, Frame, SpeechEndedFrame
 from voicepipe.metrics import TurnMetrics
@@ -72,7 +75,7 @@ LLM_NAMES = {
     "qwen35-shape": "qwen3.5-0.8b-random q4_k_m (scripted text)",
     "fake": "scripted fake LLM",
 }
-RATE = 16000
+RATE = SPEECH_SAMPLE_RATE
 BLOCK = RATE // 50  # 20 ms, as a microphone delivers
 
 
@@ -134,18 +137,18 @@ class TurnWatcher:
 
 
 def build_stages(args: argparse.Namespace, tts: str, out_wav: Path) -> list[Stage]:
+    from tests.support.whisper_assets import whisper_tiny_en_dir
     from voicepipe.asr.stage import ASRConfig, ASRStage
-    from voicepipe.testing.whisper_assets import whisper_tiny_en_dir
     from voicepipe.text.stage import SentenceChunkerStage
     from voicepipe.tts.stage import TTSConfig, TTSStage
     from voicepipe.vad.stage import VADConfig, VADStage
 
     if tts == "kokoro":
-        from voicepipe.testing.tts_assets import kokoro_model_path, kokoro_voices_path
+        from tests.support.tts_assets import kokoro_model_path, kokoro_voices_path
 
         files = {"model": str(kokoro_model_path()), "voices": str(kokoro_voices_path())}
     else:
-        from voicepipe.testing.tts_assets import piper_joe_model_path
+        from tests.support.tts_assets import piper_joe_model_path
 
         files = {"model": str(piper_joe_model_path())}
     levers = {"warm_up": args.tts_warm_up == "on", "first_chunk_priority": args.core_priority == "on"}
@@ -169,11 +172,11 @@ def build_llm(args: argparse.Namespace) -> Stage:
         from voicepipe.testing.fakes import FakeLLM, FakeLLMConfig
 
         return FakeLLM(FakeLLMConfig(reply="Sure. Here is a short answer to that.", token_delay_ms=35), name="llm")
-    from voicepipe.llm import load_chat
+    from voicepipe.llm.llamacpp import Qwen35LlamaCppChat
     from voicepipe.llm.stage import LLMConfig, LLMStage
 
     config = LLMConfig(
-        backend="llamacpp",
+        engine="llamacpp",
         max_tokens=args.max_tokens,
         disable_thinking=True,
         seed=0,
@@ -181,9 +184,11 @@ def build_llm(args: argparse.Namespace) -> Stage:
         speculative=args.speculative == "on",
     )
     if args.llm == "real":
-        model = load_chat("llamacpp", args.gguf or str(_real_chat_gguf()), n_ctx=4096, load=False, progress=False)
+        source = args.gguf or str(_real_chat_gguf())
+        model = Qwen35LlamaCppChat.from_pretrained(source, n_ctx=4096, load=False, progress=False)
         return LLMStage(config, name="llm", model=model)
-    model = load_chat("llamacpp", args.gguf or str(_full_size_gguf()), n_ctx=4096, load=False, progress=False)
+    source = args.gguf or str(_full_size_gguf())
+    model = Qwen35LlamaCppChat.from_pretrained(source, n_ctx=4096, load=False, progress=False)
     return LLMStage(config, name="llm", model=ScriptedTextChat(model, REPLIES))
 
 
@@ -205,27 +210,25 @@ class ScriptedTextChat:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
 
-    async def aload(self) -> None:
-        await self._model.aload()
+    def load(self) -> None:
+        self._model.load()
         self._pieces = [[self._model.detokenize([t]) for t in self._model.tokenize(r)] for r in self._replies]
 
     async def agenerate_stream(self, messages: Any, sampling: Any = None) -> AsyncIterator[str]:
-        from voicepipe.llm.base import ChatSamplingConfig
+        from voicepipe.llm.sampling import ChatSamplingConfig
 
         pieces = self._pieces[self._turn % len(self._pieces)]
         self._turn += 1
         # the engine's own generation loop, one token per step on its thread (as ChatModel.agenerate_stream does)
         steps = self._model._reply_steps(list(messages), sampling or ChatSamplingConfig())
-        loop = asyncio.get_running_loop()
-        executor = self._model._get_executor()
         done = object()
         try:
             for piece in pieces:
-                if await loop.run_in_executor(executor, next, steps, done) is done:
+                if await self._model.arun(next, steps, done) is done:
                     break
                 yield piece
         finally:
-            await asyncio.shield(loop.run_in_executor(executor, steps.close))
+            await asyncio.shield(self._model.arun(steps.close))
 
 
 REPLIES = [
@@ -248,20 +251,20 @@ REPLIES = [
 
 
 def _real_chat_gguf() -> Path:
-    from voicepipe.testing.llm_assets import qwen25_05b_gguf
+    from tests.support.llm_assets import qwen25_05b_gguf
 
     return qwen25_05b_gguf()
 
 
 def _full_size_gguf() -> Path:
-    from voicepipe.llm.gguf_convert import gguf_for_checkpoint
+    from voicepipe.convert.to_gguf import gguf_for_checkpoint
     from voicepipe.testing.checkpoints import full_size_checkpoint
 
     return gguf_for_checkpoint(full_size_checkpoint(), "q4_k_m")
 
 
 async def run_once(args: argparse.Namespace, tts: str) -> dict[str, Any]:
-    from voicepipe.testing import speech
+    from tests.support import speech
 
     speak = speech.piper if args.voice == "piper" else speech.espeak
     questions = [speech.pad(speak(q), lead=0.0, trail=0.0) for q in QUESTIONS[: args.turns + 1]]
@@ -407,7 +410,7 @@ def main() -> int:
     parser.add_argument("--first-words", default="8", help="chunker: word cap of the first chunk, or 'off'")
     parser.add_argument("--tts-warm-up", choices=on_off, default="on", help="TTS: speak a phrase once at start-up")
     parser.add_argument("--core-priority", choices=on_off, default="on", help="the LLM waits during the first chunk")
-    parser.add_argument("--tts-threads", type=int, help="TTS onnxruntime threads (default: the stage's)")
+    parser.add_argument("--tts-threads", type=int, help="TTS onnxruntime threads (default: the engine's)")
     parser.add_argument("--voice", choices=("espeak", "piper"), default="espeak", help="who reads the questions")
     parser.add_argument(
         "--speculative",

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Benchmark a Qwen3.5 chat engine: prefill 128/1024 tokens, decode tok/s, peak RSS, TTFT at turn 1 vs turn 20.
 
-    python scripts/bench_llm.py --backend llamacpp                 # full-size random 0.8B checkpoint -> Q4_K_M
-    python scripts/bench_llm.py --backend llamacpp --model x.gguf  # any GGUF / checkpoint dir / repo
-    python scripts/bench_llm.py --backend mlx --model DIR --quantization int4
+    python scripts/bench_llm.py --engine llamacpp                 # full-size random 0.8B checkpoint -> Q4_K_M
+    python scripts/bench_llm.py --engine llamacpp --model x.gguf  # any GGUF / checkpoint dir / repo
+    python scripts/bench_llm.py --engine mlx --model DIR --quantization int4
 
 For llama.cpp the same file also runs through raw ``llama_cpp.Llama`` (eval + sample, no voicepipe code) in the same
 process, interleaved with voicepipe's runs, so the overhead ratio compares like with like. The memory-bandwidth
-ceiling (weights bytes read per token / measured read bandwidth) is measured here too. Other backends plug in at
+ceiling (weights bytes read per token / measured read bandwidth) is measured here too. Other engines plug in at
 ``build_engine`` and ``raw_baseline``.
 """
 
@@ -84,11 +84,11 @@ def resolve_llamacpp_model(args: argparse.Namespace) -> Path:
 
 
 def build_engine(args: argparse.Namespace) -> ChatModel:
-    if args.backend == "llamacpp":
+    if args.engine == "llamacpp":
         from voicepipe.llm.llamacpp import Qwen35LlamaCppChat
 
-        return Qwen35LlamaCppChat(args.gguf, n_ctx=args.n_ctx, n_threads=args.threads)
-    if args.backend == "mlx":
+        return Qwen35LlamaCppChat.from_pretrained(args.gguf, load=False, n_ctx=args.n_ctx, n_threads=args.threads)
+    if args.engine == "mlx":
         from voicepipe.llm.mlx import Qwen35MLXChat
 
         source = args.model
@@ -97,7 +97,7 @@ def build_engine(args: argparse.Namespace) -> ChatModel:
 
             source = str(full_size_checkpoint())
         return Qwen35MLXChat.from_pretrained(source, quantization=args.quantization or "int4", load=False)
-    raise SystemExit(f"--backend {args.backend!r} is not supported by this script")
+    raise SystemExit(f"--engine {args.engine!r} is not supported by this script")
 
 
 @dataclass
@@ -157,9 +157,9 @@ def preload_openblas() -> None:
 
 
 def raw_baseline(args: argparse.Namespace, engine: ChatModel | None = None) -> RawBaseline | None:
-    if args.backend == "mlx" and engine is not None:
+    if args.engine == "mlx" and engine is not None:
         return mlx_raw_baseline(engine)
-    if args.backend != "llamacpp":
+    if args.engine != "llamacpp":
         return None
     import llama_cpp
 
@@ -247,7 +247,7 @@ def median_of(fn: Callable[[], float], repeats: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=["llamacpp", "mlx"], default="llamacpp")
+    parser.add_argument("--engine", choices=["llamacpp", "mlx"], default="llamacpp")
     parser.add_argument("--model", help="GGUF file, checkpoint dir or repo (default: full-size random checkpoint)")
     parser.add_argument("--quantization", help="llama.cpp: q4_k_m (default), q4_0, q8_0, bf16, f32; mlx: int4, int8")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
@@ -260,17 +260,17 @@ def main() -> int:
     parser.add_argument("--skip-warmed", action="store_true", help="only the cache-only conversation (slow engines)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    if args.backend == "mlx":
+    if args.engine == "mlx":
         preload_openblas()
 
     load_start = os.getloadavg()
     results: dict[str, Any] = {
-        "backend": args.backend,
+        "engine": args.engine,
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
         "loadavg_start": load_start,
         "ld_preload": os.environ.get("LD_PRELOAD", ""),
     }
-    if args.backend == "llamacpp":
+    if args.engine == "llamacpp":
         args.gguf = resolve_llamacpp_model(args)
         results["model"] = str(args.gguf)
     threads = args.threads or os.cpu_count() or 1
@@ -315,7 +315,7 @@ def main() -> int:
     results["loadavg_end"] = os.getloadavg()
     model.close()
 
-    print(f"# {args.backend}: {results.get('model', args.model)}")
+    print(f"# {args.engine}: {results.get('model', args.model)}")
     print(f"machine: {results['machine']}; load avg start {load_start}, end {results['loadavg_end']}")
     print(f"weights {results['weights_mb']:.0f} MB; read bandwidth {results['read_bandwidth_gbs']:.1f} GB/s")
     print(f"bandwidth ceiling {results['ceiling_tok_s']:.1f} tok/s; peak RSS {results['peak_rss_mb_voicepipe']:.0f} MB")

@@ -26,6 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the real weights the tests use
+
 ROOT = Path(__file__).resolve().parents[1]
 DRIVE = ROOT / "scripts" / "drive_turns.py"
 PROMPTS = [
@@ -38,7 +40,7 @@ PROMPTS = [
 
 
 def pipeline_yaml(gguf: Path, tts: str, max_tokens: int, out: Path, memory: str) -> str:
-    from voicepipe.testing import tts_assets
+    from tests.support import tts_assets
 
     if tts == "kokoro":
         tts_stage = (
@@ -49,8 +51,8 @@ def pipeline_yaml(gguf: Path, tts: str, max_tokens: int, out: Path, memory: str)
         tts_stage = f"  - type: piper\n    model: {tts_assets.piper_joe_model_path()}\n    threads: 1\n"
     # repetition_penalty 10: greedy decoding of random weights otherwise repeats one whitespace token (nothing to say).
     return (
-        f"stages:\n  - type: llm\n    backend: llamacpp\n    model: {gguf}\n    temperature: 0\n"
-        f"    max_tokens: {max_tokens}\n    repetition_penalty: 10\n    options: {{n_threads: 1, n_ctx: 2048, max_snapshots: 1}}\n"
+        f"stages:\n  - type: llm\n    engine: llamacpp\n    model: {gguf}\n    temperature: 0\n"
+        f"    max_tokens: {max_tokens}\n    repetition_penalty: 10\n    n_threads: 1\n    n_ctx: 2048\n    max_snapshots: 1\n"
         f"  - type: chunker\n{tts_stage}  - type: wav-sink\n    path: {out}\n{memory}"
     )
 
@@ -98,11 +100,11 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.llm == "real":
-        from voicepipe.testing.llm_assets import qwen25_05b_gguf
+        from tests.support.llm_assets import qwen25_05b_gguf
 
         gguf = qwen25_05b_gguf()
     else:
-        from voicepipe.llm.gguf_convert import gguf_for_checkpoint
+        from voicepipe.convert.to_gguf import gguf_for_checkpoint
         from voicepipe.testing.checkpoints import full_size_checkpoint
 
         gguf = gguf_for_checkpoint(full_size_checkpoint(), "q4_k_m")

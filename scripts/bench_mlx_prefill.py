@@ -28,6 +28,7 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -183,12 +184,13 @@ class _BenchChat(Qwen35MLXChat):
     """The engine on an in-memory random model (no tokenizer: ``generate_tokens`` needs none)."""
 
     def __init__(self, model: nn.Module) -> None:
-        super().__init__("random-0.8b")
+        super().__init__()
+        self._model_dir = Path("random-0.8b")  # never read: the model is given
         self._given = model
 
     def _load_weights(self) -> None:
         _note_model_thread()  # as the engine's own load: exit waits for this thread's MLX state to go
-        self._model, self.config = self._given, {}
+        self._model, self.hf_config = self._given, {}
         self._step = compiled_decode_step(self._model)
         self._reset_engine()
 

@@ -23,6 +23,9 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the real weights the tests use
 
 CLAUSE = "Sure, let me check that."
 SENTENCE = "The museum opens at nine in the morning and closes at six, except on public holidays."
@@ -38,24 +41,26 @@ def _worker(args: argparse.Namespace) -> dict[str, object]:
     from voicepipe.tts.stage import TTSStage
 
     if args.arena == "off":  # the stage keeps onnxruntime's CPU arena on; this measures what turning it off changes
-        from voicepipe.tts import engine, kokoro, piper
+        from voicepipe.tts import engine
+
+        with_arena = engine.session_options
 
         def without_arena(threads: int):  # noqa: ANN202
-            opts = engine.session_options(threads)
+            opts = with_arena(threads)
             opts.enable_cpu_mem_arena = False
             return opts
 
-        kokoro.session_options = piper.session_options = without_arena
+        engine.session_options = without_arena  # what open_session() builds every engine's session with
     rss_before = psutil.Process().memory_info().rss
     config: dict[str, object] = {"engine": args.engine, "threads": args.threads, "warm_up": args.warm_up == "on"}
     if args.engine == "kokoro":
-        from voicepipe.testing import tts_assets
+        from tests.support import tts_assets
 
         config["model"] = args.kokoro_model or str(tts_assets.kokoro_model_path())
         config["voices"] = args.kokoro_voices or str(tts_assets.kokoro_voices_path())
         config["voice"] = args.voice or tts_assets.KOKORO_TEST_VOICE
     else:
-        from voicepipe.testing import tts_assets
+        from tests.support import tts_assets
 
         config["model"] = args.piper_model or str(tts_assets.piper_joe_model_path())
     stage = TTSStage(TTSStage.Config(**config), name="tts")
@@ -111,7 +116,12 @@ def _worker(args: argparse.Namespace) -> dict[str, object]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", nargs="+", default=["kokoro", "piper"], choices=["kokoro", "piper"])
-    parser.add_argument("--threads", nargs="+", type=int, default=[2], help="onnxruntime threads to try")
+    from voicepipe.tts.engine import TTSEngineConfig
+
+    threads = TTSEngineConfig.model_fields["threads"].default
+    parser.add_argument(
+        "--threads", nargs="+", type=int, default=[threads], help=f"onnxruntime threads to try (default {threads})"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per text (the median is reported)")
     parser.add_argument("--arena", nargs="+", default=["on"], choices=["on", "off"], help="onnxruntime CPU arena")
     parser.add_argument("--warm-up", nargs="+", default=["on"], choices=["on", "off"], help="TTS stage warm_up")

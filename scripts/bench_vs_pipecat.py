@@ -12,7 +12,7 @@ each system's milestones after the end of speech (its end-of-turn decision, tran
   lives in its own virtualenv, made on first use (``--pipecat-venv``), since its dependencies are not voicepipe's.
 
 Both use faster-whisper tiny.en and the same Piper/Kokoro voice files (the dev extra's PyPI packages), and the real
-chat GGUF (``voicepipe.testing.llm_assets``, or ``--gguf``). Run on a quiet machine:
+chat GGUF (``tests.support.llm_assets``, or ``--gguf``). Run on a quiet machine:
 
     .venv/bin/python scripts/bench_vs_pipecat.py --tts piper kokoro --questions 6 --json vs_pipecat.json
 """
@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the real weights the tests use
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -77,11 +79,11 @@ def speak_questions(out_dir: Path, count: int) -> list[Path]:
     """The questions as 16 kHz WAVs in Piper's joe voice (the user's voice for both systems)."""
     import soundfile as sf
 
+    from tests.support.tts_assets import piper_joe_model_path
     from voicepipe.audio.convert import resample
-    from voicepipe.testing.tts_assets import piper_joe_model_path
     from voicepipe.tts.piper import PiperEngine
 
-    engine = PiperEngine(str(piper_joe_model_path()), threads=2)
+    engine = PiperEngine(PiperEngine.Config(model=str(piper_joe_model_path()), threads=2))
     engine.load()
     paths = []
     for i, question in enumerate(QUESTIONS[:count]):
@@ -138,13 +140,13 @@ def run_child(python: str, system: str, args: argparse.Namespace, tts: str, wav:
 
 def voice_files() -> dict[str, str]:
     """Local paths of the speech models both systems use (the dev extra's PyPI packages)."""
-    from voicepipe.testing.tts_assets import (
+    from tests.support.tts_assets import (
         KOKORO_TEST_VOICE,
         kokoro_model_path,
         kokoro_voices_path,
         piper_joe_model_path,
     )
-    from voicepipe.testing.whisper_assets import whisper_tiny_en_dir
+    from tests.support.whisper_assets import whisper_tiny_en_dir
 
     return {
         "piper": str(piper_joe_model_path()),
@@ -182,7 +184,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tts", nargs="+", choices=("piper", "kokoro"), default=["piper", "kokoro"])
     parser.add_argument("--questions", type=int, default=6, help=f"questions per TTS (at most {len(QUESTIONS)})")
-    parser.add_argument("--gguf", type=Path, help="chat GGUF (default: voicepipe.testing.llm_assets' 0.5B)")
+    parser.add_argument("--gguf", type=Path, help="chat GGUF (default: tests.support.llm_assets' 0.5B)")
     parser.add_argument("--max-tokens", type=int, default=200, help="reply length cap for both (pipeline.yaml's)")
     parser.add_argument(
         "--pipecat-venv", type=Path, default=Path.home() / ".cache" / "voicepipe-bench" / "pipecat-venv"
@@ -203,7 +205,7 @@ def main() -> int:
         parser.error(f"--questions: 1 to {len(QUESTIONS)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.gguf is None:
-        from voicepipe.testing.llm_assets import qwen25_05b_gguf
+        from tests.support.llm_assets import qwen25_05b_gguf
 
         args.gguf = qwen25_05b_gguf()
     pipecat_python = str(ensure_pipecat_venv(args.pipecat_venv))
@@ -352,16 +354,15 @@ async def child_voicepipe(args: argparse.Namespace) -> dict[str, Any]:
         if spec.type_name == "asr":
             config = config.model_copy(update={"model": voices["whisper"]})
         elif spec.type_name == "llm":
-            config = config.model_copy(
-                update={"backend": "llamacpp", "model": str(args.gguf), "max_tokens": args.max_tokens}
-            )
+            config = config.replace(engine="llamacpp", model=str(args.gguf), max_tokens=args.max_tokens)
         elif issubclass(spec.stage_class, TTSStage):
-            tts = {"engine": args.tts, "voices": None, "voice": None}
+            own, _ = config.split(config.model_dump())  # the stage's settings; the engine's come from this run
+            tts = {"engine": args.tts}
             if args.tts == "piper":
                 tts["model"] = voices["piper"]
             else:
                 tts.update(model=voices["kokoro_model"], voices=voices["kokoro_voices"], voice=voices["kokoro_voice"])
-            stages.append(TTSStage(config.model_copy(update=tts), name=spec.name))
+            stages.append(TTSStage(type(config).model_validate({**own, **tts}), name=spec.name))
             continue
         stages.append(spec.stage_class(config, name=spec.name))
     stages.append(WavSink(WavSinkConfig(path=str(Path(tmp.name) / "reply.wav")), name="speaker"))

@@ -5,7 +5,7 @@ Usage: python scripts/convert_coreml.py CHECKPOINT_DIR OUT_DIR [--max-context 20
 
 import sys
 
-from voicepipe.llm.coreml_convert import main
+from voicepipe.convert.to_coreml import main
 
 if __name__ == "__main__":
     sys.exit(main())

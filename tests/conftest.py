@@ -9,8 +9,9 @@ import pytest
 def tiny_gguf() -> str:
     """The tiny random Qwen3.5 (real vocabulary) as an f32 GGUF, built once into the test cache."""
     pytest.importorskip("llama_cpp")
-    from voicepipe.llm.gguf_convert import convert_hf_to_gguf
-    from voicepipe.testing import cache_dir, file_lock
+    from voicepipe.assets import file_lock
+    from voicepipe.convert.to_gguf import convert_hf_to_gguf
+    from voicepipe.testing import cache_dir
     from voicepipe.testing.checkpoints import tiny_checkpoint
 
     checkpoint = tiny_checkpoint("real")

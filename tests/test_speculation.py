@@ -9,7 +9,7 @@ real 0.5B chat model through the same paths. No test sleeps: the source waits fo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 from voicepipe.frames import (
     Frame,
@@ -25,7 +25,7 @@ from voicepipe.frames import (
     TranscriptFrame,
     TTSAudioFrame,
 )
-from voicepipe.llm.base import GenerationStats
+from voicepipe.llm.base import ChatEngine, GenerationStats
 from voicepipe.llm.chat_format import ChatMessage
 from voicepipe.llm.stage import LLMConfig, LLMStage
 from voicepipe.pipeline import VoicePipeline
@@ -36,10 +36,13 @@ from voicepipe.testing.harness import ListSource, run_pipeline
 from voicepipe.text.stage import SentenceChunkerStage
 
 
-class ScriptedChat:
-    """Answers "Reply to <last user message>, in a few words." word by word; counts its replies and rewinds."""
+class ScriptedChat(ChatEngine):
+    """Answers "Reply to <last user message>, in a few words." word by word; counts its replies and rewinds.
+
+    A scripted engine, so the speculation protocol is tested with exact, known replies (a real model's are not)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.replies: list[str] = []  # the user message each reply answered
         self.rewinds: list[list[ChatMessage]] = []
         self.finished = asyncio.Event()  # set whenever a reply has been streamed to its end
@@ -49,9 +52,16 @@ class ScriptedChat:
     def reply_to(question: str) -> str:
         return f"Reply to {question}, in a few words. That is all."
 
-    async def aload(self) -> None: ...
+    def load(self) -> None: ...
 
-    def close(self) -> None: ...
+    def unload(self) -> None: ...
+
+    @property
+    def is_loaded(self) -> bool:
+        return True
+
+    def generate_stream(self, messages: Sequence[ChatMessage], sampling: object = None) -> Iterator[str]:
+        raise NotImplementedError("the stage streams asynchronously")
 
     async def agenerate_stream(self, messages: Sequence[ChatMessage], sampling: object) -> AsyncIterator[str]:
         question = messages[-1].content
@@ -61,7 +71,7 @@ class ScriptedChat:
             yield word if i == 0 else " " + word
         self.finished.set()
 
-    async def arewind(self, messages: Sequence[ChatMessage]) -> None:
+    def rewind(self, messages: Sequence[ChatMessage]) -> None:
         self.rewinds.append(list(messages))
 
 

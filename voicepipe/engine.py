@@ -27,7 +27,16 @@ from __future__ import annotations
 import abc
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from voicepipe.errors import UserError
 from voicepipe.stage import StageConfig
@@ -75,7 +84,7 @@ class Engine(abc.ABC):
         """Bytes of resident weights (0 when unloaded)."""
         return 0
 
-    def cancel(self) -> None:
+    def cancel(self) -> None:  # noqa: B027 - optional: most engines cannot be interrupted mid-call
         """Abort the call running on another thread now (thread-safe; a no-op when idle or not supported)."""
 
 
@@ -90,7 +99,10 @@ class EngineStageConfig(StageConfig):
     role: ClassVar[str] = ""
 
     engine: str
-    engine_config: EngineConfig = Field(default_factory=EngineConfig, description="(filled from the engine's fields)")
+    # SerializeAsAny: dump the chosen engine's fields, not those of the declared base (which has none)
+    engine_config: SerializeAsAny[EngineConfig] = Field(
+        default_factory=EngineConfig, description="(filled from the engine's fields)"
+    )
 
     @classmethod
     def engine_class(cls, name: str) -> type[Engine]:
@@ -121,8 +133,9 @@ class EngineStageConfig(StageConfig):
             return data  # the 'engine' field's own validation reports it
         try:
             engine = cls.engine_class(name)
-        except UserError as exc:
-            raise ValueError(str(exc)) from None
+        except UserError as exc:  # reported against the 'engine' field, like any other bad value
+            error = {"type": "value_error", "loc": ("engine",), "input": name, "ctx": {"error": str(exc)}}
+            raise ValidationError.from_exception_data(cls.__name__, [error]) from None
         return {**own, "engine_config": engine.Config.model_validate(rest)}
 
     @model_serializer(mode="wrap")

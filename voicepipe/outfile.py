@@ -11,6 +11,9 @@ Every writer (the WAV sink, ``say --output``, ``--metrics``, the model converter
   data is staged in the system's temporary directory and copied into it on commit; any other kind of file (a
   socket, a directory) is refused.
 
+A converter's output directory is built beside its target and moved into place by ``replace_dir``, which replaces
+only an earlier output (or an empty directory), never a directory holding anything else.
+
 ``tempfile.mkstemp`` gives the unique, exclusively created name; the rest (follow links, refuse or write through
 what is not a regular file) is policy no library implements, hence this module.
 """
@@ -27,7 +30,7 @@ from pathlib import Path
 
 from voicepipe.errors import UserError, VoicepipeError
 
-__all__ = ["OutputFile", "OutputError"]
+__all__ = ["OutputFile", "OutputError", "replace_dir"]
 
 
 class OutputError(VoicepipeError):
@@ -167,3 +170,35 @@ class OutputFile:
             with contextlib.suppress(OSError):
                 self.temp.unlink()
             self.temp = None
+
+
+def replace_dir(built: str | os.PathLike[str], target: str | os.PathLike[str], *, what: str = "output") -> Path:
+    """Move the finished directory ``built`` (made in ``target``'s parent) to ``target`` and return ``target``.
+
+    An existing ``target`` is replaced only when it is a directory (not a link to one) holding nothing that ``built``
+    lacks: an empty directory, or an earlier output of the same converter. Anything else is a ``UserError`` and stays
+    as it is. The old directory is moved aside first, put back if the move fails, and removed only after it.
+    """
+    built, target = Path(built), Path(target)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise UserError(f"{what} {target}: exists and is not a directory; choose a new or empty directory")
+    if not target.exists():
+        built.rename(target)
+        return target
+    others = sorted({p.name for p in target.iterdir()} - {p.name for p in built.iterdir()})
+    if others:
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise UserError(
+            f"{what} {target}: holds files this output would not replace ({listed}); choose a new or empty directory"
+        )
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    old = aside / target.name
+    target.rename(old)
+    try:
+        built.rename(target)
+    except BaseException:
+        old.rename(target)
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return target

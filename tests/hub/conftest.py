@@ -57,20 +57,20 @@ def qwen_files() -> dict[str, Path | bytes]:
 
 
 def piper_files() -> dict[str, Path | bytes]:
-    from voicepipe.testing.tts_assets import piper_joe_model_path
+    from tests.support.tts_assets import piper_joe_model_path
 
     model = piper_joe_model_path()
     return {PIPER_FILE: model, f"{PIPER_FILE}.json": Path(f"{model}.json"), "README.md": b"# Piper voices\n"}
 
 
 def kokoro_files() -> dict[str, Path | bytes]:
-    from voicepipe.testing.tts_assets import kokoro_model_path, kokoro_voices_path
+    from tests.support.tts_assets import kokoro_model_path, kokoro_voices_path
 
     return {"kokoro-v1.0.onnx": kokoro_model_path(), "voices-v1.0.bin": kokoro_voices_path()}
 
 
 def whisper_files() -> dict[str, Path | bytes]:
-    from voicepipe.testing.whisper_assets import whisper_tiny_en_dir
+    from tests.support.whisper_assets import whisper_tiny_en_dir
 
     ct2 = whisper_tiny_en_dir()
     return {p.name: p for p in ct2.iterdir() if p.is_file()} | {"README.md": b"# faster-whisper tiny.en\n"}

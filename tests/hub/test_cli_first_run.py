@@ -117,7 +117,7 @@ stages:
   - type: asr
     engine: faster-whisper
   - type: llm
-    backend: llamacpp
+    engine: llamacpp
     max_tokens: 8
     temperature: 0
   - type: chunker
@@ -128,7 +128,7 @@ stages:
 @pytest.mark.slow
 def test_run_pipeline_first_time_downloads_and_converts_with_progress_then_runs_offline(hub: HubServer, tmp_path: Path):
     pytest.importorskip("llama_cpp")
-    from voicepipe.testing.speech import espeak, pad
+    from tests.support.speech import espeak, pad
 
     (tmp_path / "pipeline.yaml").write_text(PIPELINE)
     sf.write(tmp_path / "q.wav", pad(espeak("What is the capital of France?")), 16000)

@@ -161,13 +161,15 @@ def test_whisper_model_names_resolve_to_hub_repos_or_say_what_is_wrong(hub: HubS
     pytest.importorskip("faster_whisper")
     from voicepipe.asr.faster_whisper import FasterWhisperTranscriber
 
-    engine = FasterWhisperTranscriber("tiny.en")  # faster-whisper's size name for Systran/faster-whisper-tiny.en
+    engine = FasterWhisperTranscriber(
+        FasterWhisperTranscriber.Config(model="tiny.en")
+    )  # faster-whisper's size name for Systran/faster-whisper-tiny.en
     engine.load()
     assert engine.is_loaded and engine.memory_footprint > 0
     assert any(r.path.startswith("/api/models/Systran/faster-whisper-tiny.en/") for r in hub.requests)
     with pytest.raises(
         ModelLoadError, match="'tiny.xx' is neither a directory, a repo id .* nor a faster-whisper size"
     ):
-        FasterWhisperTranscriber("tiny.xx").load()
+        FasterWhisperTranscriber(FasterWhisperTranscriber.Config(model="tiny.xx")).load()
     with pytest.raises(ModelLoadError, match="asr.model: no such directory: ./models/whisper"):
-        FasterWhisperTranscriber("./models/whisper").load()
+        FasterWhisperTranscriber(FasterWhisperTranscriber.Config(model="./models/whisper")).load()

@@ -14,12 +14,13 @@ from .server import HubServer
 
 
 def test_kokoro_default_files_come_from_the_hub_verified(hub: HubServer, tmp_path: Path):
-    from voicepipe.testing.tts_assets import kokoro_model_path, kokoro_voices_path
-    from voicepipe.tts.stage import TTSConfig, build_engine
+    from tests.support.tts_assets import kokoro_model_path, kokoro_voices_path
+    from voicepipe.tts.stage import TTSConfig
 
-    engine = build_engine(TTSConfig(engine="kokoro"))
-    assert engine.model_path.is_relative_to(tmp_path / "hf" / "hub")
-    for got, source in ((engine.model_path, kokoro_model_path()), (engine.voices_path, kokoro_voices_path())):
+    engine = TTSConfig(engine="kokoro").build_engine()
+    model_path, voices_path = engine.resolve_files()  # what load() does first
+    assert model_path.is_relative_to(tmp_path / "hf" / "hub")
+    for got, source in ((model_path, kokoro_model_path()), (voices_path, kokoro_voices_path())):
         assert hashlib.sha256(got.read_bytes()).digest() == hashlib.sha256(source.read_bytes()).digest()
     assert [r.path for r in hub.requests if r.path.startswith("/api/")].count(
         f"/api/models/{KOKORO}/revision/{hub.repos[KOKORO].commit}"
@@ -31,14 +32,15 @@ def test_mlx_engine_converts_the_hub_checkpoint_once_then_loads_offline(
     hub: HubServer, offline_later: Callable[[], None], tmp_path: Path
 ):
     pytest.importorskip("mlx_lm")
-    from voicepipe.llm import mlx_convert
+    from voicepipe.convert import to_mlx
+    from voicepipe.llm.mlx_model import checkpoint_kind
 
-    converted = mlx_convert.resolve_model_dir(QWEN, quantization="int4", progress=False)
-    assert converted.is_relative_to(tmp_path / "voicepipe-cache") and mlx_convert.checkpoint_kind(converted) == "mlx"
+    converted = to_mlx.resolve_model_dir(QWEN, quantization="int4", progress=False)
+    assert converted.is_relative_to(tmp_path / "voicepipe-cache") and checkpoint_kind(converted) == "mlx"
     stamp = (converted / "config.json").stat().st_mtime_ns
 
     hub.requests.clear()
     offline_later()
-    assert mlx_convert.resolve_model_dir(QWEN, quantization="int4", progress=False) == converted
+    assert to_mlx.resolve_model_dir(QWEN, quantization="int4", progress=False) == converted
     assert (converted / "config.json").stat().st_mtime_ns == stamp  # not converted again
     assert hub.requests == []

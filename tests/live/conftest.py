@@ -43,14 +43,14 @@ def room(pulse: PulseServer) -> Iterator[PulseServer]:
 
 @pytest.fixture(scope="session")
 def whisper_dir() -> str:
-    from voicepipe.testing.whisper_assets import whisper_tiny_en_dir
+    from tests.support.whisper_assets import whisper_tiny_en_dir
 
     return str(whisper_tiny_en_dir())
 
 
 @pytest.fixture(scope="session")
 def piper_model() -> str:
-    from voicepipe.testing.tts_assets import piper_joe_model_path
+    from tests.support.tts_assets import piper_joe_model_path
 
     return str(piper_joe_model_path())
 
@@ -59,7 +59,7 @@ def piper_model() -> str:
 def chat_gguf() -> str:
     """A real chat model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M from PyPI): replies a listener can check."""
     pytest.importorskip("llama_cpp")
-    from voicepipe.testing.llm_assets import qwen25_05b_gguf
+    from tests.support.llm_assets import qwen25_05b_gguf
 
     return str(qwen25_05b_gguf())
 
@@ -67,10 +67,12 @@ def chat_gguf() -> str:
 @pytest.fixture(scope="session")
 def listener():  # noqa: ANN201
     """Whisper base, to hear what came out of the speaker device."""
+    from tests.support.whisper_assets import whisper_base_dir
     from voicepipe.asr.faster_whisper import FasterWhisperTranscriber
-    from voicepipe.testing.whisper_assets import whisper_base_dir
 
-    engine = FasterWhisperTranscriber(str(whisper_base_dir()), language="en", threads=2)
+    engine = FasterWhisperTranscriber(
+        FasterWhisperTranscriber.Config(model=str(whisper_base_dir()), language="en", threads=2)
+    )
     engine.load()
     yield lambda pcm: engine.transcribe(pcm).text
     engine.unload()

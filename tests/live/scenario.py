@@ -8,13 +8,13 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
+from tests.support.speech import SAMPLE_RATE, espeak, pad, piper
 from voicepipe.audio.device import MicConfig, MicSource, SpeakerConfig, SpeakerSink
 from voicepipe.audio.turn_taking import TurnTaking, TurnTakingConfig
 from voicepipe.frames import BotSpeakingFrame, EndOfTurnFrame, Frame, TranscriptFrame
 from voicepipe.pipeline import VoicePipeline, build_pipeline
 from voicepipe.stage import Direction, Stage
 from voicepipe.testing.harness import FrameCollector
-from voicepipe.testing.speech import SAMPLE_RATE, espeak, pad, piper
 
 
 class Timeline:
@@ -54,7 +54,7 @@ def question(text: str) -> np.ndarray:
 
 
 def neural_question(text: str, piper_model: str) -> np.ndarray:
-    """The same, read by the Piper joe voice (see ``voicepipe.testing.speech.piper``)."""
+    """The same, read by the Piper joe voice (see ``tests.support.speech.piper``)."""
     return pad(piper(text, piper_model), lead=0.3, trail=0.3)
 
 
@@ -104,11 +104,12 @@ def real_llm(gguf: str, *, max_tokens: int = 40, seed: int = 0, temperature: flo
     from voicepipe.llm.stage import LLMConfig, LLMStage
 
     config = LLMConfig(
-        backend="llamacpp",
+        engine="llamacpp",
         model=gguf,
         max_tokens=max_tokens,
         seed=seed,
         temperature=temperature,
-        options={"n_ctx": 2048, "progress": False},
+        n_ctx=2048,
+        progress=False,
     )
     return LLMStage(config, name="llm")

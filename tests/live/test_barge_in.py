@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from tests.support.speech import espeak, pad, piper
 from voicepipe.asr.stage import ASRConfig, ASRStage
 from voicepipe.frames import (
     BotSpeakingFrame,
@@ -18,7 +19,6 @@ from voicepipe.frames import (
     TTSAudioFrame,
 )
 from voicepipe.stage import Direction
-from voicepipe.testing.speech import espeak, pad, piper
 from voicepipe.text.stage import SentenceChunkerStage
 from voicepipe.tts.stage import TTSConfig, TTSStage
 from voicepipe.vad.stage import VADConfig, VADStage

@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from tests.support.speech import rms
 from voicepipe.asr.stage import ASRConfig, ASRStage
 from voicepipe.frames import (
     BotSpeakingFrame,
@@ -17,7 +18,6 @@ from voicepipe.frames import (
     TTSAudioFrame,
 )
 from voicepipe.stage import Direction
-from voicepipe.testing.speech import rms
 from voicepipe.text.stage import SentenceChunkerStage
 from voicepipe.tts.stage import TTSConfig, TTSStage
 from voicepipe.vad.stage import VADConfig, VADStage

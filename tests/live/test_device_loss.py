@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from voicepipe.testing.speech import SAMPLE_RATE
+from tests.support.speech import SAMPLE_RATE
 
 from .scenario import question
 

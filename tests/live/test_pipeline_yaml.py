@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+from tests.support.speech import espeak, pad
 from voicepipe.cli.main import main
 from voicepipe.config import load_pipeline
-from voicepipe.testing.speech import espeak, pad
 
 PIPELINE = Path(__file__).resolve().parents[2] / "pipeline.yaml"
 
@@ -26,7 +26,7 @@ def test_default_pipeline_is_the_live_chain_with_thinking_off():
     loaded = load_pipeline(PIPELINE)
     by_type = {spec.type_name: spec.config for spec in loaded.stages}
     assert [spec.type_name for spec in loaded.stages][0] == "mic" and loaded.stages[-1].type_name == "speaker"
-    assert by_type["llm"].backend == "auto" and by_type["llm"].disable_thinking is True
+    assert by_type["llm"].engine == "auto" and by_type["llm"].disable_thinking is True
     assert by_type["turn-taking"].mode == "echo-guard"
     assert by_type["asr"].engine == "faster-whisper" and by_type["kokoro"].engine == "kokoro"
 

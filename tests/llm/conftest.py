@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from voicepipe.assets import file_lock
 from voicepipe.llm import ChatModel
-from voicepipe.testing import cache_dir, file_lock
+from voicepipe.testing import cache_dir
 from voicepipe.testing.checkpoints import tiny_checkpoint
 
 os.environ.setdefault("VOICEPIPE_CACHE", str(cache_dir("voicepipe-home")))  # conversions land in the test cache
 
 
 def _gguf_f32(checkpoint: Path) -> Path:
-    from voicepipe.llm.gguf_convert import convert_hf_to_gguf
+    from voicepipe.convert.to_gguf import convert_hf_to_gguf
 
     out = cache_dir("gguf") / f"{checkpoint.name}-f32.gguf"
     with file_lock(cache_dir("gguf") / f"{checkpoint.name}.lock"):

@@ -17,10 +17,11 @@ torch = pytest.importorskip("torch")
 ct = pytest.importorskip("coremltools")
 transformers = pytest.importorskip("transformers")
 
+from voicepipe.assets import file_lock  # noqa: E402
+from voicepipe.convert.coreml_torch import STATE_NAMES, load_checkpoint  # noqa: E402
+from voicepipe.convert.to_coreml import MANIFEST, PACKAGE, convert, trace_function  # noqa: E402
 from voicepipe.errors import UserError  # noqa: E402
-from voicepipe.llm.coreml_convert import MANIFEST, PACKAGE, convert, trace_function  # noqa: E402
-from voicepipe.llm.coreml_model import STATE_NAMES, load_checkpoint  # noqa: E402
-from voicepipe.testing import cache_dir, file_lock  # noqa: E402
+from voicepipe.testing import cache_dir  # noqa: E402
 from voicepipe.testing.checkpoints import TINY_SHAPE, build_checkpoint, tiny_checkpoint  # noqa: E402
 
 SEQ_LEN = 32
@@ -117,7 +118,7 @@ def test_padding_leaves_the_state_as_unpadded_tokens_do(tiny_real):
 def test_chunk_form_matches_recurrence_on_aligned_keys(chunk, spread):
     """The hard case for the UT inverse: keys all pointing one way, beta near 1, almost no decay (a plain Neumann
     series blows up here). The chunk form equals the token-by-token recurrence, in fp32 and within fp16 range."""
-    from voicepipe.llm.coreml_model import _delta_chunk, _delta_step
+    from voicepipe.convert.coreml_torch import _delta_chunk, _delta_step
 
     gen = torch.Generator().manual_seed(7)
     heads, dk, dv = 2, 16, 8
@@ -265,7 +266,7 @@ def test_convert_rejects_bad_arguments(tmp_path, tiny_real):
 
 def test_script_help_runs():
     """scripts/convert_coreml.py parses its arguments (the conversion itself is covered above)."""
-    from voicepipe.llm.coreml_convert import main
+    from voicepipe.convert.to_coreml import main
 
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
@@ -273,7 +274,7 @@ def test_script_help_runs():
 
 
 def test_script_user_error_exits_2(tmp_path, capsys):
-    from voicepipe.llm.coreml_convert import main
+    from voicepipe.convert.to_coreml import main
 
     assert main([str(tmp_path), str(tmp_path / "out")]) == 2
     assert "no config.json" in capsys.readouterr().err

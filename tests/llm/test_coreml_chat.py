@@ -20,11 +20,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("coremltools")
 transformers = pytest.importorskip("transformers")
 
+from voicepipe.convert.coreml_torch import STATE_NAMES, load_checkpoint  # noqa: E402
+from voicepipe.convert.to_coreml import MANIFEST, PACKAGE, _manifest, trace_function  # noqa: E402
 from voicepipe.errors import UserError  # noqa: E402
 from voicepipe.llm import ChatMessage, ChatSamplingConfig  # noqa: E402
 from voicepipe.llm.coreml import Qwen35CoreMLChat, _FunctionStates, sample_token  # noqa: E402
-from voicepipe.llm.coreml_convert import MANIFEST, PACKAGE, _manifest, trace_function  # noqa: E402
-from voicepipe.llm.coreml_model import STATE_NAMES, load_checkpoint  # noqa: E402
 from voicepipe.testing.checkpoints import tiny_checkpoint  # noqa: E402
 
 SEQ_LEN = 16
@@ -125,21 +125,21 @@ def test_off_macos_one_clear_error(model_dir):
     with pytest.raises(UserError, match=r"CoreML prediction needs macOS.*llamacpp"):
         Qwen35CoreMLChat.from_pretrained(model_dir)
     with pytest.raises(UserError, match="macOS"):
-        Qwen35CoreMLChat(model_dir)
+        Qwen35CoreMLChat(Qwen35CoreMLChat.Config(model=str(model_dir)))
 
 
 def test_options_are_checked(model_dir):
     with pytest.raises(UserError, match="--quantize none"):
-        Qwen35CoreMLChat.from_pretrained(model_dir, quantization="none", runtime=TorchRuntime, load=False)
+        Qwen35CoreMLChat.from_pretrained(model_dir, quantization="none", runtime=TorchRuntime)
     with pytest.raises(UserError, match="needs model"):
         Qwen35CoreMLChat.from_pretrained(None, runtime=TorchRuntime)
 
 
 def test_rejects_a_directory_that_is_not_converted(tmp_path):
     with pytest.raises(UserError, match="convert_coreml.py"):
-        Qwen35CoreMLChat(tmp_path, runtime=TorchRuntime)
+        Qwen35CoreMLChat.from_pretrained(tmp_path, runtime=TorchRuntime)
     with pytest.raises(UserError, match="compute_units"):
-        Qwen35CoreMLChat(tmp_path, compute_units="GPU", runtime=TorchRuntime)
+        Qwen35CoreMLChat.from_pretrained(tmp_path, compute_units="GPU", runtime=TorchRuntime, load=False)
 
 
 def test_greedy_tokens_match_transformers(chat, reference):

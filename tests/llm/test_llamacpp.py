@@ -1,4 +1,4 @@
-"""llama.cpp specifics: GGUF conversion with the runtime's own converter, quantization, from_pretrained, load_chat."""
+"""llama.cpp specifics: GGUF conversion with the runtime's own converter, quantization, from_pretrained, auto."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from voicepipe.errors import ModelLoadError, UserError
-from voicepipe.llm import ChatMessage, ChatSamplingConfig, auto_backend, load_chat
+from voicepipe.llm import ChatMessage, ChatSamplingConfig
+from voicepipe.llm.stage import LLMConfig, auto_engine
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-from voicepipe.llm.gguf_convert import converter_dir, gguf_for_checkpoint  # noqa: E402
+from voicepipe.convert.to_gguf import converter_dir, gguf_for_checkpoint  # noqa: E402
 from voicepipe.llm.llamacpp import Qwen35LlamaCppChat  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +42,7 @@ def test_from_pretrained_checkpoint_dir_converts_and_quantizes_once(
     try:
         assert model.model_path.name == "model-q8_0.gguf"
         assert model.model_path.stat().st_size < tiny_gguf.stat().st_size / 2.5
-        f32 = Qwen35LlamaCppChat(tiny_gguf, n_ctx=1024)
+        f32 = Qwen35LlamaCppChat.from_pretrained(tiny_gguf, load=False, n_ctx=1024)
         prompt = model.encode_chat(MESSAGES, disable_thinking=True)
         q8_tokens = model.generate_tokens(prompt, GREEDY)
         f32_tokens = f32.generate_tokens(prompt, GREEDY)
@@ -65,7 +67,7 @@ def test_convert_script_requantizes_a_gguf(tiny_gguf: Path, tmp_path: Path) -> N
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert out.exists() and out.stat().st_size < tiny_gguf.stat().st_size / 2.5  # embeddings stay 6-bit
-    model = Qwen35LlamaCppChat(out, n_ctx=512)
+    model = Qwen35LlamaCppChat.from_pretrained(out, load=False, n_ctx=512)
     try:
         assert model.generate(MESSAGES, GREEDY) is not None and model.last_stats.generated_tokens > 0
     finally:
@@ -88,16 +90,17 @@ def test_clear_errors_for_bad_sources(tmp_path: Path, tiny_gguf: Path) -> None:
         Qwen35LlamaCppChat.from_pretrained(junk)
 
 
-def test_load_chat_auto_picks_llamacpp_off_apple_silicon(tiny_gguf: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_engine_auto_picks_llamacpp_off_apple_silicon(tiny_gguf: Path, caplog: pytest.LogCaptureFixture) -> None:
     if sys.platform == "darwin":
         pytest.skip("auto picks MLX on Apple Silicon")
-    assert auto_backend() == "llamacpp"
-    with caplog.at_level(logging.INFO, logger="voicepipe.llm"):
-        model = load_chat("auto", str(tiny_gguf), load=False, n_ctx=512)
-    assert isinstance(model, Qwen35LlamaCppChat) and not model.is_loaded
+    assert auto_engine() == "llamacpp"
+    config = LLMConfig(model=str(tiny_gguf), n_ctx=512)  # engine: auto, llama.cpp's fields beside the stage's
+    with caplog.at_level(logging.DEBUG, logger="voicepipe.llm"):
+        model = config.build_engine()
+    assert isinstance(model, Qwen35LlamaCppChat) and not model.is_loaded and model.n_ctx == 512
     assert "auto -> llamacpp" in caplog.text
-    with pytest.raises(UserError, match="backend 'gpu' is unknown"):
-        load_chat("gpu")
+    with pytest.raises(ValidationError, match="unknown llm engine 'gpu'"):
+        LLMConfig(engine="gpu")
 
 
 def test_hub_sources_fail_clearly_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -115,7 +118,7 @@ def test_decoding_waits_while_the_tts_speaks_the_first_chunk(tiny_gguf: Path) ->
 
     from voicepipe.cores import schedule
 
-    model = Qwen35LlamaCppChat(tiny_gguf, n_ctx=1024)
+    model = Qwen35LlamaCppChat.from_pretrained(tiny_gguf, load=False, n_ctx=1024)
     try:
         prompt = model.encode_chat(MESSAGES, disable_thinking=True)
         tokens: list[int] = []

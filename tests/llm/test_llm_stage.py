@@ -28,12 +28,13 @@ pytest.importorskip("llama_cpp")
 
 def _stage(gguf: Path, **overrides) -> LLMStage:  # noqa: ANN003
     config = dict(
-        backend="llamacpp",
+        engine="llamacpp",
         model=str(gguf),
         temperature=0.0,
         repetition_penalty=1.0,
         max_tokens=12,
-        options={"n_ctx": 2048, "progress": False},
+        n_ctx=2048,
+        progress=False,
     )
     config.update(overrides)
     return LLMStage(LLMConfig(**config), name="llm")
@@ -155,7 +156,7 @@ async def test_heard_reply_is_prefilled_before_the_next_turn(tiny_gguf: Path) ->
 
 
 async def test_failing_model_fails_the_turn_not_the_pipeline(tiny_gguf: Path) -> None:
-    stage = _stage(tiny_gguf, options={"n_ctx": 64, "progress": False})  # too small for this prompt
+    stage = _stage(tiny_gguf, n_ctx=64)  # too small for this prompt
     out = await run_stage(
         stage, [TranscriptFrame(text="Hello " * 40, turn_id=1), TranscriptFrame(text="Hi", turn_id=2)]
     )
@@ -165,8 +166,10 @@ async def test_failing_model_fails_the_turn_not_the_pipeline(tiny_gguf: Path) ->
 
 
 def test_config_errors_name_the_field() -> None:
-    with pytest.raises(ValidationError, match="backend"):
-        LLMConfig(backend="gpu")
+    with pytest.raises(ValidationError, match="unknown llm engine 'gpu'"):
+        LLMConfig(engine="gpu")
+    with pytest.raises(ValidationError, match="n_ctx"):
+        LLMConfig(engine="llamacpp", n_ctx=8)  # an engine field, checked by the engine's Config
     with pytest.raises(ValidationError, match="temprature"):
         LLMConfig(temprature=0.5)
     with pytest.raises(ValidationError, match="top_p"):
@@ -191,3 +194,25 @@ def test_history_is_trimmed_to_half_the_window_so_the_prompt_cache_misses_rarely
         assert stage.history[-1] == ChatMessage("assistant", f"a{turn}")
     assert trims <= 20 // 2, f"{trims} of 20 turns changed the prefix"
     assert trims >= 3  # the window really is enforced
+
+
+def test_an_old_pipeline_file_gets_the_fix_and_engine_fields_their_line() -> None:
+    """``backend:``/``options:`` were renamed: each gets one line naming the fix; llama.cpp's fields sit flat beside
+    the stage's and a wrong one is reported at its own line by the engine's config."""
+    from voicepipe.config import parse_pipeline
+    from voicepipe.errors import ConfigError
+
+    old = "stages:\n  - type: llm\n    backend: llamacpp\n    model: x.gguf\n    options: {n_ctx: 512}\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_pipeline(old, "old.yaml")
+    assert caught.value.problems == [
+        "old.yaml:3: stages[0].backend: 'backend:' is now 'engine:'; write engine: llamacpp",
+        "old.yaml:5: stages[0].options: 'options:' is gone: write its keys (n_ctx) beside 'engine:' in this stage",
+    ]
+    typo = "stages:\n  - type: llm\n    engine: llamacpp\n    model: x.gguf\n    n_ctxx: 512\n    temperature: 0\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_pipeline(typo, "typo.yaml")
+    assert caught.value.problems == ["typo.yaml:5: stages[0].n_ctxx: unknown field; remove it or check its spelling"]
+    fixed = parse_pipeline(typo.replace("n_ctxx", "n_ctx"), "fixed.yaml").stages[0].config
+    assert fixed.engine_config.n_ctx == 512 and fixed.sampling().temperature == 0.0
+    assert fixed.model_dump()["n_ctx"] == 512  # flat again, as written

@@ -18,10 +18,11 @@ pytest.importorskip("mlx_lm")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from voicepipe.assets import file_lock  # noqa: E402
+from voicepipe.convert.to_mlx import convert_checkpoint  # noqa: E402
 from voicepipe.llm import ChatMessage, ChatSamplingConfig  # noqa: E402
 from voicepipe.llm.mlx import Qwen35MLXChat  # noqa: E402
-from voicepipe.llm.mlx_convert import convert_checkpoint  # noqa: E402
-from voicepipe.testing import cache_dir, file_lock  # noqa: E402
+from voicepipe.testing import cache_dir  # noqa: E402
 from voicepipe.testing.checkpoints import tiny_checkpoint  # noqa: E402
 
 GREEDY = ChatSamplingConfig(temperature=0.0, repetition_penalty=1.0, max_tokens=32, disable_thinking=True)

@@ -1,4 +1,4 @@
-"""Qwen3.5 weights for MLX (voicepipe.llm.mlx_convert, scripts/convert_mlx.py): conversion, the bf16 norm fix,
+"""Qwen3.5 weights for MLX (voicepipe.convert.to_mlx, voicepipe.llm.mlx_model, scripts/convert_mlx.py): conversion, the bf16 norm fix,
 INT4/INT8, Hugging Face repos from the hub cache (offline), and clear errors for missing or corrupt files."""
 
 from __future__ import annotations
@@ -21,15 +21,14 @@ transformers = pytest.importorskip("transformers")
 from mlx.utils import tree_flatten  # noqa: E402
 from mlx_lm.utils import load_model as mlx_lm_load_model  # noqa: E402
 
+from voicepipe.assets import file_lock  # noqa: E402
+from voicepipe.convert import to_mlx  # noqa: E402
+from voicepipe.convert.to_mlx import convert_checkpoint  # noqa: E402
 from voicepipe.errors import ModelLoadError, UserError  # noqa: E402
-from voicepipe.llm import (  # noqa: E402
-    ChatMessage,
-    ChatSamplingConfig,
-    mlx_convert,  # noqa: E402
-)
+from voicepipe.llm import ChatMessage, ChatSamplingConfig  # noqa: E402
 from voicepipe.llm.mlx import Qwen35MLXChat  # noqa: E402
-from voicepipe.llm.mlx_convert import checkpoint_kind, convert_checkpoint, load_mlx_model  # noqa: E402
-from voicepipe.testing import cache_dir, file_lock  # noqa: E402
+from voicepipe.llm.mlx_model import checkpoint_kind, cpu_prefill_linear_class, load_mlx_model  # noqa: E402
+from voicepipe.testing import cache_dir  # noqa: E402
 from voicepipe.testing.checkpoints import TINY_SHAPE, build_checkpoint, tiny_checkpoint  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -180,7 +179,7 @@ def test_cpu_prefill_path_of_quantized_layers_matches_the_quantized_kernel(hf_di
     """Many rows go through the dequantized weight (CPU has no quantized GEMM); results equal MLX's quantized kernel."""
     model, _ = load_mlx_model(convert_checkpoint(hf_dir, tmp_path / "q8", quantization="int8", progress=False))
     layer = model.language_model.model.layers[0].mlp.down_proj
-    assert type(layer) is mlx_convert.cpu_prefill_linear_class()
+    assert type(layer) is cpu_prefill_linear_class()
     x = mx.random.normal((1, 16, layer.weight.shape[1] * 32 // 8), key=mx.random.key(0))
     fast, kernel = layer(x), nn.QuantizedLinear.__call__(layer, x)
     assert rel_err(fast, kernel) <= 1e-5
@@ -190,8 +189,8 @@ def test_cpu_prefill_path_of_quantized_layers_matches_the_quantized_kernel(hf_di
 
 def test_from_pretrained_converts_once_and_quantizes(hf_dir, isolated_cache, monkeypatch):
     calls = []
-    real_convert = mlx_convert.convert_checkpoint
-    monkeypatch.setattr(mlx_convert, "convert_checkpoint", lambda *a, **k: calls.append(a) or real_convert(*a, **k))
+    real_convert = to_mlx.convert_checkpoint
+    monkeypatch.setattr(to_mlx, "convert_checkpoint", lambda *a, **k: calls.append(a) or real_convert(*a, **k))
     first = Qwen35MLXChat.from_pretrained(hf_dir, quantization="int8", load=False, progress=False)
     second = Qwen35MLXChat.from_pretrained(hf_dir, quantization="int8", load=False, progress=False)
     assert first.model_dir == second.model_dir and len(calls) == 1
@@ -235,12 +234,12 @@ def hub_cache(tmp_path, monkeypatch) -> Path:
 def test_hub_repo_loads_offline_from_the_cache(hf_dir, tmp_path, hub_cache, isolated_cache):
     mlx_dir = convert_checkpoint(hf_dir, tmp_path / "mlx", quantization="int4", progress=False)
     snapshot = fake_hub_snapshot(hub_cache, "someone/qwen-mlx", mlx_dir)
-    assert mlx_convert.resolve_model_dir("someone/qwen-mlx") == snapshot  # MLX weights: used in place
+    assert to_mlx.resolve_model_dir("someone/qwen-mlx") == snapshot  # MLX weights: used in place
     fake_hub_snapshot(hub_cache, "someone/qwen-hf", hf_dir)
-    converted = mlx_convert.resolve_model_dir("someone/qwen-hf", quantization="int4", progress=False)
+    converted = to_mlx.resolve_model_dir("someone/qwen-hf", quantization="int4", progress=False)
     assert converted.parent == isolated_cache and checkpoint_kind(converted) == "mlx"
     with pytest.raises(ModelLoadError, match="not in the Hugging Face cache.*HF_HUB_OFFLINE"):
-        mlx_convert.resolve_model_dir("someone/not-downloaded")
+        to_mlx.resolve_model_dir("someone/not-downloaded")
 
 
 # -- errors ----------------------------------------------------------------------------------------------------------
@@ -254,9 +253,9 @@ def broken_copy(hf_dir: Path, tmp_path: Path) -> Path:
 
 def test_missing_and_corrupt_files_give_clear_errors(hf_dir, tmp_path):
     with pytest.raises(UserError, match="not a model directory"):
-        mlx_convert.resolve_model_dir(str(tmp_path / "nope"))
+        to_mlx.resolve_model_dir(str(tmp_path / "nope"))
     with pytest.raises(UserError, match="quantization='int3'"):
-        mlx_convert.resolve_model_dir(hf_dir, quantization="int3")
+        to_mlx.resolve_model_dir(hf_dir, quantization="int3")
 
     broken = broken_copy(hf_dir, tmp_path)
     weights = broken / "model.safetensors"
@@ -307,3 +306,10 @@ def test_convert_script(hf_dir, tmp_path, capsys):
     assert config["quantization"]["bits"] == 4
     assert run_script(str(tmp_path / "missing"), str(tmp_path / "x")) == 2
     assert "not a model directory" in capsys.readouterr().err
+    # Converting again over an earlier output replaces it; over a directory holding other files, it is refused.
+    assert run_script(str(hf_dir), str(tmp_path / "int4"), "--quantization", "int8") == 0
+    assert load_mlx_model(tmp_path / "int4")[1]["quantization"]["bits"] == 8
+    (tmp_path / "int4" / "notes.txt").write_text("mine")
+    assert run_script(str(hf_dir), str(tmp_path / "int4"), "--quantization", "int4") == 2
+    assert "notes.txt" in capsys.readouterr().err and (tmp_path / "int4" / "notes.txt").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging directory left

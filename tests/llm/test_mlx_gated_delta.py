@@ -21,6 +21,7 @@ from transformers.models.qwen3_5.modeling_qwen3_5 import (  # noqa: E402
     torch_recurrent_gated_delta_rule,
 )
 
+from voicepipe.assets import file_lock  # noqa: E402
 from voicepipe.llm.mlx_gated_delta import (  # noqa: E402
     chunked_gated_delta,
     chunked_gated_delta_update,
@@ -28,7 +29,7 @@ from voicepipe.llm.mlx_gated_delta import (  # noqa: E402
     disable_chunked_prefill,
     enable_chunked_prefill,
 )
-from voicepipe.testing import cache_dir, file_lock  # noqa: E402
+from voicepipe.testing import cache_dir  # noqa: E402
 
 LENGTHS = [1, 7, 63, 64, 65, 1000]
 # Small heads (CPU MLX is slow), but with GQA: 4 value heads read 2 key heads.

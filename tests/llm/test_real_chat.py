@@ -25,7 +25,7 @@ GREEDY = ChatSamplingConfig(temperature=0.0, max_tokens=48, disable_thinking=Tru
 
 @pytest.fixture(scope="module")
 def real_gguf() -> Path:
-    from voicepipe.testing.llm_assets import qwen25_05b_gguf
+    from tests.support.llm_assets import qwen25_05b_gguf
 
     return qwen25_05b_gguf()
 
@@ -90,14 +90,16 @@ def test_a_gguf_without_a_chat_template_says_how_to_give_one(real_gguf: Path, tm
          str(real_gguf), str(bare), "--force"],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
-    chat = Qwen35LlamaCppChat(bare, n_ctx=512)
+    chat = Qwen35LlamaCppChat.from_pretrained(bare, load=False, n_ctx=512)
     try:
         with pytest.raises(UserError, match=r"has no chat template: .*chat_format: chatml"):
             chat.load()
         assert not chat.is_loaded
     finally:
         chat.close()
-    chatml = Qwen35LlamaCppChat(bare, n_ctx=512, chat_format="chatml")  # the fix the message names works
+    chatml = Qwen35LlamaCppChat.from_pretrained(
+        bare, load=False, n_ctx=512, chat_format="chatml"
+    )  # the fix the message names works
     try:
         reply = chatml.generate([SYSTEM, ChatMessage("user", "What is the capital of France?")], GREEDY)
         assert "paris" in reply.lower(), reply
@@ -109,4 +111,4 @@ def test_an_unknown_chat_format_is_a_user_error(real_gguf: Path) -> None:
     from voicepipe.llm.llamacpp import Qwen35LlamaCppChat
 
     with pytest.raises(UserError, match="chat_format='llama9'"):
-        Qwen35LlamaCppChat(real_gguf, chat_format="llama9")
+        Qwen35LlamaCppChat.from_pretrained(real_gguf, load=False, chat_format="llama9")

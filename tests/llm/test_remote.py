@@ -17,7 +17,7 @@ import pytest
 
 from voicepipe.errors import StageError, UserError
 from voicepipe.frames import ErrorFrame, Frame, LLMResponseEndFrame, LLMTokenFrame, TranscriptFrame
-from voicepipe.llm import ChatMessage, ChatModel, ChatSamplingConfig, load_chat
+from voicepipe.llm import ChatMessage, ChatModel, ChatSamplingConfig
 from voicepipe.llm.remote import RemoteChat
 from voicepipe.llm.stage import LLMConfig, LLMStage
 from voicepipe.stage import Stage
@@ -69,8 +69,11 @@ def server(tiny_gguf: Path) -> Iterator[str]:
 
 
 def test_remote_greedy_reply_equals_the_in_process_engine(server: str, chat: ChatModel) -> None:
-    remote = load_chat("remote", server)
-    sampling = ChatSamplingConfig(temperature=0.0, repetition_penalty=1.0, max_tokens=16)
+    remote = LLMConfig(engine="remote", base_url=server).build_engine()
+    assert isinstance(remote, RemoteChat) and not remote.is_loaded
+    remote.load()  # the server answers
+    # thinking on: llama-cpp-python's server ignores chat_template_kwargs, so both sides render the plain prompt
+    sampling = ChatSamplingConfig(temperature=0.0, repetition_penalty=1.0, max_tokens=16, disable_thinking=False)
     deltas = list(remote.generate_stream(MESSAGES, sampling))
     assert len(deltas) > 3
     # the server renders the same ChatML prompt from the same GGUF: greedy output must be the same text
@@ -80,14 +83,14 @@ def test_remote_greedy_reply_equals_the_in_process_engine(server: str, chat: Cha
 
 
 async def test_remote_async_stream_and_thinking_filter(server: str) -> None:
-    remote = RemoteChat(server)
+    remote = RemoteChat.from_pretrained(server)
     sampling = ChatSamplingConfig(temperature=0.0, repetition_penalty=1.0, max_tokens=8)
     text = "".join([d async for d in remote.agenerate_stream(MESSAGES, sampling)])
     assert text == remote.generate(MESSAGES, sampling)
     # a reply continued from an open think block comes back without its think text
-    from voicepipe.llm.remote import _ThinkFilter
+    from voicepipe.llm.thinking import ThinkFilter
 
-    f = _ThinkFilter()
+    f = ThinkFilter()
     out = "".join(f.feed(p) for p in ["<th", "ink>\nhmm, ", "let me see</th", "ink>\n\nHello", " there"]) + f.flush()
     assert out == "Hello there" and f.thinking == ["\nhmm, let me see"]
 
@@ -95,9 +98,9 @@ async def test_remote_async_stream_and_thinking_filter(server: str) -> None:
 def test_unreachable_server_is_one_clear_error() -> None:
     # at startup nothing listening is the user's to fix (exit 2); mid-conversation it is a retryable StageError
     with pytest.raises(UserError, match="unreachable.*start the server"):
-        RemoteChat(f"http://127.0.0.1:{_free_port()}/v1").load()
+        RemoteChat.from_pretrained(f"http://127.0.0.1:{_free_port()}/v1")
     with pytest.raises(StageError, match="unreachable.*start the server") as caught:
-        list(RemoteChat(f"http://127.0.0.1:{_free_port()}/v1").generate_stream(MESSAGES))
+        list(RemoteChat.from_pretrained(f"http://127.0.0.1:{_free_port()}/v1", load=False).generate_stream(MESSAGES))
     assert caught.value.retryable
 
 
@@ -118,7 +121,7 @@ class KillServerOnFirstToken(Stage):
 async def test_server_killed_mid_stream_fails_the_turn_not_the_pipeline(tiny_gguf: Path) -> None:
     proc, url = _start_server(tiny_gguf)
     try:
-        config = LLMConfig(backend="remote", model=url, temperature=1.0, max_tokens=1500, warm_cache=False)
+        config = LLMConfig(engine="remote", base_url=url, temperature=1.0, max_tokens=1500, warm_cache=False)
         stage = LLMStage(config, name="llm")
         frames = [TranscriptFrame(text="Tell me a long story.", turn_id=1), Pause(2.0)]
         frames += [TranscriptFrame(text="Are you there?", turn_id=2)]
@@ -135,7 +138,7 @@ async def test_server_killed_mid_stream_fails_the_turn_not_the_pipeline(tiny_ggu
 
 
 def test_request_body_carries_the_sampling_config() -> None:
-    remote = RemoteChat("http://127.0.0.1:9/v1", model="qwen", extra_body={"min_p": 0.0})
+    remote = RemoteChat.from_pretrained("http://127.0.0.1:9/v1", load=False, model="qwen", extra_body={"min_p": 0.0})
     body = remote._body(MESSAGES, ChatSamplingConfig(temperature=0.3, top_k=7, seed=5, disable_thinking=True))
     assert body["messages"][1] == {"role": "user", "content": "What is Swift?"}
     assert (body["temperature"], body["top_k"], body["seed"], body["model"], body["min_p"]) == (0.3, 7, 5, "qwen", 0.0)

@@ -30,7 +30,7 @@ pytest.importorskip("llama_cpp")
 
 @pytest.fixture(scope="module")
 def qwen05() -> Path:
-    assets = pytest.importorskip("voicepipe.testing.llm_assets", reason="needs the real chat GGUF")
+    assets = pytest.importorskip("tests.support.llm_assets", reason="needs the real chat GGUF")
     return assets.qwen25_05b_gguf()
 
 
@@ -60,11 +60,12 @@ class FirstTokens:
 async def test_a_discarded_speculation_leaves_no_trace_and_a_confirmed_one_is_kept(qwen05: Path) -> None:
     llm = LLMStage(
         LLMConfig(
-            backend="llamacpp",
+            engine="llamacpp",
             model=str(qwen05),
             temperature=0.0,
             max_tokens=10,
-            options={"n_ctx": 1024, "progress": False},
+            n_ctx=1024,
+            progress=False,
         ),
         name="llm",
     )

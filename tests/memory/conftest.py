@@ -21,7 +21,7 @@ DRIVE = Path(__file__).parents[2] / "scripts" / "drive_turns.py"
 def full_q4_gguf() -> Path:
     """Full-size random Qwen3.5-0.8B (real shape and tokenizer) quantized to Q4_K_M, built once and cached."""
     pytest.importorskip("llama_cpp", reason="needs the llamacpp extra")
-    from voicepipe.llm.gguf_convert import gguf_for_checkpoint
+    from voicepipe.convert.to_gguf import gguf_for_checkpoint
     from voicepipe.testing.checkpoints import full_size_checkpoint
 
     return gguf_for_checkpoint(full_size_checkpoint(), "q4_k_m", progress=False)
@@ -30,7 +30,7 @@ def full_q4_gguf() -> Path:
 @pytest.fixture(scope="session")
 def kokoro_files() -> tuple[str, str, str]:
     pytest.importorskip("kokoro_onnx", reason="needs the kokoro extra")
-    from voicepipe.testing import tts_assets
+    from tests.support import tts_assets
 
     return str(tts_assets.kokoro_model_path()), str(tts_assets.kokoro_voices_path()), tts_assets.KOKORO_TEST_VOICE
 

@@ -35,12 +35,14 @@ def pipeline(gguf, kokoro: tuple[str, str, str], out, memory: str = "") -> str:
     # one snapshot is all a linear conversation needs and keeps the floor flat.
     return f"""stages:
   - type: llm
-    backend: llamacpp
+    engine: llamacpp
     model: {gguf}
     temperature: 0
     max_tokens: {MAX_TOKENS}
     repetition_penalty: 10
-    options: {{n_threads: 1, n_ctx: 2048, max_snapshots: 1}}
+    n_threads: 1
+    n_ctx: 2048
+    max_snapshots: 1
   - type: chunker
   - type: kokoro
     model: {model}

@@ -231,7 +231,7 @@ def test_row04_sigterm_and_sighup_finish_like_ctrl_c(tmp_path, bursts_wav, sig):
 
 
 def test_row07_say_with_nothing_to_say_leaves_the_output_untouched(tmp_path):
-    from voicepipe.testing.tts_assets import piper_joe_model_path
+    from tests.support.tts_assets import piper_joe_model_path
 
     out = tmp_path / "reply.wav"
     out.write_bytes(PREVIOUS)
@@ -307,8 +307,12 @@ def test_row09_user_mistakes_and_broken_plugins_give_one_line_not_a_traceback(tm
         ('  - type: "..:X"\n', "package.module:Class"),
         ("  - type: bad_syntax:Stage\n", "SyntaxError"),
         ("  - type: bad_import:Stage\n", "plugin exploded at import"),
-        ("  - type: llm\n    backend: llamacpp\n    options: {bogus: 1}\n", "'bogus' is not an option"),
-        ("  - type: llm\n    backend: llamacpp\n    options: {n_ctx: big}\n", "'n_ctx' must be int"),
+        ("  - type: llm\n    engine: llamacpp\n    bogus: 1\n", "v.yaml:5: stages[1].bogus: unknown field"),
+        (
+            "  - type: llm\n    engine: llamacpp\n    n_ctx: big\n",
+            "v.yaml:5: stages[1].n_ctx: Input should be a valid integer",
+        ),
+        ("  - type: llm\n    backend: llamacpp\n", "v.yaml:4: stages[1].backend: 'backend:' is now 'engine:'"),
     ]:
         result = validate(stage_yaml)
         assert result.returncode == 2, (stage_yaml, result.stderr)
@@ -342,7 +346,7 @@ def test_row09_user_mistakes_and_broken_plugins_give_one_line_not_a_traceback(tm
 
 
 def test_row10_input_hygiene(tmp_path, bursts_wav):
-    from voicepipe.testing.whisper_assets import whisper_tiny_en_dir
+    from tests.support.whisper_assets import whisper_tiny_en_dir
     from voicepipe.text.chunker import SentenceChunker
     from voicepipe.tts.normalize import normalize_text
 

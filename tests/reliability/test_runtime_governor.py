@@ -29,14 +29,14 @@ DRIVE = Path(__file__).parents[2] / "scripts" / "drive_turns.py"
 @pytest.fixture(scope="module")
 def piper_model() -> Path:
     pytest.importorskip("piper", reason="needs the piper extra")
-    from voicepipe.testing.tts_assets import piper_joe_model_path
+    from tests.support.tts_assets import piper_joe_model_path
 
     return Path(piper_joe_model_path())
 
 
 def test_sequential_never_loads_both_when_questions_overlap_replies(tmp_path: Path, tiny_gguf: str, piper_model):
-    from voicepipe.testing.speech import SAMPLE_RATE, concat, espeak, pad, silence
-    from voicepipe.testing.whisper_assets import whisper_tiny_en_dir
+    from tests.support.speech import SAMPLE_RATE, concat, espeak, pad, silence
+    from tests.support.whisper_assets import whisper_tiny_en_dir
 
     wav = tmp_path / "two-questions.wav"
     audio = concat(
@@ -53,12 +53,13 @@ def test_sequential_never_loads_both_when_questions_overlap_replies(tmp_path: Pa
   - type: asr
     model: {whisper_tiny_en_dir()}
   - type: llm
-    backend: llamacpp
+    engine: llamacpp
     model: {tiny_gguf}
     temperature: 0
     max_tokens: 48
     repetition_penalty: 10
-    options: {{n_threads: 1, n_ctx: 1024}}
+    n_threads: 1
+    n_ctx: 1024
   - type: chunker
   - type: piper
     model: {piper_model}

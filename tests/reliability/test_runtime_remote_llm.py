@@ -117,8 +117,8 @@ def _run(tmp_path: Path, url: str, llm_extra: str = "") -> tuple[subprocess.Comp
   - type: fake-asr
     text: what is the capital of France
   - type: llm
-    backend: remote
-    model: {url}
+    engine: remote
+    base_url: {url}
 {llm_extra}  - type: chunker
   - type: fake-tts
   - type: wav-sink
@@ -158,7 +158,7 @@ def test_http_500_on_models_is_one_line_exit_1(tmp_path: Path) -> None:
 
 def test_hanging_server_is_one_line_exit_1(tmp_path: Path) -> None:
     with _silent_listener() as url:
-        proc, _ = _run(tmp_path, url, "    options: {timeout: 1}\n")
+        proc, _ = _run(tmp_path, url, "    timeout: 1\n")
     _one_line_error(proc, 1, "did not answer", "within 1 s")
 
 
@@ -173,7 +173,7 @@ def test_endless_stream_ends_the_turn_at_max_tokens(tmp_path: Path) -> None:
 
 def test_endless_stream_ends_the_turn_at_the_reply_deadline(tmp_path: Path) -> None:
     with _server("endless") as (url, _):
-        proc, turns = _run(tmp_path, url, "    max_tokens: 100000000\n    options: {reply_timeout_s: 1}\n")
+        proc, turns = _run(tmp_path, url, "    max_tokens: 100000000\n    reply_timeout_s: 1\n")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(turns) == 1 and turns[0]["errors"] == [], turns
     assert 0 < turns[0]["llm_generated_tokens"] < 100000000

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from tests.support import speech
+from tests.support.whisper_assets import whisper_tiny_en_dir
 from voicepipe.asr.faster_whisper import FasterWhisperTranscriber
 from voicepipe.asr.stage import ASRConfig, ASRStage
-from voicepipe.testing import speech
-from voicepipe.testing.whisper_assets import whisper_tiny_en_dir
 
 pytest.importorskip("faster_whisper", reason="needs the whisper extra")
 pytest.importorskip("webrtcvad", reason="needs the vad extra")
@@ -52,7 +52,7 @@ def tiny_dir() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_dir: str) -> Iterator[FasterWhisperTranscriber]:
-    engine = FasterWhisperTranscriber(tiny_dir, threads=2)
+    engine = FasterWhisperTranscriber(FasterWhisperTranscriber.Config(model=tiny_dir, threads=2))
     engine.load()
     yield engine
     engine.unload()
@@ -63,12 +63,10 @@ def make_asr(tiny_dir: str, tiny_engine: FasterWhisperTranscriber):
     """Build an ASRStage on tiny.en that reuses the session's loaded engine (guards as configured)."""
 
     def build(**fields: object) -> ASRStage:
-        stage = ASRStage(ASRConfig(model=tiny_dir, **fields))
-        shared = tiny_engine
-        if stage.engine.guard != shared.guard:
-            return stage  # different guard thresholds: its own engine (loaded in setup)
-        stage.engine = shared
-        return stage
+        config = ASRConfig(model=tiny_dir, **fields)
+        if config.engine_config != tiny_engine.config:
+            return ASRStage(config)  # different settings (guard thresholds): its own engine, loaded in setup
+        return ASRStage(config, engine=tiny_engine)
 
     return build
 

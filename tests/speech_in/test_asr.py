@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.support import speech
 from voicepipe.frames import MetricsFrame, SpeechResumedFrame, SpeechStartedFrame, TranscriptFrame
-from voicepipe.testing import speech
 from voicepipe.testing.harness import run_pipeline
 from voicepipe.vad.stage import VADConfig, VADStage
 
@@ -131,10 +131,10 @@ async def test_8k_44k1_and_stereo_input_transcribe_the_same(make_asr, clean_clip
 async def test_a_neural_voice_piper_joe_is_transcribed_like_espeak(make_asr) -> None:
     """The clean set spoken by a real neural voice (Piper en_US-joe from PyPI), not only by espeak-ng's formants."""
     pytest.importorskip("piper", reason="needs the piper extra")
-    from voicepipe.testing.tts_assets import piper_joe_model_path
+    from tests.support.tts_assets import piper_joe_model_path
     from voicepipe.tts.piper import PiperEngine
 
-    engine = PiperEngine(piper_joe_model_path())
+    engine = PiperEngine(PiperEngine.Config(model=str(piper_joe_model_path())))
     engine.load()
     try:
         clips = [

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.support import speech
 from voicepipe.cli.main import main
-from voicepipe.testing import speech
 
 from .conftest import CLEAN_SET, wer
 

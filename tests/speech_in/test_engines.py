@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from voicepipe.asr.base import GuardConfig, TranscriptSegment, apply_guards, rejection
+from tests.support import speech
+from voicepipe.asr.base import TranscriptSegment, WhisperConfig, apply_guards, rejection
 from voicepipe.asr.faster_whisper import FasterWhisperTranscriber
 from voicepipe.asr.stage import ASRConfig, ASRStage
 from voicepipe.errors import ModelLoadError
-from voicepipe.testing import speech
 
 from .conftest import CLEAN_SET, normalize, wer
 
-GUARD = GuardConfig()
+GUARD = WhisperConfig()  # the default thresholds
 
 
 @pytest.mark.parametrize(
@@ -65,20 +65,39 @@ async def test_memory_hooks_unload_and_reload(tiny_dir: str, clean_clips: list[n
         stage.shutdown_worker()
 
 
+async def test_the_stage_builds_and_loads_its_engine_in_setup_not_in_the_constructor(tmp_path) -> None:
+    stage = ASRStage()  # the default engine and model: constructing it reads and fetches nothing
+    assert stage.engine is None and not stage.is_loaded and stage.memory_footprint == 0
+    broken = ASRStage(ASRConfig(model=str(tmp_path)))  # not a model directory: only setup() finds out
+    assert broken.engine is None and not broken.is_loaded and broken.memory_footprint == 0
+    try:
+        with pytest.raises(ModelLoadError, match="no model.bin"):
+            await broken.setup()
+        assert isinstance(broken.engine, FasterWhisperTranscriber) and not broken.is_loaded
+    finally:
+        broken.shutdown_worker()
+
+
 def test_bad_model_paths_are_one_line_user_errors(tmp_path) -> None:
+    config = FasterWhisperTranscriber.Config(model=str(tmp_path))
     with pytest.raises(ModelLoadError, match="asr.model: .* no model.bin"):
-        FasterWhisperTranscriber(str(tmp_path)).load()
+        FasterWhisperTranscriber(config).load()
     (tmp_path / "model.bin").write_bytes(b"not a model")
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelLoadError, match="asr.model: cannot load"):
-        FasterWhisperTranscriber(str(tmp_path)).load()
+        FasterWhisperTranscriber(config).load()
 
 
-def test_asr_config_rejects_beam_search_on_mlx() -> None:
+def test_asr_config_takes_the_chosen_engines_settings_only() -> None:
     with pytest.raises(ValidationError, match="beam_size"):
         ASRConfig(engine="mlx-whisper", beam_size=4)
+    with pytest.raises(ValidationError, match="threads"):
+        ASRConfig(engine="mlx-whisper", threads=2)  # a faster-whisper setting
     with pytest.raises(ValidationError, match="engine"):
         ASRConfig(engine="whisper.cpp")
+    config = ASRConfig(threads=4, min_avg_logprob=None)
+    assert config.engine_config == FasterWhisperTranscriber.Config(threads=4, min_avg_logprob=None)
+    assert config.model_dump()["threads"] == 4 and config.replace(threads=1).engine_config.min_avg_logprob is None
 
 
 # -- CT2 -> mlx-whisper ---------------------------------------------------------------------------------------------
@@ -89,7 +108,7 @@ def test_converted_tensors_match_mlx_whispers_module_exactly(tiny_dir: str) -> N
     from mlx.utils import tree_flatten
     from mlx_whisper.whisper import ModelDimensions, Whisper
 
-    from voicepipe.asr.convert_mlx import ct2_to_mlx_weights, read_ct2_model
+    from voicepipe.convert.whisper_to_mlx import ct2_to_mlx_weights, read_ct2_model
 
     spec, variables = read_ct2_model(f"{tiny_dir}/model.bin")
     assert spec == "WhisperSpec"
@@ -119,7 +138,7 @@ def test_converted_model_loads_in_float32_with_alignment_heads(tiny_dir: str, tm
     from voicepipe.testing import cache_dir
 
     monkeypatch.setenv("VOICEPIPE_CACHE", str(cache_dir("voicepipe-cache")))
-    engine = MLXWhisperTranscriber(tiny_dir)
+    engine = MLXWhisperTranscriber(MLXWhisperTranscriber.Config(model=tiny_dir))
     engine.load()
     # 37.8 M float32 parameters (the tied output projection is the embedding: counted once)
     assert 145e6 < engine.memory_footprint < 155e6
@@ -169,9 +188,9 @@ def test_mlx_whisper_matches_faster_whisper_on_the_clean_set(tiny_dir: str, clea
 
 @pytest.mark.slow
 def test_whisper_base_from_its_two_pypi_halves(clean_clips: list[np.ndarray]) -> None:
-    from voicepipe.testing.whisper_assets import whisper_base_dir
+    from tests.support.whisper_assets import whisper_base_dir
 
-    engine = FasterWhisperTranscriber(str(whisper_base_dir()), language="en")
+    engine = FasterWhisperTranscriber(FasterWhisperTranscriber.Config(model=str(whisper_base_dir()), language="en"))
     engine.load()
     result = engine.transcribe(speech.concat(*clean_clips[2:4]))
     assert wer(" ".join(CLEAN_SET[2:4]), result.text) <= 0.1

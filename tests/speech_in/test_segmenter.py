@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voicepipe.testing import speech
+from tests.support import speech
 from voicepipe.vad.segmenter import Pause, Segmenter, SegmenterConfig, SpeechEnd, SpeechStart
 from voicepipe.vad.silero import SileroVAD
 from voicepipe.vad.webrtc import WebRTCVAD
@@ -13,8 +13,8 @@ from voicepipe.vad.webrtc import WebRTCVAD
 from .conftest import CLEAN_SET
 
 MODELS = {
-    "webrtc": lambda: WebRTCVAD(aggressiveness=2),
-    "webrtc3": lambda: WebRTCVAD(aggressiveness=3),
+    "webrtc": WebRTCVAD,  # aggressiveness 2
+    "webrtc3": lambda: WebRTCVAD(WebRTCVAD.Config(aggressiveness=3)),
     "silero": SileroVAD,
 }
 
@@ -112,7 +112,7 @@ def test_a_40s_monologue_is_split_below_the_cap_and_nothing_is_lost(engine: str)
 def test_short_blips_are_not_segments() -> None:
     click = speech.espeak("uh")[:1600]  # 100 ms of voice
     clip = speech.concat(speech.silence(0.5), click, speech.silence(1.0))
-    events = run(Segmenter(WebRTCVAD(2), SegmenterConfig(min_speech_ms=250)), clip)
+    events = run(Segmenter(WebRTCVAD(), SegmenterConfig(min_speech_ms=250)), clip)
     assert all(e.segment is None for e in ends(events))
     assert not [e for e in events if isinstance(e, Pause)]
 
@@ -127,7 +127,10 @@ def test_no_speech_starts_in_pure_noise(engine: str, kind: str) -> None:
 def test_without_the_noise_gate_webrtcvad_takes_noise_for_speech() -> None:
     """The control for the gate: plain webrtcvad (any mode) calls steady noise speech."""
     noise = speech.pink_noise(8.0, level=0.05, seed=1)
-    assert any(isinstance(e, SpeechStart) for e in run(Segmenter(WebRTCVAD(3, noise_gate_db=None)), noise))
+    assert any(
+        isinstance(e, SpeechStart)
+        for e in run(Segmenter(WebRTCVAD(WebRTCVAD.Config(aggressiveness=3, noise_gate_db=None))), noise)
+    )
 
 
 @pytest.mark.parametrize("engine", ["webrtc3", "silero"])
@@ -150,7 +153,12 @@ def test_contradictory_timings_name_the_field(field: str, value: float) -> None:
 def test_speech_without_pauses_is_cut_at_the_cap_and_continues() -> None:
     """Ungated webrtcvad calls white noise speech throughout (measured): a stretch of 'speech' with no pause."""
     noise = speech.white_noise(20.0, level=0.05, seed=4)
-    events = run(Segmenter(WebRTCVAD(3, noise_gate_db=None), SegmenterConfig(max_segment_s=6.0)), noise)
+    events = run(
+        Segmenter(
+            WebRTCVAD(WebRTCVAD.Config(aggressiveness=3, noise_gate_db=None)), SegmenterConfig(max_segment_s=6.0)
+        ),
+        noise,
+    )
     segments = [e.segment for e in ends(events)]
     assert [e.capped for e in ends(events)][:3] == [True, True, True]
     assert [type(e) for e in events[:4]] == [SpeechStart, SpeechEnd, SpeechStart, SpeechEnd]
@@ -172,7 +180,7 @@ def _end_at_each_pause(segmenter: Segmenter, pcm: np.ndarray, block: int = 320) 
 def test_speech_within_the_hangover_after_a_predicted_end_resumes_the_segment() -> None:
     first, second = speech.espeak("Turn on the radio."), speech.espeak("And play some jazz.")
     clip = speech.concat(speech.silence(0.5), first, speech.silence(0.35), second, speech.silence(1.0))
-    events = _end_at_each_pause(Segmenter(WebRTCVAD(aggressiveness=2)), clip)
+    events = _end_at_each_pause(Segmenter(WebRTCVAD()), clip)
     starts, done = [e for e in events if isinstance(e, SpeechStart)], ends(events)
     assert [s.resumed for s in starts] == [False, True]
     assert [e.predicted for e in done] == [True, True]
@@ -186,7 +194,7 @@ def test_speech_within_the_hangover_after_a_predicted_end_resumes_the_segment() 
 def test_speech_after_the_hangover_is_a_new_segment_even_after_a_predicted_end() -> None:
     first, second = speech.espeak("Turn on the radio."), speech.espeak("And play some jazz.")
     clip = speech.concat(speech.silence(0.5), first, speech.silence(0.9), second, speech.silence(1.0))
-    events = _end_at_each_pause(Segmenter(WebRTCVAD(aggressiveness=2)), clip)
+    events = _end_at_each_pause(Segmenter(WebRTCVAD()), clip)
     starts, done = [e for e in events if isinstance(e, SpeechStart)], ends(events)
     assert [s.resumed for s in starts] == [False, False]
     assert done[1].segment.start_time > done[0].segment.end_time

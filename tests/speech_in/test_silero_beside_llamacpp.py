@@ -17,6 +17,7 @@ if first == "llama":
     llama_cpp.llama_backend_init()
 from voicepipe.vad.silero import SileroVAD
 vad = SileroVAD()
+vad.load()
 t = np.arange(512, dtype=np.float32) / 16000
 probs = [vad.speech_probability(0.3 * np.sin(2 * np.pi * 200 * t)) for _ in range(5)]
 if first != "llama":

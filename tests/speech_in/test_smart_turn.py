@@ -11,8 +11,8 @@ import logging
 import numpy as np
 import pytest
 
+from tests.support import speech
 from voicepipe.frames import MetricsFrame, SpeechEndedFrame, SpeechStartedFrame, UserAudioFrame
-from voicepipe.testing import speech
 from voicepipe.testing.harness import run_stage
 from voicepipe.vad.smart_turn import WINDOW_SAMPLES, SmartTurn
 from voicepipe.vad.stage import VADConfig, VADStage

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.support import speech
+from voicepipe.config import parse_pipeline
 from voicepipe.frames import (
     AudioFrame,
     InterruptionFrame,
@@ -14,8 +16,8 @@ from voicepipe.frames import (
     TextChunkFrame,
     UserAudioFrame,
 )
-from voicepipe.testing import speech
 from voicepipe.testing.harness import run_stage
+from voicepipe.vad.silero import SileroVAD
 from voicepipe.vad.stage import VADConfig, VADStage
 
 from .conftest import CLEAN_SET
@@ -93,6 +95,18 @@ async def test_any_rate_and_channel_count_is_resampled_to_16k_mono(rate: int, st
         correlation = np.corrcoef(a[:n], b[:n] * gain)[0, 1]
         assert correlation > (0.9 if rate == 8000 else 0.99)
         assert np.sqrt(np.mean(a[:n] ** 2)) == pytest.approx(np.sqrt(np.mean(b[:n] ** 2)) * gain, rel=0.1)
+
+
+@pytest.mark.parametrize("name", ["silero", "voicepipe.vad.silero:SileroVAD"])
+async def test_engine_silero_in_a_pipeline_file_runs_silero_from_the_registry(name: str) -> None:
+    text = f"stages:\n  - type: vad\n    engine: {name}\n    end_of_turn: hangover\n    min_speech_ms: 200\n"
+    stage = parse_pipeline(text, "p.yaml").stages[0].build()
+    assert stage.engine is None  # built in setup(), not by the constructor
+    clip = speech.pad(speech.espeak("Turn on the lights."), 0.5, 1.0)
+    noise = speech.pink_noise(4.0, level=0.05, seed=3)  # steady noise: never speech to Silero
+    out = await run_stage(stage, speech.audio_frames(speech.concat(clip, noise)))
+    assert isinstance(stage.engine, SileroVAD) and stage.engine.is_loaded and stage.engine.memory_footprint > 0
+    assert len([f for f in out if isinstance(f, UserAudioFrame) and f.final]) == 1
 
 
 def test_config_errors_name_the_field() -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from voicepipe.testing import tts_assets
+from tests.support import tts_assets
 from voicepipe.tts.engine import TTSEngine
 
 
@@ -36,7 +36,7 @@ def kokoro_engine(kokoro_files: tuple[str, str]) -> Iterator[TTSEngine]:
     from voicepipe.tts.kokoro import KokoroEngine
 
     model, voices = kokoro_files
-    engine = KokoroEngine(model, voices, voice=tts_assets.KOKORO_TEST_VOICE, threads=2)
+    engine = KokoroEngine(KokoroEngine.Config(model=model, voices=voices, voice=tts_assets.KOKORO_TEST_VOICE))
     engine.load()
     yield engine
     engine.unload()
@@ -46,7 +46,7 @@ def kokoro_engine(kokoro_files: tuple[str, str]) -> Iterator[TTSEngine]:
 def piper_engine(piper_model: str) -> Iterator[TTSEngine]:
     from voicepipe.tts.piper import PiperEngine
 
-    engine = PiperEngine(piper_model, threads=2)
+    engine = PiperEngine(PiperEngine.Config(model=piper_model))
     engine.load()
     yield engine
     engine.unload()
@@ -64,7 +64,7 @@ def whisper():
     pytest.importorskip("faster_whisper", reason="needs the whisper extra")
     from faster_whisper import WhisperModel
 
-    from voicepipe.testing.whisper_assets import whisper_tiny_en_dir
+    from tests.support.whisper_assets import whisper_tiny_en_dir
 
     return WhisperModel(str(whisper_tiny_en_dir()), device="cpu", compute_type="int8", cpu_threads=2)
 
@@ -100,6 +100,7 @@ class RecordingEngine(TTSEngine):
     started: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
+        self.config = self.inner.config
         self.sample_rate = self.inner.sample_rate
 
     def load(self) -> None:

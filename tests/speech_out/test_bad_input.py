@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from voicepipe.cli.main import main
 from voicepipe.errors import ModelLoadError
 from voicepipe.frames import ErrorFrame, LLMResponseEndFrame, TextChunkFrame, TTSAudioFrame
 from voicepipe.testing.harness import run_stage
@@ -78,14 +80,52 @@ async def test_hub_reference_that_cannot_be_fetched(monkeypatch: pytest.MonkeyPa
 
 
 def test_config_mistakes_are_rejected_before_loading() -> None:
-    with pytest.raises(ValidationError, match="'voices' is a Kokoro setting"):
-        TTSStage.Config(engine="piper", voices="voices.bin")
     with pytest.raises(ValidationError, match="speed"):
         TTSStage.Config(speed=3.0)
-    with pytest.raises(ValidationError, match="engine"):
-        TTSStage.Config(engine="espeak")
+    with pytest.raises(ValidationError, match="threads"):
+        TTSStage.Config(engine="piper", threads=0)
     with pytest.raises(ValidationError, match="extra"):
         TTSStage.Config(volume=2)
+
+
+def validate(tmp_path: Path, capsys: pytest.CaptureFixture[str], yaml: str) -> tuple[int, list[str]]:
+    """``voicepipe validate`` on a pipeline.yaml: exit code and the lines it printed on stderr."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml)
+    code = main(["validate", str(path)])
+    return code, capsys.readouterr().err.splitlines()
+
+
+def test_kokoro_voices_under_piper_names_its_line_and_the_fix(tmp_path: Path, capsys) -> None:
+    """Piper's settings have no ``voices``; carrying Kokoro's over is one line at that line, saying what to do."""
+    code, err = validate(
+        tmp_path, capsys, "stages:\n  - type: chunker\n  - type: piper\n    speed: 1.2\n    voices: voices.bin\n"
+    )
+    assert code == 2
+    assert err == [
+        f"error: {tmp_path / 'pipeline.yaml'}:5: stages[1].voices: 'voices' is a Kokoro setting; "
+        "Piper's voice is its model file: remove 'voices'"
+    ]
+
+
+def test_an_unknown_engine_lists_the_registered_ones(tmp_path: Path, capsys) -> None:
+    code, err = validate(tmp_path, capsys, "stages:\n  - type: tts\n    engine: espeak\n    voice: en\n")
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: {tmp_path / 'pipeline.yaml'}:3: stages[0].engine: unknown tts engine 'espeak'")
+    assert "registered: kokoro, piper" in err[0]
+
+
+async def test_building_the_stage_and_its_engine_touches_no_file(tmp_path: Path) -> None:
+    """Constructors are cheap: the model is looked for (and downloaded) when the engine loads, in ``setup()``."""
+    missing = tmp_path / "not-yet.onnx"
+    threads = threading.active_count()
+    assert TTSStage().engine is None  # the default voice is a hub file: not fetched here
+    stage = TTSStage(TTSStage.Config(engine="piper", model=str(missing)))
+    engine = stage.config.build_engine()
+    assert stage.engine is None and not engine.is_loaded and engine.memory_footprint == 0
+    assert threading.active_count() == threads, "no thread may start before setup()"
+    with pytest.raises(ModelLoadError, match=f"model: file not found: {missing}"):
+        await load(engine="piper", model=str(missing))
 
 
 async def test_unspeakable_chunks_are_skipped(piper_engine) -> None:

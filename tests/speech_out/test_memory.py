@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from voicepipe.frames import TextChunkFrame, TTSAudioFrame
+from voicepipe.memory.rss import rss_bytes
 from voicepipe.testing.harness import run_stage
-from voicepipe.tts.engine import resident_bytes
 from voicepipe.tts.stage import TTSStage
 
 
@@ -34,10 +34,10 @@ async def test_kokoro_unload_gives_the_memory_back(kokoro_files: tuple[str, str]
     assert [f for f in out if isinstance(f, TTSAudioFrame)]
     footprint = stage.memory_footprint
     assert footprint >= Path(model).stat().st_size
-    loaded_rss = resident_bytes()
+    loaded_rss = rss_bytes()
     await stage.unload()
     assert stage.memory_footprint == 0 and not stage.is_loaded
-    freed = loaded_rss - resident_bytes()
+    freed = loaded_rss - rss_bytes()
     assert freed >= 0.7 * Path(model).stat().st_size, f"only {freed >> 20} MB of {footprint >> 20} MB went back"
     await stage.load()
     assert stage.is_loaded and stage.memory_footprint >= Path(model).stat().st_size
@@ -51,18 +51,18 @@ def test_piper_does_not_keep_its_largest_synthesis_resident(piper_model: str, re
     afterwards, so one long sentence leaves little behind; without it the arena keeps it."""
     from voicepipe.tts.piper import PiperEngine
 
-    engine = PiperEngine(piper_model, release_arena=release_arena)
+    engine = PiperEngine(PiperEngine.Config(model=piper_model, release_arena=release_arena))
     engine.load()
     try:
         engine.synthesize("A short warm-up.")
-        before = resident_bytes()
+        before = rss_bytes()
         long_text = " ".join(
             ["To boil an egg, put it in a pot of cold water, bring the water to the boil, then let it simmer"]
             + ["for about nine minutes, cool it under the tap and peel it when it is cold enough to hold"] * 2
         )
         audio = engine.synthesize(long_text + ".")
         assert audio.size > 10 * engine.sample_rate, "the long sentence must need a large arena"
-        kept = resident_bytes() - before
+        kept = rss_bytes() - before
         if release_arena:
             assert kept < 40 * 2**20, f"{kept >> 20} MB stayed resident after one long sentence"
         else:

@@ -8,8 +8,8 @@ import jiwer
 import pytest
 import soundfile as sf
 
+from tests.support.speech import resample
 from voicepipe.cli.main import main
-from voicepipe.testing.speech import resample
 
 from .conftest import transcribe, words
 
@@ -45,3 +45,17 @@ def test_say_user_mistakes_exit_2(tmp_path: Path, capsys) -> None:
     assert "cannot write audio in the '.txt' format" in capsys.readouterr().err
     assert main(["say", "Hi", "--speed", "9", "-o", str(tmp_path / "x.wav")]) == 2
     assert "--speed" in capsys.readouterr().err
+
+
+def test_say_options_are_the_settings_with_their_defaults(capsys) -> None:
+    """Each option is made from the setting it fills, so ``say`` and pipeline.yaml cannot disagree on a default."""
+    from voicepipe.tts.engine import TTSEngineConfig
+    from voicepipe.tts.kokoro import KokoroEngine
+
+    with pytest.raises(SystemExit):
+        main(["say", "--help"])
+    options = " ".join(capsys.readouterr().out.split()).replace("- ", "-").split("options:")[1]
+    helps = {part.split()[0]: part for part in options.split(" --")[1:]}  # option name -> its help text
+    for field in ("threads", "speed", "language"):
+        assert helps[field].endswith(f"(default: {TTSEngineConfig.model_fields[field].default})"), helps[field]
+    assert helps["voices"].endswith(f"(default: {KokoroEngine.Config.model_fields['voices'].default})")

@@ -3,6 +3,6 @@
 Engines are imported lazily (inside ``load``), so importing this package needs neither extra.
 """
 
-from voicepipe.asr.base import GuardConfig, Transcriber, Transcription, TranscriptSegment
+from voicepipe.asr.base import ASREngine, Transcription, TranscriptSegment, WhisperConfig
 
-__all__ = ["GuardConfig", "Transcriber", "Transcription", "TranscriptSegment"]
+__all__ = ["ASREngine", "Transcription", "TranscriptSegment", "WhisperConfig"]

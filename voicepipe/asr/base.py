@@ -1,23 +1,25 @@
-"""What every Whisper engine returns, and the hallucination guard they share."""
+"""The ASR engine contract, what engines return, and the settings and hallucination guard Whisper engines share."""
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar
 
 import numpy as np
+from pydantic import Field
+
+from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
+from voicepipe.engine import Engine, EngineConfig
 
 __all__ = [
+    "ASREngine",
     "TranscriptSegment",
     "Transcription",
-    "GuardConfig",
-    "Transcriber",
+    "WhisperConfig",
     "apply_guards",
     "is_silent",
-    "SAMPLE_RATE",
 ]
-
-SAMPLE_RATE = 16000
 
 
 @dataclass
@@ -41,23 +43,26 @@ class Transcription:
     seconds: float = 0.0  # wall time spent transcribing
 
 
-@dataclass(frozen=True)
-class GuardConfig:
-    """Thresholds against Whisper inventing text on noise ("Thank you for watching").
+class WhisperConfig(EngineConfig):
+    """The settings every Whisper engine shares; each engine's ``Config`` extends it.
 
-    A segment is dropped when its compression ratio is above ``compression_ratio_threshold`` (repetition loops), when
-    ``no_speech_prob`` is above ``no_speech_threshold`` while ``avg_logprob`` is below ``logprob_threshold`` (Whisper's
-    own silence rule), or when ``avg_logprob`` is below ``min_avg_logprob`` whatever the no-speech probability
-    (greedy decoding without temperature fallback: such text is a guess). None disables a check.
+    The guard thresholds are against Whisper inventing text on noise ("Thank you for watching"). A segment is dropped
+    when its compression ratio is above ``compression_ratio_threshold`` (repetition loops), when ``no_speech_prob`` is
+    above ``no_speech_threshold`` while ``avg_logprob`` is below ``logprob_threshold`` (Whisper's own silence rule),
+    or when ``avg_logprob`` is below ``min_avg_logprob`` whatever the no-speech probability (greedy decoding without
+    temperature fallback: such text is a guess). None disables a check.
     """
 
-    no_speech_threshold: float | None = 0.6
-    logprob_threshold: float | None = -1.0
-    compression_ratio_threshold: float | None = 2.4
-    min_avg_logprob: float | None = -1.5
+    model: str | None = Field(None, description="HF repo id or local directory; default: tiny.en for the engine")
+    language: str | None = Field("en", description="spoken language code; None detects it (multilingual models only)")
+    beam_size: int = Field(1, ge=1, description="1 = greedy, the fastest")
+    no_speech_threshold: float | None = Field(0.6, description="with logprob_threshold: Whisper's silence rule")
+    logprob_threshold: float | None = Field(-1.0, description="with no_speech_threshold: Whisper's silence rule")
+    compression_ratio_threshold: float | None = Field(2.4, description="above: a repetition loop, dropped")
+    min_avg_logprob: float | None = Field(-1.5, description="below: a guess, dropped")
 
 
-def rejection(segment: TranscriptSegment, guard: GuardConfig) -> str | None:
+def rejection(segment: TranscriptSegment, guard: WhisperConfig) -> str | None:
     """Why ``segment`` must be dropped, or None to keep it."""
     if not segment.text.strip():
         return "empty"
@@ -74,7 +79,7 @@ def rejection(segment: TranscriptSegment, guard: GuardConfig) -> str | None:
     return None
 
 
-def apply_guards(segments: list[TranscriptSegment], guard: GuardConfig) -> str:
+def apply_guards(segments: list[TranscriptSegment], guard: WhisperConfig) -> str:
     """Mark rejected segments and join the accepted text."""
     kept = []
     for segment in segments:
@@ -90,7 +95,7 @@ def is_silent(pcm: np.ndarray, floor_dbfs: float = -60.0, window_s: float = 0.03
     Whisper's own scores do not catch every silence (half a minute of zeros reads as "you" with an average
     log-probability of -0.4), and without a VAD in front nothing else would; so audio this quiet is not transcribed.
     """
-    n = max(1, int(SAMPLE_RATE * window_s))
+    n = max(1, int(SPEECH_SAMPLE_RATE * window_s))
     usable = len(pcm) - len(pcm) % n
     if usable == 0:
         return float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64)))) < 10 ** (floor_dbfs / 20) if len(pcm) else True
@@ -99,19 +104,11 @@ def is_silent(pcm: np.ndarray, floor_dbfs: float = -60.0, window_s: float = 0.03
     return loudest < 10 ** (floor_dbfs / 20)
 
 
-class Transcriber(Protocol):
-    """A loaded Whisper engine. Methods block: the stage calls them on its worker thread."""
+class ASREngine(Engine):
+    """Base of every speech recognition engine (``engine:`` of the ``asr`` stage)."""
 
-    def load(self) -> None: ...
+    role: ClassVar[str] = "asr"
 
-    def unload(self) -> None: ...
-
-    @property
-    def is_loaded(self) -> bool: ...
-
-    @property
-    def memory_footprint(self) -> int: ...
-
+    @abc.abstractmethod
     def transcribe(self, pcm: np.ndarray) -> Transcription:
-        """Transcribe mono float32 16 kHz audio, guards applied."""
-        ...
+        """Transcribe mono float32 16 kHz audio, guards applied; loads the engine first when it is not loaded."""

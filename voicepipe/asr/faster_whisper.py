@@ -6,13 +6,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
 from voicepipe._optional import require
-from voicepipe.asr.base import GuardConfig, Transcription, TranscriptSegment, apply_guards
+from voicepipe.asr.base import ASREngine, Transcription, TranscriptSegment, WhisperConfig, apply_guards
 from voicepipe.cores import schedule
 from voicepipe.errors import ModelLoadError
 
-__all__ = ["FasterWhisperTranscriber", "DEFAULT_MODEL"]
+__all__ = ["FasterWhisperTranscriber", "FasterWhisperConfig", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "Systran/faster-whisper-tiny.en"
 
@@ -22,25 +23,22 @@ _REPO_FILES = ["config.json", "preprocessor_config.json", "model.bin", "tokenize
 _BYTES_PER_WEIGHT = {"int8": 1, "int8_float32": 1, "int8_float16": 1, "float16": 2, "bfloat16": 2, "float32": 4}
 
 
-class FasterWhisperTranscriber:
+class FasterWhisperConfig(WhisperConfig):
+    """``engine: faster-whisper`` settings: Whisper's, plus CTranslate2's threads and weight type."""
+
+    threads: int = Field(2, ge=1, description="CPU threads for faster-whisper")
+    compute_type: str = Field("int8", description="faster-whisper weight type: int8, float32, ...")
+
+
+class FasterWhisperTranscriber(ASREngine):
     """Whisper on CTranslate2. ``model`` is a CT2 directory, an HF repo id, or a faster-whisper size name."""
 
-    def __init__(
-        self,
-        model: str = DEFAULT_MODEL,
-        *,
-        language: str | None = "en",
-        beam_size: int = 1,
-        threads: int = 2,
-        compute_type: str = "int8",
-        guard: GuardConfig | None = None,
-    ) -> None:
-        self.model_name = model
-        self.language = language
-        self.beam_size = beam_size
-        self.threads = threads
-        self.compute_type = compute_type
-        self.guard = guard or GuardConfig()
+    Config = FasterWhisperConfig
+    config: FasterWhisperConfig
+
+    def __init__(self, config: FasterWhisperConfig | None = None) -> None:
+        super().__init__(config)
+        self.model_name = self.config.model or DEFAULT_MODEL
         self._model = None
         self._footprint = 0
 
@@ -57,7 +55,7 @@ class FasterWhisperTranscriber:
             )
         try:
             self._model = fw.WhisperModel(
-                source, device="cpu", compute_type=self.compute_type, cpu_threads=self.threads
+                source, device="cpu", compute_type=self.config.compute_type, cpu_threads=self.config.threads
             )
         except Exception as exc:  # hub errors, corrupt files, unknown names: all surface here
             raise ModelLoadError(
@@ -75,7 +73,7 @@ class FasterWhisperTranscriber:
             model_bin = Path(model_dir) / "model.bin" if model_dir else None
         if model_bin is None or not model_bin.is_file():
             return 0
-        return int(model_bin.stat().st_size / 2 * _BYTES_PER_WEIGHT.get(self.compute_type, 4))
+        return int(model_bin.stat().st_size / 2 * _BYTES_PER_WEIGHT.get(self.config.compute_type, 4))
 
     def unload(self) -> None:
         self._model = None
@@ -100,8 +98,8 @@ class FasterWhisperTranscriber:
         # no temperature fallback (it re-decodes, doubling latency) and no built-in skipping: the guard decides
         segments, info = self._model.transcribe(
             np.asarray(pcm, dtype=np.float32),
-            language=self.language,
-            beam_size=self.beam_size,
+            language=self.config.language,
+            beam_size=self.config.beam_size,
             temperature=0.0,
             condition_on_previous_text=False,
             without_timestamps=True,
@@ -111,7 +109,7 @@ class FasterWhisperTranscriber:
             compression_ratio_threshold=None,
         )
         decoded = [TranscriptSegment(s.text, s.avg_logprob, s.no_speech_prob, s.compression_ratio) for s in segments]
-        text = apply_guards(decoded, self.guard)
+        text = apply_guards(decoded, self.config)
         return Transcription(text, info.language, decoded, time.perf_counter() - started)
 
 

@@ -1,7 +1,7 @@
 """mlx-whisper engine: float32 on CPU (``fp16=False``), greedy decoding (mlx-whisper has no beam search).
 
 ``model`` may be an mlx-whisper directory, an HF repo id of one, or a CTranslate2 (faster-whisper) directory, which
-is converted once (``voicepipe.asr.convert_mlx``) so both engines can run the same weights. On Linux, MLX's CPU
+is converted once (``voicepipe.convert.whisper_to_mlx``) so both engines can run the same weights. On Linux, MLX's CPU
 matmuls go through BLAS: preloading OpenBLAS (``LD_PRELOAD=.../openblas-pthread/libblas.so.3``) speeds it up ~6x.
 """
 
@@ -16,15 +16,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from pydantic import field_validator
 
 from voicepipe._optional import require
-from voicepipe.asr.base import SAMPLE_RATE, GuardConfig, Transcription, TranscriptSegment, apply_guards
+from voicepipe.asr.base import ASREngine, Transcription, TranscriptSegment, WhisperConfig, apply_guards
+from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
 from voicepipe.errors import ModelLoadError
 
-__all__ = ["MLXWhisperTranscriber", "DEFAULT_MODEL"]
+__all__ = ["MLXWhisperTranscriber", "MLXWhisperConfig", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "mlx-community/whisper-tiny.en-mlx"
-_WINDOW = 30 * SAMPLE_RATE  # Whisper's input window
+_WINDOW = 30 * SPEECH_SAMPLE_RATE  # Whisper's input window
 T = TypeVar("T")
 
 
@@ -64,22 +66,26 @@ class _MLXThread:
 _MLX = _MLXThread()
 
 
-class MLXWhisperTranscriber:
+class MLXWhisperConfig(WhisperConfig):
+    """``engine: mlx-whisper`` settings: Whisper's, with greedy decoding only."""
+
+    @field_validator("beam_size")
+    @classmethod
+    def _greedy_only(cls, beam_size: int) -> int:
+        if beam_size != 1:
+            raise ValueError("mlx-whisper decodes greedily only; set beam_size: 1")
+        return beam_size
+
+
+class MLXWhisperTranscriber(ASREngine):
     """Whisper on MLX; audio longer than 30 s is decoded window by window."""
 
-    def __init__(
-        self,
-        model: str = DEFAULT_MODEL,
-        *,
-        language: str | None = "en",
-        beam_size: int = 1,
-        guard: GuardConfig | None = None,
-    ) -> None:
-        if beam_size != 1:
-            raise ValueError("mlx-whisper decodes greedily only: set beam_size to 1")
-        self.model_name = model
-        self.language = language
-        self.guard = guard or GuardConfig()
+    Config = MLXWhisperConfig
+    config: MLXWhisperConfig
+
+    def __init__(self, config: MLXWhisperConfig | None = None) -> None:
+        super().__init__(config)
+        self.model_name = self.config.model or DEFAULT_MODEL
         self._model = None
 
     def load(self) -> None:
@@ -92,7 +98,7 @@ class MLXWhisperTranscriber:
         from mlx.utils import tree_map
         from mlx_whisper.load_models import load_model
 
-        from voicepipe.asr.convert_mlx import converted_dir, is_ct2_dir
+        from voicepipe.convert.whisper_to_mlx import converted_dir, is_ct2_dir
 
         path = Path(self.model_name).expanduser()
         if not path.exists():
@@ -151,9 +157,9 @@ class MLXWhisperTranscriber:
 
         started = time.perf_counter()
         audio = np.asarray(pcm, dtype=np.float32)
-        options = DecodingOptions(language=self.language, without_timestamps=True, fp16=False, temperature=0.0)
+        options = DecodingOptions(language=self.config.language, without_timestamps=True, fp16=False, temperature=0.0)
         segments: list[TranscriptSegment] = []
-        language = self.language
+        language = self.config.language
         for offset in range(0, max(len(audio), 1), _WINDOW):
             window = audio[offset : offset + _WINDOW]
             mel = log_mel_spectrogram(window, n_mels=self._model.dims.n_mels, padding=0)
@@ -163,5 +169,5 @@ class MLXWhisperTranscriber:
             segments.append(
                 TranscriptSegment(result.text, result.avg_logprob, result.no_speech_prob, result.compression_ratio)
             )
-        text = apply_guards(segments, self.guard)
+        text = apply_guards(segments, self.config)
         return Transcription(text, language, segments, time.perf_counter() - started)

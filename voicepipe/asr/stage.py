@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Literal
+from typing import ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from voicepipe.asr.base import GuardConfig, Transcriber, Transcription
+from voicepipe.asr.base import ASREngine, Transcription
+from voicepipe.engine import EngineStageConfig
 from voicepipe.frames import (
     CancelFrame,
     EndFrame,
@@ -27,58 +28,18 @@ from voicepipe.frames import (
     TranscriptFrame,
     UserAudioFrame,
 )
-from voicepipe.stage import Stage, StageConfig
+from voicepipe.stage import Stage
 
-__all__ = ["ASRStage", "ASRConfig", "make_transcriber"]
-
-Engine = Literal["faster-whisper", "mlx-whisper"]
+__all__ = ["ASRStage", "ASRConfig"]
 
 
-class ASRConfig(StageConfig):
-    """``asr`` stage settings (pipeline.yaml)."""
+class ASRConfig(EngineStageConfig):
+    """``asr`` stage settings (pipeline.yaml); the engine's own settings (``model``, ``language``...) sit beside them."""
 
-    engine: Engine = "faster-whisper"
-    model: str | None = Field(None, description="HF repo id or local directory; default: tiny.en for the engine")
-    language: str | None = Field("en", description="None detects the language (multilingual models only)")
-    beam_size: int = Field(1, ge=1, description="1 = greedy, the fastest; mlx-whisper supports only 1")
-    threads: int = Field(2, ge=1, description="CPU threads for faster-whisper")
-    compute_type: str = Field("int8", description="faster-whisper weight type: int8, float32, ...")
-    no_speech_threshold: float | None = Field(0.6, description="with logprob_threshold: Whisper's silence rule")
-    logprob_threshold: float | None = -1.0
-    compression_ratio_threshold: float | None = Field(2.4, description="above: a repetition loop, dropped")
-    min_avg_logprob: float | None = Field(-1.5, description="below: a guess, dropped")
-    early_transcription: bool = True
+    role: ClassVar[str] = "asr"
 
-    @model_validator(mode="after")
-    def _engine_options(self) -> ASRConfig:
-        if self.engine == "mlx-whisper" and self.beam_size != 1:
-            raise ValueError("beam_size: mlx-whisper decodes greedily only; set beam_size: 1")
-        return self
-
-    def guard(self) -> GuardConfig:
-        return GuardConfig(
-            self.no_speech_threshold, self.logprob_threshold, self.compression_ratio_threshold, self.min_avg_logprob
-        )
-
-
-def make_transcriber(config: ASRConfig) -> Transcriber:
-    """The engine wrapper ``config.engine`` names (not loaded yet)."""
-    if config.engine == "mlx-whisper":
-        from voicepipe.asr.mlx_whisper import DEFAULT_MODEL, MLXWhisperTranscriber
-
-        return MLXWhisperTranscriber(
-            config.model or DEFAULT_MODEL, language=config.language, beam_size=config.beam_size, guard=config.guard()
-        )
-    from voicepipe.asr.faster_whisper import DEFAULT_MODEL, FasterWhisperTranscriber
-
-    return FasterWhisperTranscriber(
-        config.model or DEFAULT_MODEL,
-        language=config.language,
-        beam_size=config.beam_size,
-        threads=config.threads,
-        compute_type=config.compute_type,
-        guard=config.guard(),
-    )
+    engine: str = Field("faster-whisper", description="ASR engine: faster-whisper, mlx-whisper, or module:Class")
+    early_transcription: bool = Field(True, description="transcribe at each pause, before the turn has ended")
 
 
 def _audio_key(frame: UserAudioFrame) -> tuple[int, float, float, int]:
@@ -92,14 +53,15 @@ class ASRStage(Stage):
     config: ASRConfig
     holds_model = True
 
-    def __init__(self, config: ASRConfig | None = None, *, name: str | None = None) -> None:
+    def __init__(self, config: ASRConfig | None = None, *, name: str | None = None, engine: ASREngine | None = None):
+        """Cheap: the engine is built in ``setup`` (``engine``: a ready one to use instead, for tests and benchmarks)."""
         super().__init__(config, name=name)
-        self.engine: Transcriber = make_transcriber(self.config)
+        self.engine = engine
         self._provisional: tuple[tuple[int, float, float, int], asyncio.Future[Transcription]] | None = None
         self._speech_end: dict[int, float] = {}
 
     async def setup(self) -> None:
-        await self.run_blocking(self.engine.load)
+        await self.load()
 
     async def cleanup(self) -> None:
         self._drop_provisional()
@@ -108,17 +70,20 @@ class ASRStage(Stage):
 
     @property
     def memory_footprint(self) -> int:
-        return self.engine.memory_footprint
+        return self.engine.memory_footprint if self.engine is not None else 0
 
     @property
     def is_loaded(self) -> bool:
-        return self.engine.is_loaded
+        return self.engine is not None and self.engine.is_loaded
 
     async def unload(self) -> None:
         self._drop_provisional()
-        await self.run_blocking(self.engine.unload)
+        if self.engine is not None:
+            await self.run_blocking(self.engine.unload)
 
     async def load(self) -> None:
+        if self.engine is None:
+            self.engine = self.config.build_engine()
         await self.run_blocking(self.engine.load)
 
     # -- frames ---------------------------------------------------------------------------------------------------

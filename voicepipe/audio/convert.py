@@ -1,4 +1,7 @@
-"""Small audio conversions every stage needs: to mono float32, resampling with soxr, and finite samples."""
+"""Small audio conversions every stage needs: to mono float32, resampling with soxr, and finite samples.
+
+``SPEECH_SAMPLE_RATE`` is the one definition of the rate speech models work at (the VAD engines, Smart Turn, Whisper).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,12 @@ import logging
 
 import numpy as np
 
-__all__ = ["to_mono", "resample", "to_float32", "finite"]
+__all__ = ["SPEECH_SAMPLE_RATE", "to_mono", "resample", "to_float32", "finite"]
 
 log = logging.getLogger("voicepipe.audio")
+
+#: Every speech model here (webrtcvad, Silero, Smart Turn, Whisper) takes 16 kHz mono audio.
+SPEECH_SAMPLE_RATE = 16_000
 
 
 def finite(pcm: np.ndarray, where: str) -> np.ndarray:

@@ -23,13 +23,11 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from voicepipe.audio.convert import resample, to_mono
+from voicepipe.audio.convert import SPEECH_SAMPLE_RATE, resample, to_mono
 from voicepipe.frames import AudioFrame, BotSpeakingFrame, EndFrame, Frame, InterruptionFrame
 from voicepipe.stage import Direction, Stage, StageConfig
 
 __all__ = ["TurnTakingConfig", "TurnTaking"]
-
-_VAD_RATE = 16000
 
 
 class TurnTakingConfig(StageConfig):
@@ -67,7 +65,9 @@ class TurnTaking(Stage):
         if self.config.mode == "barge-in":
             from voicepipe.vad.webrtc import WebRTCVAD
 
-            self._vad = WebRTCVAD(self.config.aggressiveness, 10)  # 10 ms: two verdicts per 20 ms mic block
+            # 10 ms: two verdicts per 20 ms mic block
+            self._vad = WebRTCVAD(WebRTCVAD.Config(aggressiveness=self.config.aggressiveness, frame_ms=10))
+            self._vad.load()
 
     @property
     def bot_speaking(self) -> bool:
@@ -136,7 +136,7 @@ class TurnTaking(Stage):
         """Share of the 10 ms webrtcvad frames in this block that hold speech (0 when too short to judge yet)."""
         if self._vad is None:
             return 0.0
-        pcm = resample(to_mono(frame.pcm), frame.sample_rate, _VAD_RATE)
+        pcm = resample(to_mono(frame.pcm), frame.sample_rate, SPEECH_SAMPLE_RATE)
         samples = np.concatenate([self._rest, pcm])
         size = self._vad.frame_samples
         whole = len(samples) // size

@@ -19,25 +19,36 @@ from voicepipe.stage import Sink, Source, Stage
 HELP = "speak a text with the TTS engine (writes a WAV with --output, else plays it) and print time to first audio"
 
 
+#: The options that fill the TTS stage's and its engines' settings (their defaults are the models').
+STAGE_OPTIONS = ("engine", "sample_rate")
+KOKORO_OPTIONS = ("voices",)
+ENGINE_OPTIONS = ("voice", "speed", "language", "threads")
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
+    from voicepipe.cli.options import add_model_options
+    from voicepipe.tts.engine import TTSEngineConfig
+    from voicepipe.tts.kokoro import KokoroEngine
+    from voicepipe.tts.stage import TTSConfig
+
     parser.add_argument("text", help="what to say")
-    parser.add_argument("--engine", choices=("kokoro", "piper"), default="kokoro", help="TTS engine (default kokoro)")
-    parser.add_argument("--model", help="model file: a local path or owner/repo/file on the Hugging Face hub")
-    parser.add_argument("--voices", help="Kokoro voices archive: a local path or owner/repo/file")
-    parser.add_argument("--voice", help="Kokoro voice name (default af_heart) or Piper speaker name")
-    parser.add_argument("--speed", type=float, default=1.0, help="speaking rate, 0.5 to 2.0 (default 1.0)")
-    parser.add_argument("--language", default="en-us", help="text language (default en-us)")
-    parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default 2)")
-    parser.add_argument("--sample-rate", type=int, help="output rate in Hz (default: the voice's own)")
+    add_model_options(parser, TTSConfig, STAGE_OPTIONS[:1])
+    # the one setting whose default depends on the engine: each engine's Config has its own voice file
+    parser.add_argument(
+        "--model", help="model file: a local path or owner/repo/file on the Hugging Face hub (default: the engine's)"
+    )
+    add_model_options(parser, KokoroEngine.Config, KOKORO_OPTIONS)
+    add_model_options(parser, TTSEngineConfig, ENGINE_OPTIONS)
+    add_model_options(parser, TTSConfig, STAGE_OPTIONS[1:])
     parser.add_argument(
         "--output", "-o", type=Path, help="write the audio here (.wav, .flac, .ogg) instead of playing it"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
 
-    from voicepipe.tts.stage import TTSStage
+    from voicepipe.cli.options import validate_options, values_from_args
+    from voicepipe.tts.stage import TTSConfig, TTSStage
 
     if args.output is not None:
         from voicepipe.audio.wav import audio_format
@@ -47,21 +58,12 @@ def run(args: argparse.Namespace) -> int:
         OutputFile(args.output, what="--output").check()
     if not args.text.strip():
         raise UserError('TEXT is empty: give the words to say, e.g. voicepipe say "Hello there."')
-    try:
-        config = TTSStage.Config(
-            engine=args.engine,
-            model=args.model,
-            voices=args.voices,
-            voice=args.voice,
-            speed=args.speed,
-            language=args.language,
-            threads=args.threads,
-            sample_rate=args.sample_rate,
-        )
-    except ValidationError as exc:
-        problem = exc.errors()[0]
-        field = ".".join(str(p) for p in problem["loc"]) or "options"
-        raise UserError(f"--{field.replace('_', '-')}: {problem['msg']}") from None
+    options = values_from_args(args, (*STAGE_OPTIONS, *KOKORO_OPTIONS, *ENGINE_OPTIONS))
+    if args.model is not None:
+        options["model"] = args.model
+    config = validate_options(
+        TTSConfig, options, what=f"the {options.get('engine', TTSConfig.model_fields['engine'].default)} engine"
+    )
     tts = TTSStage(config, name="tts")
     if args.output is not None:
         from voicepipe.audio.wav import WavSink

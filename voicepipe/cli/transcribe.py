@@ -12,10 +12,6 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
-from voicepipe.errors import UserError
-
 if TYPE_CHECKING:
     from voicepipe.asr.stage import ASRStage
     from voicepipe.frames import Frame
@@ -24,35 +20,38 @@ if TYPE_CHECKING:
 HELP = "transcribe an audio file with the VAD + ASR stages (one line per detected turn)"
 
 
+#: The ASR settings ``transcribe`` takes as options; each is defined (type, default, help) in the engine's Config.
+ASR_OPTIONS = ("engine", "model", "language", "beam_size", "threads", "compute_type")
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
+    from voicepipe.asr.faster_whisper import FasterWhisperTranscriber
+    from voicepipe.asr.stage import ASRConfig
+    from voicepipe.cli.options import add_model_options
+    from voicepipe.registry import engine_registry
+
     parser.add_argument("file", help="audio file (WAV, FLAC, OGG; any rate, mono or stereo)")
-    parser.add_argument("--engine", choices=("faster-whisper", "mlx-whisper"), default="faster-whisper")
-    parser.add_argument("--model", default=None, help="HF repo id or local directory (default: tiny.en)")
-    parser.add_argument("--language", default="en", help="spoken language code, or 'auto' to detect it")
+    add_model_options(parser, ASRConfig, ASR_OPTIONS[:1])
+    # the default engine's settings; another engine rejects those it does not have when the config is validated
+    add_model_options(parser, FasterWhisperTranscriber.Config, ASR_OPTIONS[1:])
     parser.add_argument(
-        "--vad", choices=("webrtc", "silero", "none"), default="webrtc", help="silero for noisy audio; none: one turn"
+        "--vad",
+        choices=(*engine_registry("vad").names(), "none"),
+        default="webrtc",
+        help="VAD engine (default webrtc); silero for noisy audio; none: the whole file is one turn",
     )
-    parser.add_argument("--beam-size", type=int, default=1, help="1 = greedy (fastest)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for faster-whisper")
-    parser.add_argument("--compute-type", default="int8", help="faster-whisper weight type (int8, float32, ...)")
     parser.add_argument("--json", action="store_true", help="one JSON object per turn: start, end, text")
 
 
 def run(args: argparse.Namespace) -> int:
     from voicepipe.asr.stage import ASRConfig, ASRStage
+    from voicepipe.cli.options import validate_options, values_from_args
 
-    try:
-        asr_config = ASRConfig(
-            engine=args.engine,
-            model=args.model,
-            language=None if args.language == "auto" else args.language,
-            beam_size=args.beam_size,
-            threads=args.threads,
-            compute_type=args.compute_type,
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise UserError(f"--{'-'.join(str(p) for p in first['loc']) or 'option'}: {first['msg']}") from None
+    values = values_from_args(args, ASR_OPTIONS)
+    if values.get("language") == "auto":  # the word this command has always taken for "detect the language"
+        values["language"] = None
+    engine = values.get("engine", ASRConfig.model_fields["engine"].default)
+    asr_config = validate_options(ASRConfig, values, what=f"the {engine} engine")
     turns, errors = asyncio.run(_transcribe(args.file, args.vad, ASRStage(asr_config, name="asr")))
     for start, end, text in turns:
         if args.json:

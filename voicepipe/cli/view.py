@@ -35,21 +35,12 @@ from voicepipe.frames import (
     TTSAudioFrame,
     UserAudioFrame,
 )
+from voicepipe.memory.rss import MB, rss_bytes
 from voicepipe.metrics import TurnMetrics
 from voicepipe.stage import Direction, Stage
 from voicepipe.text.control import strip_control
 
-__all__ = ["make_view", "LiveView", "PlainView", "JsonView", "QuietView", "ConversationState", "rss_bytes"]
-
-
-def rss_bytes() -> int:
-    """Resident memory of this process (0 if psutil cannot tell)."""
-    try:
-        import psutil
-
-        return int(psutil.Process().memory_info().rss)
-    except Exception:
-        return 0
+__all__ = ["make_view", "LiveView", "PlainView", "JsonView", "QuietView", "ConversationState"]
 
 
 class QuietView:
@@ -118,7 +109,7 @@ class JsonView(QuietView):
             )
 
     def turn_finished(self, turn: TurnMetrics) -> None:
-        self._emit({"event": "turn", **turn.as_dict(), "rss_mb": round(rss_bytes() / 2**20, 1)})
+        self._emit({"event": "turn", **turn.as_dict(), "rss_mb": round(rss_bytes() / MB, 1)})
 
 
 class ConversationState:
@@ -215,7 +206,7 @@ class LiveView(QuietView):
         now = time.monotonic()
         if now - self._rss_at > 1.0:  # psutil reads /proc: once a second is plenty
             self._rss, self._rss_at = rss_bytes(), now
-        return self._rss / 2**20
+        return self._rss / MB
 
     def _render(self) -> Any:
         from rich.console import Group

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
 from voicepipe.frames import AudioFrame, EndFrame, Frame, SpeechEndedFrame, SpeechStartedFrame, UserAudioFrame
 from voicepipe.stage import Stage
 
@@ -20,7 +21,7 @@ class WholeFileTurn(Stage):
     def __init__(self, *, name: str | None = None) -> None:
         super().__init__(name=name)
         self._blocks: list[np.ndarray] = []
-        self._rate = 16000
+        self._rate = SPEECH_SAMPLE_RATE
 
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, AudioFrame):

@@ -23,6 +23,8 @@ import codecs
 from dataclasses import dataclass
 from typing import Any
 
+from voicepipe.llm.thinking import THINK_CLOSE, THINK_OPEN, strip_think
+
 __all__ = [
     "ChatMessage",
     "ROLES",
@@ -47,8 +49,6 @@ ROLES = ("system", "user", "assistant")
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 END_OF_TEXT = "<|endoftext|>"
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
 EMPTY_THINK_BLOCK = "<think>\n\n</think>\n\n"
 
 
@@ -66,15 +66,9 @@ class ChatMessage:
             raise ValueError(f"ChatMessage.content must be a str, got {type(self.content).__name__}")
 
 
-def strip_think(content: str) -> str:
-    """Drop a leading ``<think>...</think>`` block (as Qwen's template does for earlier assistant turns)."""
-    if THINK_CLOSE in content:
-        return content.split(THINK_CLOSE)[-1].lstrip("\n")
-    return content
-
-
 def render_message(message: ChatMessage, *, complete: bool = True) -> str:
     """One message in ChatML. ``complete=False`` leaves an assistant message open, to be continued by the model."""
+    # Qwen's template drops the think block of earlier assistant turns
     content = strip_think(message.content) if message.role == "assistant" and complete else message.content
     text = f"{IM_START}{message.role}\n{content}"
     return text + f"{IM_END}\n" if complete else text

@@ -1,9 +1,9 @@
 """Qwen3.5 chat on CoreML (Neural Engine on Mac and iPhone): ``Qwen35CoreMLChat``.
 
-The model is a package made by ``scripts/convert_coreml.py`` (``voicepipe.llm.coreml_convert``): one mlprogram with
+The model is a package made by ``scripts/convert_coreml.py`` (``voicepipe.convert.to_coreml``): one mlprogram with
 a ``prefill`` function (chunks of ``seq_len`` tokens, the last one right-padded) and a ``decode`` function (one
 token), sharing the KV cache and the DeltaNet conv/recurrent state as CoreML states. This file implements only the
-token-level hooks of ``ChatModel`` (see ``voicepipe.llm.base``):
+token-level hooks of ``ChatModel`` (see ``voicepipe.llm.chat_model``):
 
 - ``_forward`` feeds whole chunks through ``prefill`` while they fit in the fixed context and the rest through
   ``decode``; the position of each call is the number of tokens the state holds;
@@ -19,18 +19,21 @@ import gc
 import json
 import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from voicepipe._optional import require
+from voicepipe.convert.to_coreml import MANIFEST, PACKAGE
 from voicepipe.errors import ModelLoadError, UserError
-from voicepipe.llm.base import ChatModel, ChatSamplingConfig
-from voicepipe.llm.coreml_convert import MANIFEST, PACKAGE
+from voicepipe.llm.chat_model import ChatModel, ChatModelConfig
+from voicepipe.llm.sampling import ChatSamplingConfig
 
-__all__ = ["Qwen35CoreMLChat", "COMPUTE_UNITS"]
+__all__ = ["Qwen35CoreMLChat", "CoreMLChatConfig", "COMPUTE_UNITS"]
 
-COMPUTE_UNITS = ("CPU_AND_NE", "ALL", "CPU_AND_GPU", "CPU_ONLY")
+ComputeUnits = Literal["CPU_AND_NE", "ALL", "CPU_AND_GPU", "CPU_ONLY"]
+COMPUTE_UNITS: tuple[str, ...] = get_args(ComputeUnits)
 
 
 class Runtime(Protocol):
@@ -123,42 +126,50 @@ def _require_macos() -> None:
     if sys.platform != "darwin":
         raise UserError(
             f"Qwen35CoreMLChat: CoreML prediction needs macOS (this host is {sys.platform}); "
-            "use llm backend 'llamacpp' here (conversion with scripts/convert_coreml.py does work on Linux)"
+            "use the llm engine 'llamacpp' here (conversion with scripts/convert_coreml.py does work on Linux)"
         )
 
 
-class Qwen35CoreMLChat(ChatModel):
-    """Qwen3.5 chat on a converted CoreML package. Build it with ``from_pretrained``; see ``ChatModel`` for the API.
+class CoreMLChatConfig(ChatModelConfig):
+    """Settings of the CoreML engine (``engine: coreml``)."""
 
-    ``compute_units``: ``CPU_AND_NE`` (default: CPU and Neural Engine), ``ALL``, ``CPU_AND_GPU`` or ``CPU_ONLY``.
+    model: str | None = Field(
+        None, validate_default=True, description="The directory made by scripts/convert_coreml.py (no default)."
+    )
+    compute_units: ComputeUnits = Field(
+        "CPU_AND_NE", description="Where CoreML runs the model (CPU_AND_NE: CPU and ANE)."
+    )
+    quantization: str | None = Field(
+        None, description="Fixed when converting; if given, it must match the package's (a check, not a choice)."
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _given(cls, value: str | None) -> str:
+        if value is None:
+            raise ValueError(
+                "the coreml engine needs model: the directory made by scripts/convert_coreml.py (there is no default)"
+            )
+        return value
+
+
+class Qwen35CoreMLChat(ChatModel):
+    """Qwen3.5 chat on a converted CoreML package (see ``CoreMLChatConfig``; ``ChatModel`` for the API).
+
     ``runtime`` replaces the coremltools runtime (a callable ``(model_dir, compute_units, state_names) -> Runtime``);
     tests on Linux pass one that runs the same traced torch functions.
     """
 
-    def __init__(
-        self,
-        model_dir: str | Path,
-        *,
-        compute_units: str = "CPU_AND_NE",
-        max_snapshots: int = 4,
-        runtime: Any = None,
-    ) -> None:
+    Config = CoreMLChatConfig
+    config: CoreMLChatConfig
+
+    def __init__(self, config: CoreMLChatConfig | None = None, *, runtime: Any = None) -> None:
         if runtime is None:
             _require_macos()
-        super().__init__(max_snapshots=max_snapshots)
-        self.model_dir = Path(model_dir)
-        if compute_units not in COMPUTE_UNITS:
-            raise UserError(f"compute_units={compute_units!r} is unknown: use one of {', '.join(COMPUTE_UNITS)}")
-        manifest = self.model_dir / MANIFEST
-        if not manifest.is_file() or not (self.model_dir / PACKAGE).is_dir():
-            raise ModelLoadError(
-                f"{self.model_dir}: not a converted CoreML model (no {MANIFEST} / {PACKAGE}); "
-                "make one with: python scripts/convert_coreml.py CHECKPOINT_DIR OUT_DIR"
-            )
-        self.manifest: dict[str, Any] = json.loads(manifest.read_text())
-        self.compute_units = compute_units
-        self.max_context = int(self.manifest["max_context"])
-        self.seq_len = int(self.manifest["seq_len"])
+        super().__init__(config)
+        self.model_dir = Path(self.config.model or "").expanduser()
+        self.compute_units = self.config.compute_units
+        self._manifest: dict[str, Any] | None = None
         self._runtime_factory = runtime or _CoreMLRuntime
         self._runtime: Runtime | None = None
         self._tokenizer: Any = None
@@ -169,44 +180,40 @@ class Qwen35CoreMLChat(ChatModel):
         self._sampling = ChatSamplingConfig()
         self._rng = np.random.default_rng()
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        repo_or_path: str | Path | None = None,
-        *,
-        compute_units: str = "CPU_AND_NE",
-        quantization: str | None = None,
-        load: bool = True,
-        max_snapshots: int = 4,
-        runtime: Any = None,
-    ) -> Qwen35CoreMLChat:
-        """A chat model from a directory made by ``scripts/convert_coreml.py``; ``load=False`` defers loading.
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The package's manifest (read, and checked against ``quantization``, the first time it is asked for)."""
+        if self._manifest is None:
+            file = self.model_dir / MANIFEST
+            if not file.is_file() or not (self.model_dir / PACKAGE).is_dir():
+                raise ModelLoadError(
+                    f"{self.model_dir}: not a converted CoreML model (no {MANIFEST} / {PACKAGE}); "
+                    "make one with: python scripts/convert_coreml.py CHECKPOINT_DIR OUT_DIR"
+                )
+            manifest = json.loads(file.read_text())
+            built, wanted = manifest.get("quantization"), self.config.quantization
+            if wanted is not None and wanted != built:
+                raise UserError(
+                    f"quantization={wanted!r} but {self.model_dir} was converted with {built!r}: "
+                    f"remove the setting or convert again with --quantize {wanted}"
+                )
+            self._manifest = manifest
+        return self._manifest
 
-        ``quantization`` is fixed when converting; if given, it must match the package's (a check, not a choice).
-        """
-        if runtime is None:
-            _require_macos()
-        if repo_or_path is None:
-            raise UserError(
-                "llm backend 'coreml' needs model: the directory made by scripts/convert_coreml.py (there is no default)"
-            )
-        model = cls(repo_or_path, compute_units=compute_units, max_snapshots=max_snapshots, runtime=runtime)
-        built = model.manifest.get("quantization")
-        if quantization is not None and quantization != built:
-            raise UserError(
-                f"quantization={quantization!r} but {model.model_dir} was converted with {built!r}: "
-                f"remove the option or convert again with --quantize {quantization}"
-            )
-        if load:
-            model.load()
-        return model
+    @property
+    def max_context(self) -> int:
+        return int(self.manifest["max_context"])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.manifest["seq_len"])
 
     # -- weights -----------------------------------------------------------------------------------------------------
 
     def _load_weights(self) -> None:
+        names = tuple(self.manifest["states"])  # first: a directory that is not a converted model says so
         if self._tokenizer is None:
             self._tokenizer = self._make_tokenizer()
-        names = tuple(self.manifest["states"])
         self._runtime = self._runtime_factory(self.model_dir, self.compute_units, names)
         self._reset_engine()
 

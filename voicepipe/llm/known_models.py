@@ -1,6 +1,6 @@
 """Chat models known to work with voicepipe, and how they were checked (shown by ``voicepipe plugins``).
 
-Any GGUF chat model llama.cpp loads runs on the ``llamacpp`` backend with the chat template stored in its file; this
+Any GGUF chat model llama.cpp loads runs on the ``llamacpp`` engine with the chat template stored in its file; this
 list says which ones were actually tried, on what, and what was seen, so nobody has to guess.
 """
 
@@ -14,7 +14,7 @@ __all__ = ["KnownModel", "KNOWN_CHAT_MODELS"]
 @dataclass(frozen=True)
 class KnownModel:
     name: str
-    backends: str
+    engines: str
     source: str
     checked: str
 

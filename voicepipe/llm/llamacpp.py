@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from voicepipe._optional import require
 from voicepipe.cores import schedule
 from voicepipe.errors import ModelLoadError, UserError
-from voicepipe.llm.base import ChatModel, ChatSamplingConfig
 from voicepipe.llm.chat_format import CHATML_TEMPLATE, ChatTemplate, JinjaChatTemplate, Qwen35ChatTemplate
+from voicepipe.llm.chat_model import ChatModel, ChatModelConfig
+from voicepipe.llm.sampling import ChatSamplingConfig
 
-__all__ = ["Qwen35LlamaCppChat", "DEFAULT_REPO", "CHAT_FORMATS", "resolve_gguf"]
+__all__ = ["Qwen35LlamaCppChat", "LlamaCppConfig", "DEFAULT_REPO", "CHAT_FORMATS", "resolve_gguf"]
 
 DEFAULT_REPO = "Qwen/Qwen3.5-0.8B"
 _DEFAULT = "default"
@@ -37,7 +39,7 @@ CHAT_FORMATS = ("auto", "qwen3.5", "chatml", "gguf")
 
 
 def _llama_cpp() -> Any:
-    return require("llama_cpp", extra="llamacpp", purpose="the llama.cpp LLM backend")
+    return require("llama_cpp", extra="llamacpp", purpose="the llama.cpp LLM engine")
 
 
 def resolve_gguf(
@@ -56,7 +58,7 @@ def resolve_gguf(
     source's precision; by default checkpoints become ``q4_k_m`` and ``.gguf`` files are used as they are.
     """
     from voicepipe.assets import fetch_file, fetch_snapshot
-    from voicepipe.llm import gguf_convert
+    from voicepipe.convert import to_gguf as gguf_convert
 
     source = str(source or DEFAULT_REPO)
     path = Path(source).expanduser()
@@ -84,78 +86,90 @@ def resolve_gguf(
     return gguf_convert.gguf_for_checkpoint(path, quant, progress=progress)
 
 
-class Qwen35LlamaCppChat(ChatModel):
-    """Chat on llama.cpp: Qwen3.5 or any GGUF chat model. Build it with ``from_pretrained``; see ``ChatModel``.
+class LlamaCppConfig(ChatModelConfig):
+    """Settings of the llama.cpp engine (``engine: llamacpp``)."""
 
-    ``chat_format``: ``auto`` (Qwen3.5's template for a Qwen3.5 GGUF, else the template stored in the GGUF),
-    ``qwen3.5``, ``chatml``, ``gguf`` (the stored one), or the path of a Jinja chat template file.
+    model: str | None = Field(
+        None,
+        description=f"A .gguf file, a Hugging Face checkpoint directory or repo (converted on first use; default "
+        f"{DEFAULT_REPO}), or a repo holding .gguf files (with filename).",
+    )
+    filename: str | None = Field(None, description="The .gguf file to take from the repo 'model' names.")
+    revision: str | None = Field(None, description="The repo's branch, tag or commit.")
+    quantization: str | None = Field(
+        _DEFAULT,
+        description="q4_k_m, q4_0, q8_0, bf16, f32, or null for the source's precision; by default checkpoints "
+        "become q4_k_m and .gguf files are used as they are.",
+    )
+    n_ctx: int = Field(8192, ge=64, description="Context length in tokens (the whole conversation must fit).")
+    n_threads: int | None = Field(None, ge=1, description="CPU threads; default: every core.")
+    n_batch: int = Field(512, ge=1, description="Prompt tokens evaluated per llama.cpp call.")
+    chat_format: str = Field(
+        "auto",
+        description="auto (Qwen3.5's template for a Qwen3.5 GGUF, else the one stored in the GGUF), qwen3.5, chatml, "
+        "gguf, or the path of a Jinja chat template file.",
+    )
+    progress: bool = Field(True, description="Show download and conversion progress.")
+
+    @field_validator("chat_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in CHAT_FORMATS and not Path(value).expanduser().is_file():
+            raise ValueError(
+                f"chat_format={value!r}: use one of {', '.join(CHAT_FORMATS)} or the path of a Jinja chat template file"
+            )
+        return value
+
+
+class Qwen35LlamaCppChat(ChatModel):
+    """Chat on llama.cpp: Qwen3.5 or any GGUF chat model (see ``LlamaCppConfig``; ``ChatModel`` for the API).
+
+    The GGUF file is found (downloaded, converted, quantized on first use: ``resolve_gguf``) when the model loads.
     """
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        *,
-        n_ctx: int = 8192,
-        n_threads: int | None = None,
-        n_batch: int = 512,
-        max_snapshots: int = 4,
-        chat_format: str = "auto",
-    ) -> None:
-        super().__init__(max_snapshots=max_snapshots)
-        self.model_path = Path(model_path)
-        if not self.model_path.is_file():
-            raise ModelLoadError(f"{self.model_path}: no such GGUF file")
-        if n_ctx < 64:
-            raise UserError(f"n_ctx={n_ctx} is too small: use at least 64 (8192 is the default)")
-        if chat_format not in CHAT_FORMATS and not Path(chat_format).expanduser().is_file():
-            raise UserError(
-                f"chat_format={chat_format!r}: use one of {', '.join(CHAT_FORMATS)} or the path of a Jinja chat "
-                "template file"
-            )
-        self.chat_format = chat_format
+    Config = LlamaCppConfig
+    config: LlamaCppConfig
+
+    def __init__(self, config: LlamaCppConfig | None = None) -> None:
+        super().__init__(config)
+        self._model_path: Path | None = None
         self._eog_ids: set[int] | None = None  # the model's end-of-generation tokens, found once
-        self.n_ctx = n_ctx
-        self.n_threads = n_threads or os.cpu_count() or 1
-        self.n_batch = n_batch
         self._llm: Any = None
         self._sampler: Any = None
         self._nbytes = 0
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        repo_or_path: str | Path | None = None,
-        *,
-        quantization: str | None = _DEFAULT,
-        revision: str | None = None,
-        filename: str | None = None,
-        n_ctx: int = 8192,
-        n_threads: int | None = None,
-        load: bool = True,
-        progress: bool = True,
-        max_snapshots: int = 4,
-        chat_format: str = "auto",
-    ) -> Qwen35LlamaCppChat:
-        """Resolve (and convert on first use) the model, see ``resolve_gguf``; ``load=False`` defers loading."""
-        _llama_cpp()
-        path = resolve_gguf(
-            repo_or_path, quantization=quantization, revision=revision, filename=filename, progress=progress
-        )
-        model = cls(path, n_ctx=n_ctx, n_threads=n_threads, max_snapshots=max_snapshots, chat_format=chat_format)
-        if load:
-            model.load()
-        return model
+    @property
+    def model_path(self) -> Path:
+        """The GGUF file (found, and converted or quantized on first use, the first time it is asked for)."""
+        if self._model_path is None:
+            c = self.config
+            path = resolve_gguf(
+                c.model, quantization=c.quantization, revision=c.revision, filename=c.filename, progress=c.progress
+            )
+            if not path.is_file():
+                raise ModelLoadError(f"{path}: no such GGUF file")
+            self._model_path = path
+        return self._model_path
+
+    @property
+    def n_ctx(self) -> int:
+        return self.config.n_ctx
+
+    @property
+    def n_threads(self) -> int:
+        return self.config.n_threads or os.cpu_count() or 1
 
     # -- weights -----------------------------------------------------------------------------------------------------
 
     def _load_weights(self) -> None:
         llama_cpp = _llama_cpp()
+        model_path = self.model_path
         try:
             self._llm = llama_cpp.Llama(
-                model_path=str(self.model_path),
+                model_path=str(model_path),
                 n_ctx=self.n_ctx,
-                n_batch=self.n_batch,
-                n_ubatch=self.n_batch,
+                n_batch=self.config.n_batch,
+                n_ubatch=self.config.n_batch,
                 n_threads=self.n_threads,
                 n_threads_batch=self.n_threads,
                 logits_all=False,
@@ -170,7 +184,7 @@ class Qwen35LlamaCppChat(ChatModel):
 
     def _chat_template(self) -> ChatTemplate:
         metadata = self._llm.metadata
-        chosen = self.chat_format
+        chosen = self.config.chat_format
         if chosen == "auto":
             chosen = "qwen3.5" if metadata.get("general.architecture") == "qwen35" else "gguf"
         if chosen == "qwen3.5":
@@ -182,7 +196,7 @@ class Qwen35LlamaCppChat(ChatModel):
             if not source:
                 raise UserError(
                     f"{self.model_path.name} has no chat template: give one with the llm stage's "
-                    "options: {chat_format: chatml} (or qwen3.5, or the path of a Jinja chat template file)"
+                    "chat_format: chatml (or qwen3.5, or the path of a Jinja chat template file)"
                 )
             return self._jinja(source, f"{self.model_path.name}'s own")
         path = Path(chosen).expanduser()

@@ -1,6 +1,6 @@
 """Qwen3.5 chat on MLX: ``Qwen35MLXChat``.
 
-The model code is mlx-lm's ``qwen3_5``; weights are found, converted and loaded by ``voicepipe.llm.mlx_convert``. This
+The model code is mlx-lm's ``qwen3_5``; weights are found by ``convert.to_mlx``, loaded by ``llm.mlx_model``. This
 file implements only the token-level hooks of ``ChatModel`` (see ``voicepipe.llm.base``): a forward pass over mlx-lm's
 cache objects, sampling through mlx-lm's ``make_sampler`` / ``make_logits_processors``, and snapshots of the cache for
 the multi-turn prompt cache (the DeltaNet state of the linear-attention layers cannot be trimmed, so the base class
@@ -8,7 +8,7 @@ snapshots at turn boundaries and this engine copies the cache arrays).
 
 On Apple Silicon MLX runs on Metal. On Linux it runs on the CPU, slowly: mlx-lm's gated-delta recurrence is a token
 loop without Metal kernels, MLX's CPU quantized matmul has no matrix-matrix kernel (prompts therefore go through
-dequantized fp32 weights, see ``mlx_convert.cpu_prefill_linear_class``), and only fp32 matmuls use BLAS, which gets
+dequantized fp32 weights, see ``mlx_model.cpu_prefill_linear_class``), and only fp32 matmuls use BLAS, which gets
 ~20x faster when Debian's OpenBLAS is preloaded (apt ``libopenblas0-pthread``):
 ``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3`` (``OPENBLAS``; ``scripts/bench_llm.py`` does it).
 
@@ -33,11 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from voicepipe._optional import require
+from voicepipe.convert.to_mlx import resolve_model_dir
 from voicepipe.errors import ModelLoadError
-from voicepipe.llm.base import ChatModel, ChatSamplingConfig
-from voicepipe.llm.mlx_convert import load_mlx_model, resolve_model_dir, weights_nbytes
+from voicepipe.llm.chat_model import ChatModel, ChatModelConfig
+from voicepipe.llm.mlx_model import load_mlx_model, weights_nbytes
+from voicepipe.llm.sampling import ChatSamplingConfig
 
 __all__ = ["Qwen35MLXChat", "OPENBLAS"]
 
@@ -162,14 +165,33 @@ def _snapshot_layer(cache: Any) -> tuple[type, Any]:
     return type(cache), _copy_tree(cache.state)
 
 
-class Qwen35MLXChat(ChatModel):
-    """Qwen3.5 chat with mlx-lm's model code. Build it with ``from_pretrained``."""
+class MLXChatConfig(ChatModelConfig):
+    """Settings of the MLX engine (``engine: mlx``)."""
 
-    def __init__(self, model_dir: str | Path, *, quantization: str | None = None, max_snapshots: int = 4) -> None:
-        super().__init__(max_snapshots=max_snapshots)
-        self.model_dir = Path(model_dir)
-        self.quantization = quantization
-        self.config: dict[str, Any] = {}
+    model: str | None = Field(
+        None,
+        description="A directory of MLX weights, a Hugging Face checkpoint directory or repo (converted and cached on "
+        "first use; default aufklarer/Qwen3.5-0.8B-Chat-MLX).",
+    )
+    revision: str | None = Field(None, description="The repo's branch, tag or commit.")
+    quantization: str | None = Field(
+        None, description="int4 or int8 (group size 64), or null to keep the checkpoint's precision."
+    )
+    progress: bool = Field(True, description="Show download and conversion progress.")
+
+
+class Qwen35MLXChat(ChatModel):
+    """Qwen3.5 chat with mlx-lm's model code (see ``MLXChatConfig``; ``ChatModel`` for the API). The weights are
+    found (downloaded and converted on first use: ``resolve_model_dir``) when the model loads."""
+
+    Config = MLXChatConfig
+    config: MLXChatConfig
+
+    def __init__(self, config: MLXChatConfig | None = None) -> None:
+        super().__init__(config)
+        self._model_dir: Path | None = None
+        #: The loaded model's ``config.json``.
+        self.hf_config: dict[str, Any] = {}
         self._model: Any = None
         self._nbytes = 0
         self._tokenizer: _Tokenizer | None = None
@@ -181,28 +203,19 @@ class Qwen35MLXChat(ChatModel):
         self._step: Any = None  # compiled one-token forward, built per loaded model
         self._ahead: tuple[Any, Any, list[Any]] | None = None  # queued step: (token array, its logits, undo record)
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        repo_or_path: str | Path | None = None,
-        *,
-        revision: str | None = None,
-        quantization: str | None = None,
-        load: bool = True,
-        max_snapshots: int = 4,
-        progress: bool = True,
-    ) -> Qwen35MLXChat:
-        """A chat model from a local dir (MLX weights, or a Hugging Face checkpoint converted and cached on first
-        use) or a Hugging Face repo (default ``aufklarer/Qwen3.5-0.8B-Chat-MLX``).
+    @property
+    def model_dir(self) -> Path:
+        """The MLX weights directory (found, and converted on first use, the first time it is asked for)."""
+        if self._model_dir is None:
+            c = self.config
+            self._model_dir = resolve_model_dir(
+                c.model, revision=c.revision, quantization=c.quantization, progress=c.progress
+            )
+        return self._model_dir
 
-        ``quantization``: "int4" / "int8" (group size 64) or None to keep the checkpoint's precision.
-        ``load=False`` defers loading the weights to the model's thread (first use or ``load()``).
-        """
-        path = resolve_model_dir(repo_or_path, revision=revision, quantization=quantization, progress=progress)
-        chat = cls(path, quantization=quantization, max_snapshots=max_snapshots)
-        if load:
-            chat.load()
-        return chat
+    @property
+    def quantization(self) -> str | None:
+        return self.config.quantization
 
     # -- weights -----------------------------------------------------------------------------------------------------
 
@@ -210,7 +223,7 @@ class Qwen35MLXChat(ChatModel):
         _note_model_thread()
         if self._tokenizer is None:
             self._tokenizer = _Tokenizer(self.model_dir)
-        self._model, self.config = load_mlx_model(self.model_dir, quantization=self.quantization)
+        self._model, self.hf_config = load_mlx_model(self.model_dir, quantization=self.quantization)
         if not require("mlx.core", extra="mlx").metal.is_available():
             # Off Metal, mlx-lm runs the gated delta rule token by token; prefill it in chunks instead.
             require("voicepipe.llm.mlx_gated_delta", extra="mlx").enable_chunked_prefill(self._model)
@@ -246,7 +259,7 @@ class Qwen35MLXChat(ChatModel):
     def _extra_stop_ids(self) -> set[int]:
         ids: set[int] = set()
         # mlx-lm's load_config already merged generation_config.json's eos_token_id into the config.
-        sources = [self.config.get("eos_token_id"), self.config.get("text_config", {}).get("eos_token_id")]
+        sources = [self.hf_config.get("eos_token_id"), self.hf_config.get("text_config", {}).get("eos_token_id")]
         for value in sources:
             if isinstance(value, int):
                 ids.add(value)

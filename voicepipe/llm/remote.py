@@ -1,9 +1,10 @@
 """A chat model behind an OpenAI-compatible server (vLLM, SGLang, llama.cpp's or llama-cpp-python's server).
 
 For a user who outgrows one machine: the LLM stage streams ``/v1/chat/completions`` over HTTP instead of running the
-model in-process. Same API as ``ChatModel`` (``generate``, ``generate_stream``, ``agenerate_stream``, ...); the server
-owns the weights and its own prompt cache, so ``unload``/``warm``/``reset_state`` do nothing here and the footprint
-is 0. The standard library's ``http.client`` streams the server-sent events (no extra dependency).
+model in-process. ``RemoteChat`` is a ``ChatEngine`` like the in-process models; the server owns the weights and its
+own prompt cache, so ``load`` only checks that the server answers, the footprint is 0, and ``warm``/``rewind``/
+``reset_state`` keep the engine's defaults (no state between requests). The standard library's ``http.client``
+streams the server-sent events (no extra dependency).
 
 A server that fails or dies mid-reply raises ``StageError`` with one clear line: the pipeline turns that into an
 ``ErrorFrame``, so the turn fails and the conversation goes on. Failures a retry can cure (nothing listening, a
@@ -19,7 +20,6 @@ waits at most ``timeout`` seconds, so a silent server ends the turn within ``rep
 from __future__ import annotations
 
 import asyncio
-import functools
 import http.client
 import json
 import logging
@@ -27,72 +27,80 @@ import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
-from voicepipe.errors import StageError, UserError
-from voicepipe.llm.base import ChatSamplingConfig, GenerationStats
-from voicepipe.llm.chat_format import THINK_CLOSE, THINK_OPEN, ChatMessage
+from pydantic import Field, field_validator
 
-__all__ = ["RemoteChat", "DEFAULT_URL"]
+from voicepipe.engine import EngineConfig
+from voicepipe.errors import StageError, UserError
+from voicepipe.llm.base import ChatEngine, GenerationStats
+from voicepipe.llm.chat_format import ChatMessage
+from voicepipe.llm.sampling import ChatSamplingConfig
+from voicepipe.llm.thinking import ThinkFilter
+from voicepipe.worker import Worker
+
+__all__ = ["RemoteChat", "RemoteChatConfig", "DEFAULT_URL"]
 
 log = logging.getLogger("voicepipe.llm")
-T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8080/v1"
 _DONE = object()
 
 
-class RemoteChat:
-    """Streams chat completions from an OpenAI-compatible server at ``base_url`` (e.g. ``http://host:8000/v1``)."""
+class RemoteChatConfig(EngineConfig):
+    """Settings of the remote engine (``engine: remote``): where the server is and how long to wait for it."""
 
-    def __init__(
-        self,
-        base_url: str = DEFAULT_URL,
-        *,
-        model: str | None = None,
-        api_key: str | None = None,
-        timeout: float = 60.0,
-        reply_timeout_s: float = 120.0,
-        extra_body: dict[str, Any] | None = None,
-    ) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UserError(f"llm.model {base_url!r} is not a server URL: use e.g. http://127.0.0.1:8080/v1")
-        self.base_url = base_url.rstrip("/")
-        self.model = model
-        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        if not timeout > 0 or not reply_timeout_s > 0:
-            raise UserError(
-                f"llm.options: timeout={timeout!r} and reply_timeout_s={reply_timeout_s!r} must be positive seconds"
-            )
-        self.timeout = timeout
-        self.reply_timeout_s = reply_timeout_s
-        self.extra_body = dict(extra_body or {})
-        self.last_stats = GenerationStats()
-        self.last_thinking = ""
-        self._parts = parts
-        self._executor: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
+    base_url: str = Field(DEFAULT_URL, description="The server's OpenAI-compatible API, e.g. http://host:8000/v1.")
+    model: str | None = Field(None, description="The model name the server expects (servers of one model ignore it).")
+    api_key: str | None = Field(None, description="Sent as a Bearer token; default: $OPENAI_API_KEY if set.")
+    timeout: float = Field(60.0, gt=0, description="Seconds to wait for the server's answer and for each read.")
+    reply_timeout_s: float = Field(
+        120.0, gt=0, description="A reply is cut after this many seconds, whatever the server does."
+    )
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="More fields for each request's JSON body.")
 
+    @field_validator("base_url")
     @classmethod
-    def from_pretrained(cls, base_url: str | None = None, *, load: bool = True, **kwargs: Any) -> RemoteChat:
-        """Same entry point as the in-process engines: ``base_url`` plays the role of the model source."""
-        chat = cls(base_url or DEFAULT_URL, **kwargs)
-        if load:
-            chat.load()
-        return chat
+    def _server_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not a server URL: use e.g. {DEFAULT_URL}")
+        return value.rstrip("/")
 
-    # -- the ChatModel surface that has no meaning for a server ------------------------------------------------------
+
+class RemoteChat(ChatEngine):
+    """Streams chat completions from an OpenAI-compatible server (see ``RemoteChatConfig``)."""
+
+    Config = RemoteChatConfig
+    config: RemoteChatConfig
+    source_field = "base_url"
+
+    def __init__(self, config: RemoteChatConfig | None = None) -> None:
+        super().__init__(config)
+        self._parts = urlsplit(self.config.base_url)
+        self._worker = Worker("remote-llm")
+        self._loaded = False
+        self._cancelled = threading.Event()
+
+    @property
+    def base_url(self) -> str:
+        return self.config.base_url
+
+    @property
+    def timeout(self) -> float:
+        return self.config.timeout
+
+    @property
+    def api_key(self) -> str | None:
+        return self.config.api_key if self.config.api_key is not None else os.environ.get("OPENAI_API_KEY")
+
+    # -- the engine's lifecycle: the server owns the weights ---------------------------------------------------------
 
     @property
     def is_loaded(self) -> bool:
-        return True
-
-    @property
-    def memory_footprint(self) -> int:
-        return 0
+        """True once the server answered ``load``'s check (and until ``unload``)."""
+        return self._loaded
 
     def load(self) -> None:
         """Check that the server answers (``GET /models``), so a wrong URL fails at setup with a clear line."""
@@ -102,44 +110,21 @@ class RemoteChat:
             if isinstance(exc.__cause__, ConnectionRefusedError | socket.gaierror):
                 raise UserError(str(exc)) from exc  # nothing listening there: the user starts it or fixes the URL
             raise
+        self._loaded = True
 
-    def unload(self) -> None: ...
+    def unload(self) -> None:
+        """Nothing of the model lives here; the next reply simply asks the server again."""
+        self._loaded = False
 
-    def reset_state(self) -> None: ...
-
-    def warm(self, messages: Sequence[ChatMessage]) -> None: ...
+    def cancel(self) -> None:
+        """Cut the reply being streamed after the event being read (thread-safe)."""
+        self._cancelled.set()
 
     def close(self) -> None:
-        with self._lock:
-            if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
-                self._executor = None
-
-    async def aload(self) -> None:
-        await self.arun(self.load)
-
-    async def aunload(self) -> None: ...
-
-    async def awarm(self, messages: Sequence[ChatMessage]) -> None: ...
-
-    def rewind(self, messages: Sequence[ChatMessage]) -> None: ...  # the server keeps no state between requests
-
-    async def arewind(self, messages: Sequence[ChatMessage]) -> None: ...
-
-    async def arun(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._get_executor(), functools.partial(fn, *args, **kwargs))
-
-    def _get_executor(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voicepipe-remote-llm")
-            return self._executor
+        self.unload()
+        self._worker.shutdown()
 
     # -- generation --------------------------------------------------------------------------------------------------
-
-    def generate(self, messages: Sequence[ChatMessage], sampling: ChatSamplingConfig | None = None) -> str:
-        return "".join(self.generate_stream(messages, sampling))
 
     def generate_stream(
         self, messages: Sequence[ChatMessage], sampling: ChatSamplingConfig | None = None
@@ -148,17 +133,24 @@ class RemoteChat:
         sampling = sampling or ChatSamplingConfig()
         stats = GenerationStats()
         self.last_stats, self.last_thinking = stats, ""
+        self._cancelled.clear()
         response = self._request("POST", "/chat/completions", self._body(messages, sampling))
-        think = _ThinkFilter()
+        think = ThinkFilter()
         received = 0
-        deadline = time.monotonic() + self.reply_timeout_s
+        reply_timeout_s = self.config.reply_timeout_s
+        deadline = time.monotonic() + reply_timeout_s
         try:
             for event in _sse_events(response, self.base_url):
+                if self._cancelled.is_set():
+                    stats.stop_reason = "cancelled"
+                    break
                 choice = (event.get("choices") or [{}])[0]
                 delta = choice.get("delta") or {}
                 if delta.get("reasoning_content"):
                     think.thinking.append(delta["reasoning_content"])
                 text = think.feed(delta.get("content") or "")
+                if not received:
+                    text = text.lstrip()  # the answer starts at its first word
                 stats.generated_tokens += 1 if delta.get("content") else 0
                 if stats.first_token_s is None and delta.get("content") is not None:
                     stats.first_token_s = time.perf_counter() - stats._start
@@ -181,10 +173,12 @@ class RemoteChat:
                     log.warning(
                         "remote LLM at %s: reply still streaming after %.0f s; reply cut",
                         self.base_url,
-                        self.reply_timeout_s,
+                        reply_timeout_s,
                     )
                     break
             tail = think.flush()
+            if not received:
+                tail = tail.lstrip()
             if tail:
                 yield tail
         except GeneratorExit:
@@ -207,13 +201,11 @@ class RemoteChat:
     ) -> AsyncIterator[str]:
         """The async twin: the HTTP stream is read on this client's own thread; cancelling closes it."""
         steps = self.generate_stream(list(messages), sampling)
-        loop = asyncio.get_running_loop()
-        executor = self._get_executor()
         try:
-            while (delta := await loop.run_in_executor(executor, next, steps, _DONE)) is not _DONE:
+            while (delta := await self._worker.run(next, steps, _DONE)) is not _DONE:
                 yield delta
         finally:
-            await asyncio.shield(loop.run_in_executor(executor, steps.close))
+            await asyncio.shield(self._worker.run(steps.close))
 
     # -- HTTP --------------------------------------------------------------------------------------------------------
 
@@ -232,9 +224,9 @@ class RemoteChat:
         }
         if sampling.seed is not None:
             body["seed"] = sampling.seed
-        if self.model:
-            body["model"] = self.model
-        body.update(self.extra_body)
+        if self.config.model:
+            body["model"] = self.config.model
+        body.update(self.config.extra_body)
         return body
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> http.client.HTTPResponse:
@@ -255,7 +247,7 @@ class RemoteChat:
             conn.close()
             raise StageError(
                 f"remote LLM at {self.base_url} did not answer {method} {path} within {self.timeout:g} s; check the "
-                "server (or raise the llm stage's options.timeout)",
+                "server (or raise the llm stage's timeout)",
                 retryable=True,
             ) from exc
         except (http.client.RemoteDisconnected, ConnectionResetError) as exc:
@@ -301,36 +293,3 @@ def _sse_events(response: http.client.HTTPResponse, url: str) -> Iterator[dict[s
         if "error" in event:
             raise StageError(f"remote LLM at {url} failed mid-reply: {event['error']}")
         yield event
-
-
-class _ThinkFilter:
-    """Removes a leading ``<think>...</think>`` block from streamed content (servers without a reasoning parser)."""
-
-    def __init__(self) -> None:
-        self.thinking: list[str] = []
-        self._buffer = ""
-        self._state = "start"  # start -> (think ->) answer
-
-    def feed(self, text: str) -> str:
-        if self._state == "answer":
-            return text
-        self._buffer += text
-        if self._state == "start":
-            head = self._buffer.lstrip()
-            if THINK_OPEN.startswith(head):
-                return ""  # could still become <think>
-            if not head.startswith(THINK_OPEN):
-                self._state, out, self._buffer = "answer", head, ""
-                return out
-            self._state, self._buffer = "think", head[len(THINK_OPEN) :]
-        if THINK_CLOSE not in self._buffer:
-            return ""
-        thought, _, rest = self._buffer.partition(THINK_CLOSE)
-        self.thinking.append(thought)
-        self._state, self._buffer = "answer", ""
-        return rest.lstrip()
-
-    def flush(self) -> str:
-        out = self._buffer if self._state == "start" else ""
-        self._buffer = ""
-        return out.lstrip()

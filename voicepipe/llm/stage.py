@@ -4,13 +4,16 @@ Speculative replies (``speculative: true``, the default): a provisional transcri
 sent when the user pauses) starts the reply at once, marked by ``SpeculationStartFrame`` so a gate before the sink
 holds it (``voicepipe.speculation``). When the final transcript has the same words, a ``SpeculationConfirmFrame``
 releases it; when the user goes on (``SpeechResumedFrame``) or says something else, it is cancelled, dropped
-(``SpeculationDiscardFrame``) and rewound out of the model's state (``ChatModel.rewind``), and the history never sees
+(``SpeculationDiscardFrame``) and rewound out of the model's state (``ChatEngine.rewind``), and the history never sees
 it: a reply enters the history only once its turn is confirmed.
 
 History keeps only what the user actually heard: a sink reports playback upstream (``PlaybackFrame``), and when a
 barge-in cuts the reply, the assistant message becomes the heard prefix (or what was generated, when no sink reports
 playback). After a reply has been heard in full, the finished conversation is prefilled in the background
-(``ChatModel.warm``), so the next turn prefills only the new user message.
+(``ChatEngine.warm``), so the next turn prefills only the new user message.
+
+The config holds the stage's own settings and the sampling settings (``ChatSamplingConfig``'s fields, flat); the
+chosen engine's settings (``model``, ``n_ctx``, ``base_url``, ...) sit beside them and are validated by its ``Config``.
 """
 
 from __future__ import annotations
@@ -19,14 +22,18 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import platform
 import re
+import sys
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
-from voicepipe.errors import StageError
+from voicepipe.engine import Engine, EngineStageConfig
+from voicepipe.errors import StageError, UserError
 from voicepipe.frames import (
     CancelFrame,
     EndFrame,
@@ -43,11 +50,12 @@ from voicepipe.frames import (
     SpeechStartedFrame,
     TranscriptFrame,
 )
-from voicepipe.llm.base import ChatSamplingConfig
+from voicepipe.llm.base import ChatEngine, GenerationStats
 from voicepipe.llm.chat_format import ChatMessage
-from voicepipe.stage import Direction, Stage, StageConfig
+from voicepipe.llm.sampling import ChatSamplingConfig
+from voicepipe.stage import Direction, Stage
 
-__all__ = ["LLMConfig", "LLMStage"]
+__all__ = ["LLMConfig", "LLMStage", "auto_engine"]
 
 log = logging.getLogger("voicepipe.llm")
 T = TypeVar("T")
@@ -57,70 +65,76 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
-class LLMConfig(StageConfig):
-    backend: Literal["auto", "mlx", "llamacpp", "coreml", "remote"] = Field(
-        "auto", description="auto = MLX on Apple Silicon, llama.cpp elsewhere."
-    )
-    model: str | None = Field(
-        None, description="A path, a Hugging Face repo (or repo + options.filename), or for remote the server URL."
-    )
-    quantization: str | None = Field(
-        "default", description="Engine quantization (llama.cpp: q4_k_m, q4_0, q8_0, bf16, f32; MLX: int4, int8)."
+def auto_engine() -> str:
+    """MLX on Apple Silicon (Metal kernels), llama.cpp everywhere else (MLX's CPU path is ~20x slower there)."""
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        return "mlx"
+    return "llamacpp"
+
+
+#: Keys of older pipeline files, and the fix each needs.
+_RETIRED = {
+    "backend": "'backend:' is now 'engine:'; write engine: {value}",
+    "options": "'options:' is gone: write its keys ({keys}) beside 'engine:' in this stage",
+}
+
+
+class LLMConfig(EngineStageConfig, ChatSamplingConfig):
+    """Settings of the LLM stage: its own, the sampling ones (``ChatSamplingConfig``), and the engine's beside them."""
+
+    role: ClassVar[str] = "llm"
+
+    engine: str = Field(
+        "auto",
+        description="The chat engine: auto (MLX on Apple Silicon, llama.cpp elsewhere), llamacpp, mlx, coreml, remote, "
+        "or a registered plugin / 'package.module:Class'.",
     )
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    temperature: float = Field(0.6, ge=0, le=100)
-    top_k: int = Field(50, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
-    max_tokens: int = Field(256, ge=1)
-    repetition_penalty: float = Field(1.1, gt=0, le=10)
-    disable_thinking: bool = Field(True, description="Voice replies should start at once: no think block.")
-    max_thinking_tokens: int = Field(100, ge=0)
-    seed: int | None = Field(None, ge=0)
     max_history: int = Field(20, ge=2, description="Messages kept besides the system prompt.")
     warm_cache: bool = Field(True, description="Prefill the finished conversation while the user is silent.")
     speculative: bool = Field(
         True, description="Start the reply when the user pauses; it is held until the turn ends with the same words."
     )
-    options: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for from_pretrained.")
     retries: int = Field(2, ge=0, le=10, description="Tries again after a retryable failure before any reply text.")
     retry_backoff_s: float = Field(0.5, ge=0, le=60, description="Wait before the first retry; doubles each time.")
+    # Declared only so that an older pipeline.yaml gets the fix at the line of the retired key.
+    backend: SkipJsonSchema[Any] = Field(None, exclude=True, repr=False)
+    options: SkipJsonSchema[Any] = Field(None, exclude=True, repr=False)
 
-    @model_validator(mode="after")
-    def _options_fit_the_engine(self) -> LLMConfig:
-        from voicepipe.llm import check_options
+    @field_validator("backend", "options", mode="before")
+    @classmethod
+    def _retired(cls, value: Any, info: Any) -> None:
+        if value is None:
+            return None
+        keys = ", ".join(map(str, value)) if isinstance(value, dict) and value else "each one"
+        raise ValueError(_RETIRED[info.field_name].format(value=value, keys=keys))
 
-        problems = check_options(self.backend, self.options)
-        if problems:
-            raise ValueError("options: " + "; ".join(problems))
-        return self
-
-    def sampling(self) -> ChatSamplingConfig:
-        return ChatSamplingConfig(
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            max_tokens=self.max_tokens,
-            repetition_penalty=self.repetition_penalty,
-            disable_thinking=self.disable_thinking,
-            max_thinking_tokens=self.max_thinking_tokens,
-            seed=self.seed,
-        )
+    @classmethod
+    def engine_class(cls, name: str) -> type[Engine]:
+        """``auto`` is the engine that suits this machine (``auto_engine``); other names come from the registry."""
+        if name == "auto":
+            chosen = auto_engine()
+            log.debug("llm engine auto -> %s (%s %s)", chosen, sys.platform, platform.machine())
+            name = chosen
+        return super().engine_class(name)
 
 
 class LLMStage(Stage):
     """Replies to each final ``TranscriptFrame`` with ``LLMTokenFrame`` deltas and one ``LLMResponseEndFrame``.
 
-    ``model`` may be given (any chat engine: ``ChatModel`` or ``RemoteChat``); otherwise ``setup()`` builds one from
-    the config with ``voicepipe.llm.load_chat``.
+    ``model`` may be given (a ready ``ChatEngine``, for tests and benchmarks); otherwise ``setup()`` builds the one the
+    config names. Either is loaded in ``setup()``.
     """
 
     Config = LLMConfig
     config: LLMConfig
     holds_model = True
 
-    def __init__(self, config: LLMConfig | None = None, *, name: str | None = None, model: Any = None) -> None:
+    def __init__(
+        self, config: LLMConfig | None = None, *, name: str | None = None, model: ChatEngine | None = None
+    ) -> None:
         super().__init__(config, name=name)
-        self.model = model
+        self.model: ChatEngine | None = model
         self.history: list[ChatMessage] = []
         self._sampling = self.config.sampling()
         self._reply_index: int | None = None  # history index of the assistant message still being played
@@ -137,15 +151,12 @@ class LLMStage(Stage):
 
     async def setup(self) -> None:
         if self.model is None:
-            from voicepipe.llm import load_chat
-
-            kwargs = dict(self.config.options)
-            if self.config.quantization != "default":
-                kwargs["quantization"] = self.config.quantization
-            if self.config.backend != "remote":
-                kwargs["load"] = False  # load on the model's own thread below
-            self.model = await self.run_blocking(load_chat, self.config.backend, self.config.model, **kwargs)
-        await self.model.aload()
+            engine = self.config.build_engine()
+            if not isinstance(engine, ChatEngine):
+                raise UserError(f"llm engine '{self.config.engine}' is not a ChatEngine (voicepipe.llm.base)")
+            log.info("%s: llm engine %s", self.name, type(engine).__name__)
+            self.model = engine
+        await self.run_blocking(self.model.load)
 
     async def cleanup(self) -> None:
         if self._speculation is not None and self._speculation.task is not None:
@@ -169,11 +180,11 @@ class LLMStage(Stage):
 
     async def unload(self) -> None:
         if self.model is not None:
-            await self.model.aunload()
+            await self.run_blocking(self.model.unload)
 
     async def load(self) -> None:
         if self.model is not None:
-            await self.model.aload()
+            await self.run_blocking(self.model.load)
 
     # -- frames ------------------------------------------------------------------------------------------------------
 
@@ -220,7 +231,7 @@ class LLMStage(Stage):
         turn, parts = frame.turn_id, []
         await self._commit(history, parts, self._generate(turn, self._messages(history), parts))
         await self.push(LLMResponseEndFrame(text="".join(parts), turn_id=turn))
-        await self._push_metrics(turn, getattr(self.model, "last_stats", None))
+        await self._push_metrics(turn, self.model.last_stats)
 
     def _begin_turn(self, turn: int) -> None:
         # A new turn without a barge-in: the last reply plays on to the end, so history keeps all of it.
@@ -235,8 +246,7 @@ class LLMStage(Stage):
         self.history, self._before_turn = self._before_turn[1], None
         self._reply_index, self._heard = None, None
         await self._settle_background()
-        if hasattr(self.model, "arewind"):
-            await self.model.arewind(self.messages())
+        await self.run_blocking(self.model.rewind, self.messages())
 
     def _with_question(self, text: str) -> list[ChatMessage]:
         """The history this turn answers: the kept history plus the user's words (``self.history`` is untouched)."""
@@ -252,7 +262,7 @@ class LLMStage(Stage):
             # A warm-up still running prefills exactly what this turn would prefill anyway: let it finish first.
             await asyncio.wait(set(self._background))
 
-    async def _generate(self, turn: int, messages: list[ChatMessage], parts: list[str]) -> Any:
+    async def _generate(self, turn: int, messages: list[ChatMessage], parts: list[str]) -> GenerationStats:
         """Stream the reply as ``LLMTokenFrame``s (collected in ``parts``); returns the generation's stats.
 
         A ``StageError`` marked retryable (a server that was not reachable, a connection dropped before any text) is
@@ -266,7 +276,7 @@ class LLMStage(Stage):
                     async for delta in stream:
                         parts.append(delta)
                         await self.push(LLMTokenFrame(text=delta, turn_id=turn))
-                return getattr(self.model, "last_stats", None)
+                return self.model.last_stats
             except StageError as exc:
                 if not exc.retryable or parts or attempt > self.config.retries:
                     raise
@@ -337,10 +347,9 @@ class LLMStage(Stage):
             return
         spec.task.cancel()
         self.discarded_speculations += 1
-        if hasattr(self.model, "arewind"):
-            task = asyncio.get_running_loop().create_task(self.model.arewind(self.messages()))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        task = asyncio.get_running_loop().create_task(self.run_blocking(self.model.rewind, self.messages()))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _discard_speculation(self) -> None:
         """Cancel the speculation, drop its held reply downstream and every trace of it in the model's state."""
@@ -355,12 +364,9 @@ class LLMStage(Stage):
             await self.push(LLMResponseEndFrame(text="", interrupted=True, turn_id=spec.turn))
         await self.push(SpeculationDiscardFrame(turn_id=spec.turn, speculation=spec.id))
         self.discarded_speculations += 1
-        if hasattr(self.model, "arewind"):
-            await self.model.arewind(self.messages())
+        await self.run_blocking(self.model.rewind, self.messages())
 
-    async def _push_metrics(self, turn: int, stats: Any, *, speculative: bool = False) -> None:
-        if stats is None:
-            return
+    async def _push_metrics(self, turn: int, stats: GenerationStats, *, speculative: bool = False) -> None:
         values = {
             "llm_prompt_tokens": float(stats.prompt_tokens),
             "llm_prefill_tokens": float(stats.prefill_tokens),
@@ -387,8 +393,8 @@ class LLMStage(Stage):
         self._warm()
 
     def _warm(self) -> None:
-        """Prefill the finished conversation on the model's thread, in the background (see ``ChatModel.warm``)."""
-        if not self.config.warm_cache or not hasattr(self.model, "awarm") or not self.history:
+        """Prefill the finished conversation in the background (see ``ChatEngine.warm``)."""
+        if not self.config.warm_cache or self.model is None or not self.history:
             return
         task = asyncio.get_running_loop().create_task(self._run_warm(self.messages()))
         self._background.add(task)
@@ -396,7 +402,7 @@ class LLMStage(Stage):
 
     async def _run_warm(self, messages: list[ChatMessage]) -> None:
         try:
-            await self.model.awarm(messages)
+            await self.run_blocking(self.model.warm, messages)
         except Exception as exc:  # only an optimisation: the next turn prefills more, nothing else changes
             log.warning("%s: warming the prompt cache failed: %s", self.name, exc)
 

@@ -16,7 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from voicepipe.testing import cache_dir, file_lock
+from voicepipe.assets import file_lock
+from voicepipe.testing import cache_dir
 
 __all__ = [
     "REAL_SHAPE",

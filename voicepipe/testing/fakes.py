@@ -12,7 +12,7 @@ import asyncio
 import numpy as np
 from pydantic import Field
 
-from voicepipe.audio.convert import to_mono
+from voicepipe.audio.convert import SPEECH_SAMPLE_RATE, to_mono
 from voicepipe.frames import (
     AudioFrame,
     EndFrame,
@@ -49,7 +49,7 @@ class FakeVAD(Stage):
         self._silence_s = 0.0
         self._position = 0.0
         self._turn = 0
-        self._rate = 16000
+        self._rate = SPEECH_SAMPLE_RATE
 
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, AudioFrame):

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import re
 
+from voicepipe.llm.thinking import ThinkFilter
 from voicepipe.text.control import ControlStripper
 
 __all__ = ["SentenceChunker", "SpeechCleaner"]
 
-_THINK_OPEN = "<think>"
-_THINK_CLOSE = "</think>"
 # Emoji, pictographs, dingbats, flags, skin tones, variation selectors and the zero-width joiner of emoji sequences.
 _EMOJI = re.compile(
     "[\U0001f000-\U0001faff\U0001fc00-\U0001ffff\u2600-\u27bf\u2b00-\u2bff\u2300-\u23ff\ufe0e\ufe0f\u200d\u20e3]"
@@ -48,7 +47,7 @@ _ABBREVIATIONS = {
 # Dotted abbreviations and initialisms: "e.g", "i.e", "a.m", "U.S", "Ph.D" (the final period is not part of the token).
 _DOTTED = re.compile(r"(?:[A-Za-z]{1,2}\.)+[A-Za-z]{1,2}")
 _SENTENCE_PUNCT = ".!?…"
-_LOOKAHEAD = 16  # the longest markup the cleaner must see whole ("</think>", "###### ")
+_LOOKAHEAD = 16  # the longest markup the cleaner must see whole ("###### ")
 _CLOSERS = "\"')]}»”’"
 # Words a long first chunk may be cut before: a phrase starts there, so the cut sounds like a breath, not a stumble.
 _BREAK_BEFORE = {
@@ -58,11 +57,6 @@ _BREAK_BEFORE = {
 }
 _FIRST_MIN_WORDS = 3  # a word-count cut leaves at least this many words in the first chunk
 _OPENERS = "\"'([{«“‘"
-
-
-def _is_partial(text: str, *words: str) -> bool:
-    """True if ``text`` is a proper prefix of one of ``words`` (so more text could complete it)."""
-    return any(len(text) < len(w) and w.startswith(text) for w in words)
 
 
 class SpeechCleaner:
@@ -78,17 +72,19 @@ class SpeechCleaner:
 
     def reset(self) -> None:
         self._buf = ""
-        self._mode = "text"  # text | think | fence (skip the opening fence line) | code | url (skip a link target)
+        self._think = ThinkFilter()  # think text goes first, before any markup is looked at
+        self._mode = "text"  # text | fence (skip the opening fence line) | code | url (skip a link target)
         self._url_depth = 0
         self._line_start = True
         self._prev = "\n"  # last raw character seen in text mode (for emphasis flanking)
         self._last_out = "\n"  # last character emitted (for whitespace collapsing)
 
     def feed(self, text: str) -> str:
-        self._buf += text
+        self._buf += self._think.feed(text)
         return self._scan(final=False)
 
     def finish(self) -> str:
+        self._buf += self._think.flush()
         out = self._scan(final=True)
         self.reset()
         return out
@@ -118,20 +114,6 @@ class SpeechCleaner:
             else:
                 out.append(ch)
                 self._last_out = ch
-
-    def _step_think(self, buf: str, i: int, final: bool, out: list[str]) -> int | None:
-        end = buf.find(_THINK_CLOSE, i)
-        if end >= 0:
-            self._mode = "text"
-            return end + len(_THINK_CLOSE)
-        if final:  # an unclosed <think>: all of it is think text
-            return len(buf)
-        # Drop the think text, keeping only a tail that may be the start of "</think>".
-        for k in range(min(len(_THINK_CLOSE) - 1, len(buf) - i), 0, -1):
-            if _THINK_CLOSE.startswith(buf[len(buf) - k :]):
-                keep = len(buf) - k
-                return keep if keep > i else None
-        return len(buf)
 
     def _step_fence(self, buf: str, i: int, final: bool, out: list[str]) -> int | None:
         end = buf.find("\n", i)
@@ -164,14 +146,6 @@ class SpeechCleaner:
     def _step_text(self, buf: str, i: int, final: bool, out: list[str]) -> int | None:
         rest = buf[i : i + _LOOKAHEAD]  # enough to decide any markup here (runs of markup are measured on buf)
         ch = rest[0]
-        if ch == "<":
-            if rest.startswith(_THINK_OPEN):
-                self._mode = "think"
-                return i + len(_THINK_OPEN)
-            if rest.startswith(_THINK_CLOSE):  # a stray closing tag: drop it
-                return i + len(_THINK_CLOSE)
-            if not final and _is_partial(rest, _THINK_OPEN, _THINK_CLOSE):
-                return None
         if ch in " \t\r\n":
             if ch == "\n":
                 self._line_start = True

@@ -1,25 +1,31 @@
-"""What the TTS stage needs from an engine, and an onnxruntime session whose run another thread can abort.
+"""The TTS role: what the TTS stage needs from an engine, the settings every voicepipe TTS engine shares, and an
+onnxruntime session whose run another thread can abort.
 
-Engines are plain blocking wrappers (no asyncio, no frames): ``load()``, ``synthesize(text) -> float32 audio``,
-``cancel()``, ``unload()``. The stage runs ``load``/``synthesize`` on its worker thread and calls ``cancel`` from the
-event loop when the user barges in.
+A TTS engine is an ``Engine`` (``voicepipe.engine``: ``Config``, ``load``/``unload``, ``is_loaded``,
+``memory_footprint``, ``cancel``) that also has ``sample_rate`` and ``synthesize(text) -> float32 audio``. The stage
+runs ``load``/``synthesize`` on its worker thread and calls ``cancel`` from the event loop when the user barges in.
 """
 
 from __future__ import annotations
 
 import threading
-from abc import ABC, abstractmethod
-from typing import Any
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field
+
+from voicepipe.engine import Engine, EngineConfig
+from voicepipe.errors import ModelLoadError
 
 __all__ = [
     "TTSEngine",
+    "TTSEngineConfig",
     "SynthesisCancelled",
     "CancellableSession",
     "session_options",
-    "resident_bytes",
-    "release_memory",
+    "open_session",
 ]
 
 
@@ -27,28 +33,42 @@ class SynthesisCancelled(Exception):
     """``cancel()`` stopped the synthesis that was running."""
 
 
-class TTSEngine(ABC):
+class TTSEngineConfig(EngineConfig):
+    """The settings Kokoro and Piper share (each engine's ``Config`` adds its files).
+
+    ``language`` is also the language the TTS stage normalizes text in (numbers, dates), so an engine whose ``Config``
+    has no ``language`` gets English text.
+    """
+
+    voice: str | None = Field(
+        None,
+        description="Kokoro: a voice of the archive (default af_heart); Piper: a speaker of a multi-speaker model.",
+    )
+    speed: float = Field(1.0, ge=0.5, le=2.0, description="Speaking rate (1.0 normal).")
+    language: str = Field(
+        "en-us", description="Language of the text: Kokoro's phonemizer language and the language numbers are read in."
+    )
+    threads: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="onnxruntime threads (the first chunk has the cores to itself; see first_chunk_priority).",
+    )
+    release_arena: bool = Field(
+        False,
+        description="Hand onnxruntime's working memory back after each sentence, so resident memory does not keep the "
+        "longest sentence so far (set it under a tight memory budget); off by default: each sentence then starts "
+        "without page faults (~20% faster synthesis of a short sentence, measured on a busy 2-core box).",
+    )
+
+
+class TTSEngine(Engine):
     """A text-to-speech engine: text in, mono float32 audio at ``sample_rate`` out."""
+
+    role: ClassVar[str] = "tts"
 
     #: Output rate of the loaded voice (valid after ``load``).
     sample_rate: int = 0
-
-    @abstractmethod
-    def load(self) -> None:
-        """Load the model files; raises ``ModelLoadError`` naming the file that is missing or broken."""
-
-    @abstractmethod
-    def unload(self) -> None:
-        """Free the model (``load`` brings it back)."""
-
-    @property
-    @abstractmethod
-    def is_loaded(self) -> bool: ...
-
-    @property
-    @abstractmethod
-    def memory_footprint(self) -> int:
-        """Bytes of model weights held now (0 when unloaded)."""
 
     @abstractmethod
     def synthesize(self, text: str) -> np.ndarray:
@@ -77,29 +97,20 @@ def session_options(threads: int) -> Any:
     return opts
 
 
-def resident_bytes() -> int:
-    """This process's resident set size."""
-    import psutil
+def open_session(model_path: Path, threads: int, engine: str) -> Any:
+    """An onnxruntime CPU session of ``model_path`` with ``session_options(threads)``; a ``ModelLoadError`` that names
+    the file when it is not an ONNX model (``engine`` names the engine in the message)."""
+    import onnxruntime as ort
 
-    return int(psutil.Process().memory_info().rss)
-
-
-def release_memory() -> None:
-    """After an unload: collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise).
-
-    Measured with Kokoro: 127 MB still resident after ``unload`` without this, 22 MB with it.
-    """
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return
-    libc = ctypes.CDLL(libc_name)
-    if hasattr(libc, "malloc_trim"):  # glibc only
-        libc.malloc_trim(0)
+    try:
+        return ort.InferenceSession(
+            str(model_path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{engine} model file {model_path} is not a valid ONNX model ({str(exc).splitlines()[0]}); "
+            "download it again or point the tts 'model' setting at a good copy"
+        ) from exc
 
 
 class CancellableSession:
@@ -116,7 +127,7 @@ class CancellableSession:
     went from 104 MB to 183 MB (a 256 MB region added for one longer sentence), the whole of the TTS's RSS growth.
     Kokoro alone (40 turns): 461 -> 621 MB, with the shrink 284 -> 285 MB. The peak during a run is unchanged (the
     arena still serves the run); only what stays resident between runs shrinks. The cost: the next run faults its
-    pages in again (a short Piper sentence took ~20 % longer on a busy 2-core machine), hence the TTS stage's
+    pages in again (a short Piper sentence took ~20 % longer on a busy 2-core machine), hence the engines'
     ``release_arena`` setting.
     """
 

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from voicepipe._optional import require
 from voicepipe.errors import ModelLoadError
-from voicepipe.tts.engine import CancellableSession, TTSEngine, release_memory, resident_bytes, session_options
+from voicepipe.memory.rss import release_freed_memory, rss_bytes
+from voicepipe.tts.engine import CancellableSession, TTSEngine, TTSEngineConfig, open_session
+from voicepipe.tts.files import is_hub_reference, resolve_file
 
 __all__ = ["PiperEngine", "DEFAULT_MODEL"]
 
@@ -21,77 +26,92 @@ DEFAULT_MODEL = "rhasspy/piper-voices/en/en_US/joe/medium/en_US-joe-medium.onnx"
 
 
 class PiperEngine(TTSEngine):
-    """Piper over local files: ``model_path`` (.onnx) and ``config_path`` (default: ``model_path`` + ``.json``).
+    """Piper over a voice's ``.onnx`` (a local path or a hub file) and the ``.onnx.json`` config beside it.
 
-    ``voice`` picks a speaker of a multi-speaker model by name; ``speed`` > 1 speaks faster.
+    The files are found (and downloaded once) by ``load``. ``voice`` picks a speaker of a multi-speaker model by name;
+    ``speed`` > 1 speaks faster.
     """
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        config_path: str | Path | None = None,
-        *,
-        voice: str | None = None,
-        speed: float = 1.0,
-        threads: int = 1,
-        release_arena: bool = False,
-    ) -> None:
-        self.model_path = Path(model_path)
-        self.config_path = Path(config_path) if config_path else Path(f"{model_path}.json")
-        self.voice = voice
-        self.speed = speed
-        self.threads = threads
-        self.release_arena = release_arena  # see CancellableSession's shrink_arena
+    class Config(TTSEngineConfig):
+        """Piper's settings: its voice file and the shared TTS settings."""
+
+        model: str = Field(
+            DEFAULT_MODEL,
+            description="Piper voice .onnx: a local path or owner/repo/file on the Hugging Face hub (its .onnx.json "
+            "config is read from beside it).",
+        )
+
+        @model_validator(mode="before")
+        @classmethod
+        def _voices_is_kokoros(cls, data: Any) -> Any:
+            # the one Kokoro setting a Piper user is likely to carry over: say so instead of "unknown field"
+            if isinstance(data, dict) and "voices" in data:
+                problem = PydanticCustomError(
+                    "kokoro_setting", "'voices' is a Kokoro setting; Piper's voice is its model file: remove 'voices'"
+                )
+                raise ValidationError.from_exception_data(
+                    cls.__name__, [InitErrorDetails(type=problem, loc=("voices",), input=data["voices"])]
+                )
+            return data
+
+    config: Config
+
+    def __init__(self, config: PiperEngine.Config | None = None) -> None:
+        super().__init__(config)
+        self.voice = self.config.voice
+        self.model_path: Path | None = None  # set by resolve_files()
+        self.config_path: Path | None = None
         self._voice = None
         self._session: CancellableSession | None = None
         self._syn_config = None
         self._loaded_bytes = 0
 
+    def resolve_files(self) -> tuple[Path, Path]:
+        """The local voice file and its config, downloading hub references the first time (``load`` calls this)."""
+        if self.model_path is None or self.config_path is None:
+            ref = self.config.model
+            self.model_path = resolve_file(ref, field="model")
+            hub = is_hub_reference(ref)
+            self.config_path = resolve_file(f"{ref}.json", field="model") if hub else Path(f"{self.model_path}.json")
+        return self.model_path, self.config_path
+
     def load(self) -> None:
         if self._voice is not None:
             return
         require("piper", extra="piper", purpose="The Piper TTS engine")
-        import onnxruntime as ort
         from piper import PiperVoice, SynthesisConfig
         from piper.config import PiperConfig
 
-        for path, what in ((self.model_path, "model"), (self.config_path, "voice config")):
+        model_path, config_path = self.resolve_files()
+        for path, what in ((model_path, "model"), (config_path, "voice config")):
             if not path.is_file():
                 raise ModelLoadError(f"Piper {what} file not found: {path}; check the tts 'model' setting")
         try:
-            config = PiperConfig.from_dict(json.loads(self.config_path.read_text(encoding="utf-8")))
+            config = PiperConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelLoadError(
-                f"Piper voice config {self.config_path} is unreadable ({type(exc).__name__}: {exc}); "
+                f"Piper voice config {config_path} is unreadable ({type(exc).__name__}: {exc}); "
                 "download the .onnx.json that belongs to the voice again"
             ) from exc
-        before = resident_bytes()
-        try:
-            session = ort.InferenceSession(
-                str(self.model_path), sess_options=session_options(self.threads), providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:
-            raise ModelLoadError(
-                f"Piper model file {self.model_path} is not a valid ONNX model ({str(exc).splitlines()[0]}); "
-                "download the voice again or point the tts 'model' setting at a good copy"
-            ) from exc
+        before = rss_bytes()
+        session = open_session(model_path, self.config.threads, "Piper")
         speaker_id = None
         if self.voice is not None:
             speakers = config.speaker_id_map or {}
             if self.voice not in speakers:
                 names = ", ".join(speakers) or "none: it has a single speaker, leave 'voice' unset"
-                raise ModelLoadError(f"voice {self.voice!r} is not a speaker of {self.model_path}; speakers: {names}")
+                raise ModelLoadError(f"voice {self.voice!r} is not a speaker of {model_path}; speakers: {names}")
             speaker_id = speakers[self.voice]
-        self._session = CancellableSession(session, shrink_arena=self.release_arena)
+        self._session = CancellableSession(session, shrink_arena=self.config.release_arena)
         self._voice = PiperVoice(session=self._session, config=config)
-        self._syn_config = SynthesisConfig(speaker_id=speaker_id, length_scale=config.length_scale / self.speed)
+        self._syn_config = SynthesisConfig(speaker_id=speaker_id, length_scale=config.length_scale / self.config.speed)
         self.sample_rate = config.sample_rate
-        self._loaded_bytes = resident_bytes() - before
+        self._loaded_bytes = rss_bytes() - before
 
     def unload(self) -> None:
         if self._voice is not None:
             self._voice = self._session = None
-            release_memory()
+            release_freed_memory()
 
     @property
     def is_loaded(self) -> bool:
@@ -99,7 +119,7 @@ class PiperEngine(TTSEngine):
 
     @property
     def memory_footprint(self) -> int:
-        if self._voice is None:
+        if self._voice is None or self.model_path is None:
             return 0
         # what loading added to the resident set, at least the file's size (onnxruntime may map it lazily)
         return max(self._loaded_bytes, self.model_path.stat().st_size)

@@ -20,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Literal
+from typing import ClassVar
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from voicepipe.cores import schedule
+from voicepipe.engine import EngineStageConfig
 from voicepipe.frames import (
     CancelFrame,
     Frame,
@@ -34,42 +35,24 @@ from voicepipe.frames import (
     TextChunkFrame,
     TTSAudioFrame,
 )
-from voicepipe.stage import Stage, StageConfig
+from voicepipe.stage import Stage
 from voicepipe.tts.engine import SynthesisCancelled, TTSEngine
 from voicepipe.tts.normalize import normalize_text
 
-__all__ = ["TTSConfig", "TTSStage", "KokoroTTS", "PiperTTS", "build_engine"]
+__all__ = ["TTSConfig", "TTSStage", "KokoroTTS", "PiperTTS"]
 
 #: Spoken once at start-up (``warm_up``): words and punctuation enough to run every part of the engine.
 WARM_UP_TEXT = "Hello, this is a test."
 
 
-class TTSConfig(StageConfig):
-    """Settings of the TTS stage (``engine: kokoro`` or ``piper``)."""
+class TTSConfig(EngineStageConfig):
+    """Settings of the TTS stage; the engine's own settings (``model``, ``voice``, ``speed``, ``threads``, ...) sit
+    beside them and are checked by the chosen engine's ``Config`` (``voicepipe.tts.kokoro``, ``voicepipe.tts.piper``).
+    """
 
-    engine: Literal["kokoro", "piper"] = Field("kokoro", description="TTS engine: kokoro or piper.")
-    model: str | None = Field(
-        None,
-        description="Model .onnx: a local path or owner/repo/file on the Hugging Face hub; default: the engine's "
-        "default voice (Piper reads the .onnx.json beside it).",
-    )
-    voices: str | None = Field(
-        None, description="Kokoro only: voices archive, a local path or owner/repo/file; default: Kokoro v1.0's."
-    )
-    voice: str | None = Field(
-        None,
-        description="Kokoro: a voice of the archive (default af_heart); Piper: a speaker of a multi-speaker model.",
-    )
-    speed: float = Field(1.0, ge=0.5, le=2.0, description="Speaking rate (1.0 normal).")
-    language: str = Field(
-        "en-us", description="Language of the text: Kokoro's phonemizer language and the language numbers are read in."
-    )
-    threads: int = Field(
-        2,
-        ge=1,
-        le=64,
-        description="onnxruntime threads (the first chunk has the cores to itself; see first_chunk_priority).",
-    )
+    role: ClassVar[str] = "tts"
+
+    engine: str = Field("kokoro", description="TTS engine: kokoro, piper, or another registered one.")
     warm_up: bool = Field(True, description="Speak a short phrase once at start-up so the first reply starts fast.")
     first_chunk_priority: bool = Field(
         True, description="While the first chunk of a reply is synthesized, the LLM waits between tokens."
@@ -78,50 +61,11 @@ class TTSConfig(StageConfig):
         None, ge=8000, le=192_000, description="Output rate in Hz; default: the voice's own (Kokoro 24000)."
     )
     block_ms: int = Field(160, ge=20, le=1000, description="Length of each audio block sent downstream.")
-    release_arena: bool = Field(
-        False,
-        description="Hand onnxruntime's working memory back after each sentence, so resident memory does not keep the "
-        "longest sentence so far (set it under a tight memory budget); off by default: each sentence then starts "
-        "without page faults (~20% faster synthesis of a short sentence, measured on a busy 2-core box).",
-    )
 
-    @model_validator(mode="after")
-    def _voices_only_for_kokoro(self) -> TTSConfig:
-        if self.voices is not None and self.engine != "kokoro":
-            raise ValueError("'voices' is a Kokoro setting; Piper's voice is its model file: remove 'voices'")
-        return self
-
-
-def build_engine(config: TTSConfig) -> TTSEngine:
-    """Resolve the configured files (downloading them if needed) and build the engine, not yet loaded."""
-    from voicepipe.tts.files import resolve_file
-
-    if config.engine == "kokoro":
-        from voicepipe.tts import kokoro
-
-        return kokoro.KokoroEngine(
-            resolve_file(config.model or kokoro.DEFAULT_MODEL, field="model"),
-            resolve_file(config.voices or kokoro.DEFAULT_VOICES, field="voices"),
-            voice=config.voice,
-            speed=config.speed,
-            language=config.language,
-            threads=config.threads,
-            release_arena=config.release_arena,
-        )
-    from voicepipe.tts import piper
-    from voicepipe.tts.files import is_hub_reference
-
-    ref = config.model or piper.DEFAULT_MODEL
-    model_path = resolve_file(ref, field="model")
-    config_path = resolve_file(f"{ref}.json", field="model") if is_hub_reference(ref) else None
-    return piper.PiperEngine(
-        model_path,
-        config_path,
-        voice=config.voice,
-        speed=config.speed,
-        threads=config.threads,
-        release_arena=config.release_arena,
-    )
+    @property
+    def language(self) -> str:
+        """The language text is normalized in (numbers, dates): the engine's ``language``, English if it has none."""
+        return getattr(self.engine_config, "language", "en-us")
 
 
 class TTSStage(Stage):
@@ -147,7 +91,7 @@ class TTSStage(Stage):
 
     async def setup(self) -> None:
         if self.engine is None:
-            self.engine = await self.run_blocking(build_engine, self.config)
+            self.engine = self.config.build_engine()  # cheap: load() below finds (or downloads) its files
         await self.run_blocking(self.engine.load)
         if self.config.warm_up:
             await self.run_blocking(self.engine.synthesize, normalize_text(WARM_UP_TEXT, self.config.language))
@@ -258,14 +202,14 @@ class KokoroTTS(TTSStage):
     """``TTSStage`` with ``engine: kokoro`` as the default (entry point ``kokoro``)."""
 
     class Config(TTSConfig):
-        engine: Literal["kokoro", "piper"] = Field("kokoro", description="TTS engine: kokoro or piper.")
+        engine: str = Field("kokoro", description="TTS engine: kokoro, piper, or another registered one.")
 
 
 class PiperTTS(TTSStage):
     """``TTSStage`` with ``engine: piper`` as the default (entry point ``piper``)."""
 
     class Config(TTSConfig):
-        engine: Literal["kokoro", "piper"] = Field("piper", description="TTS engine: kokoro or piper.")
+        engine: str = Field("piper", description="TTS engine: kokoro, piper, or another registered one.")
 
 
 def _resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:

@@ -1,28 +1,41 @@
-"""The one interface every VAD model implements: a speech probability per fixed-size 16 kHz mono frame."""
+"""The VAD engine contract: a speech probability per fixed-size 16 kHz mono frame.
+
+An engine is a pure model wrapper; it knows nothing of segments or the pipeline (``Segmenter`` turns probabilities
+into speech segments, ``VADStage`` adapts that to frames). Engines are registered in ``voicepipe.engines.vad``.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import abc
+from typing import ClassVar
 
 import numpy as np
 
-__all__ = ["SAMPLE_RATE", "VADModel"]
+from voicepipe.engine import Engine
 
-#: VAD models (and Whisper) work on 16 kHz mono.
-SAMPLE_RATE = 16000
+__all__ = ["VADEngine"]
 
 
-@runtime_checkable
-class VADModel(Protocol):
-    """A pure model wrapper: knows nothing about segments or the pipeline."""
+class VADEngine(Engine):
+    """Base of every VAD engine (``engine:`` of the ``vad`` stage)."""
 
-    #: Samples per frame at 16 kHz that ``speech_probability`` expects (e.g. 480 for 30 ms webrtcvad, 512 Silero).
-    frame_samples: int
+    role: ClassVar[str] = "vad"
 
+    @property
+    @abc.abstractmethod
+    def frame_samples(self) -> int:
+        """Samples per frame at 16 kHz that ``speech_probability`` expects (480 for 30 ms webrtcvad, 512 Silero).
+
+        Known from the config alone, before ``load``.
+        """
+
+    @abc.abstractmethod
     def speech_probability(self, frame: np.ndarray) -> float:
-        """Probability in [0, 1] that ``frame`` (float32, exactly ``frame_samples`` long) contains speech."""
-        ...
+        """Probability in [0, 1] that ``frame`` (float32, exactly ``frame_samples`` long) contains speech.
 
+        Loads the engine first when it is not loaded.
+        """
+
+    @abc.abstractmethod
     def reset(self) -> None:
         """Forget any state carried between frames (call between unrelated streams)."""
-        ...

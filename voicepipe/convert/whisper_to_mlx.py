@@ -13,18 +13,21 @@ Output: ``config.json`` (mlx-whisper's ``ModelDimensions``) and ``weights.safete
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
+import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from voicepipe.assets import cache_dir, file_lock, fingerprint, progress_bar
 from voicepipe.errors import ModelLoadError
+from voicepipe.outfile import replace_dir
 
-__all__ = ["read_ct2_model", "ct2_to_mlx_weights", "convert_ct2_to_mlx", "converted_dir", "is_ct2_dir"]
+__all__ = ["read_ct2_model", "ct2_to_mlx_weights", "convert_ct2_to_mlx", "cache_root", "converted_dir", "is_ct2_dir"]
 
 # CTranslate2 DataType enum order (include/ctranslate2/types.h); bfloat16 has no numpy dtype: read as uint16.
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: np.uint16}
@@ -170,9 +173,8 @@ def ct2_to_mlx_weights(
 
 
 def convert_ct2_to_mlx(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, dtype: str = "float32") -> Path:
-    """Convert the CT2 Whisper directory ``src`` into an mlx-whisper directory ``dst`` (written atomically)."""
-    from rich.progress import Progress
-
+    """Convert the CT2 Whisper directory ``src`` into an mlx-whisper directory ``dst`` (written atomically; an existing
+    ``dst`` is replaced only if it holds nothing but an earlier output)."""
     src, dst = Path(src), Path(dst)
     if not is_ct2_dir(src):
         raise ModelLoadError(
@@ -182,7 +184,7 @@ def convert_ct2_to_mlx(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         raise ModelLoadError(f"dtype must be float32 or float16, not {dtype!r}")
     import mlx.core as mx
 
-    with Progress(transient=True) as progress:
+    with progress_bar(transient=True) as progress:
         task = progress.add_task(f"converting {src.name} to mlx-whisper", total=3)
         spec, variables = read_ct2_model(src / "model.bin")
         if spec != "WhisperSpec":
@@ -191,28 +193,30 @@ def convert_ct2_to_mlx(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         ct2_config = json.loads((src / "config.json").read_text())
         dims, weights = ct2_to_mlx_weights(variables, np.dtype(dtype), ct2_config.get("alignment_heads"))
         progress.advance(task)
-        tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        mx.save_safetensors(str(tmp / "weights.safetensors"), {k: mx.array(a) for k, a in weights.items()})
-        config = {"model_type": "whisper", **dims}
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        if dst.exists():
-            import shutil
-
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+        try:
+            mx.save_safetensors(str(tmp / "weights.safetensors"), {k: mx.array(a) for k, a in weights.items()})
+            config = {"model_type": "whisper", **dims}
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any model directory
+            replace_dir(tmp, dst, what="mlx-whisper output")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         progress.advance(task)
     return dst
 
 
-def converted_dir(src: str | os.PathLike[str], *, dtype: str = "float32") -> Path:
-    """Convert ``src`` once into ``~/.cache/voicepipe/mlx-whisper/`` (keyed by its model.bin) and return that dir."""
-    from voicepipe.assets import cache_dir, file_lock
+def cache_root() -> Path:
+    """Where converted models are cached: ``$VOICEPIPE_CACHE/mlx-whisper`` (default ``~/.cache/voicepipe/mlx-whisper``)."""
+    return cache_dir("mlx-whisper")
 
+
+def converted_dir(src: str | os.PathLike[str], *, dtype: str = "float32") -> Path:
+    """Convert ``src`` once into ``$VOICEPIPE_CACHE/mlx-whisper/`` (keyed by its model.bin) and return that dir."""
     src = Path(src).resolve()
-    stat = (src / "model.bin").stat()
-    key = hashlib.sha256(f"{src}|{stat.st_size}|{stat.st_mtime_ns}|{dtype}".encode()).hexdigest()[:16]
-    root = cache_dir("mlx-whisper")
+    key = fingerprint([src / "model.bin"], dtype)
+    root = cache_root()
     dst = root / f"{src.name}-{key}"
     if (dst / "weights.safetensors").is_file():
         return dst

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
 from voicepipe.errors import MissingDependencyError
 from voicepipe.frames import AudioFrame
 
@@ -37,7 +38,8 @@ __all__ = [
     "audio_frames",
 ]
 
-SAMPLE_RATE = 16000
+#: Test speech comes at the rate speech models take.
+SAMPLE_RATE = SPEECH_SAMPLE_RATE
 
 
 def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
@@ -96,7 +98,7 @@ def piper(text: str, model: str | None = None, *, sample_rate: int = SAMPLE_RATE
     tell a finished sentence from an unfinished one by its melody.
     """
     if model is None:
-        from voicepipe.testing.tts_assets import piper_joe_model_path
+        from tests.support.tts_assets import piper_joe_model_path
 
         model = str(piper_joe_model_path())
     return _trim(_piper_cached(text, str(model), sample_rate), sample_rate).copy()

