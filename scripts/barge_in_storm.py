@@ -43,12 +43,12 @@ QUESTIONS = [
 ]
 
 
-def build(args: argparse.Namespace):
+def build(args: argparse.Namespace, observers: list):
     from tests.support.whisper_assets import whisper_tiny_en_dir
     from voicepipe.asr.stage import ASRConfig, ASRStage
     from voicepipe.audio.device import MicConfig, MicSource, SpeakerConfig, SpeakerSink
     from voicepipe.llm.stage import LLMConfig, LLMStage
-    from voicepipe.pipeline import VoicePipeline
+    from voicepipe.pipeline import build_pipeline
     from voicepipe.text.stage import SentenceChunkerStage
     from voicepipe.tts.stage import TTSConfig, TTSStage
     from voicepipe.vad.stage import VADConfig, VADStage
@@ -72,7 +72,7 @@ def build(args: argparse.Namespace):
         TTSStage(TTSConfig(engine="piper", model=args.piper), name="tts"),
         SpeakerSink(SpeakerConfig(device="pulse"), name="speaker"),
     ]
-    return VoicePipeline(stages)
+    return build_pipeline(stages, observers=observers)
 
 
 class Log:
@@ -139,11 +139,11 @@ async def storm(args: argparse.Namespace, room) -> dict[str, Any]:
     from tests.support.speech import SAMPLE_RATE, pad, piper
 
     voices = {q: pad(piper(q, args.piper), lead=0.2, trail=0.3) for q in QUESTIONS}
-    pipeline = build(args)
     log = Log()
-    pipeline.observers.append(log)
-    await pipeline.setup()
-    run = asyncio.create_task(pipeline.run(setup=False))
+    built = build(args, [log])
+    pipeline = built.pipeline
+    await built.setup()
+    run = asyncio.create_task(built.run(setup=False))
     asked: list[str] = []
     stalls: list[str] = []
     period = 60.0 / args.per_minute

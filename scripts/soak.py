@@ -42,11 +42,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from voicepipe.config import build_stages, parse_pipeline
+from voicepipe.build import Overrides, build_pipeline
+from voicepipe.config import parse_pipeline
 from voicepipe.frames import EndOfTurnFrame, ErrorFrame, Frame, TranscriptFrame
 from voicepipe.memory.rss import MB, heap_stats, rss_breakdown, rss_bytes
-from voicepipe.metrics import MetricsObserver, TurnMetrics
-from voicepipe.pipeline import VoicePipeline
+from voicepipe.metrics import TurnMetrics
 from voicepipe.stage import Source
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the real weights the tests use
@@ -171,7 +171,6 @@ async def soak(args: argparse.Namespace, out_wav: Path) -> dict[str, Any]:
     source = QuestionSource(args.turns, args.questions)
     samples: list[dict[str, Any]] = []
     finished: dict[int, TurnMetrics] = {}
-    metrics = MetricsObserver(lambda turn: finished.__setitem__(turn.turn_id, turn))
     errors: list[str] = []
     started = time.monotonic()
 
@@ -195,14 +194,14 @@ async def soak(args: argparse.Namespace, out_wav: Path) -> dict[str, Any]:
                 print(f"turn {frame.turn_id}: RSS {s['rss_mb']:.0f} MB, {s['threads']} threads, {s['tasks']} tasks")
             source.turn_over.set()
 
-    stages = build_stages(loaded)
-    llm = next((stage for stage in stages if hasattr(stage, "model")), None)
+    run = build_pipeline(
+        loaded, Overrides(source=source), on_turn=lambda turn: finished.__setitem__(turn.turn_id, turn)
+    )
+    llm = next((stage for stage in run.stages if hasattr(stage, "model")), None)
     if args.tracemalloc:
         tracemalloc.start()
-    pipeline = VoicePipeline([source, *stages], observers=[metrics])
-    pipeline.on_output(on_output)
-    await pipeline.run()
-    metrics.flush()
+    run.pipeline.on_output(on_output)
+    await run.run()
     wall = time.monotonic() - started
 
     latency = {}

@@ -327,3 +327,31 @@ def test_duplicate_stage_names_are_rejected():
 
 async def test_list_source_is_a_source():
     assert isinstance(ListSource([]), Source)
+
+
+async def test_setup_runs_sources_and_sinks_first_then_the_rest_in_chain_order_one_at_a_time():
+    """The documented contract (pipeline.py): the memory governor's taps rely on each setup() finishing before the
+    next starts, with the stages before a tap set up and the ones after it not yet."""
+    log: list[str] = []
+    running: list[str] = []
+
+    class Recorded(Stage):
+        async def setup(self) -> None:
+            assert not running, f"{self.name} set up while {running} was still setting up"
+            running.append(self.name)
+            await asyncio.sleep(0)  # give a concurrent setup the chance to start
+            log.append(self.name)
+            running.remove(self.name)
+
+    class Src(Recorded, Source):
+        async def frames(self):
+            yield TranscriptFrame(text="x", turn_id=1)
+
+    class Out(Recorded, Sink):
+        pass
+
+    stages = [Src(name="src"), Recorded(name="a"), Recorded(name="b"), Recorded(name="c"), Out(name="out")]
+    pipeline = VoicePipeline(stages)
+    assert [s.name for s in pipeline.setup_order] == ["src", "out", "a", "b", "c"]
+    await pipeline.run()
+    assert log == ["src", "out", "a", "b", "c"]

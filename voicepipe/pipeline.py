@@ -18,6 +18,17 @@ Observers (metrics, the live view) are told about each frame once, when the stag
 pipeline tags it with ``Frame.origin``); stages that forward it unchanged, such as the memory governor's taps or a
 plugin between two stages, do not show it again, so a reply or an error is never counted twice.
 
+Setup order is a contract (``VoicePipeline.setup_order``; tests/test_pipeline.py asserts it): first every
+``Source`` and ``Sink`` in chain order (they are cheap, and a wrong path or device fails before any model loads), then
+every other stage in chain order. Each ``setup()`` is awaited before the next one starts, never two at once, so a
+pass-through stage sees the stages before it set up and the ones after it not yet: the memory governor's taps
+measure each model's load this way (``voicepipe.memory``). If a ``setup()`` fails, the stages already set up are
+cleaned up again, in the same order.
+
+How a run is assembled from ``pipeline.yaml`` (overrides of the source and sink, queue size, metrics, the memory
+governor, observers such as the live view) is ``build_pipeline`` (``voicepipe.build``, re-exported here): the one
+place that does it, for ``voicepipe run``, ``say``, ``transcribe``, the benchmarks and the tests.
+
 A stage that raises does not take the pipeline down: the error is logged and an ``ErrorFrame`` goes downstream, so
 only that turn fails. A fatal ``ErrorFrame`` (e.g. the microphone disappeared), the end of input (``EndFrame`` out of
 the last stage) or cancellation (Ctrl-C) stops the pipeline; every task is cancelled and awaited and every stage is
@@ -31,14 +42,37 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from voicepipe.errors import StageError, UserError
 from voicepipe.frames import CancelFrame, EndFrame, ErrorFrame, Frame, InterruptionFrame, ReplyFrame
 from voicepipe.speculation import SpeculationGate
 from voicepipe.stage import Direction, Sink, Source, Stage, TurnCounter
 
-__all__ = ["FrameQueue", "FrameObserver", "VoicePipeline", "PipelineError"]
+if TYPE_CHECKING:
+    from voicepipe.build import Overrides, PipelineRun, build_pipeline
+
+__all__ = [
+    "FrameQueue",
+    "FrameObserver",
+    "VoicePipeline",
+    "PipelineError",
+    "build_pipeline",
+    "Overrides",
+    "PipelineRun",
+]
+
+_ASSEMBLY = ("build_pipeline", "Overrides", "PipelineRun")
+
+
+def __getattr__(name: str) -> object:
+    """``build_pipeline`` and its types live in ``voicepipe.build``, which imports this module: re-exported lazily."""
+    if name in _ASSEMBLY:
+        from voicepipe import build
+
+        return getattr(build, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 log = logging.getLogger("voicepipe.pipeline")
 
@@ -350,13 +384,18 @@ class VoicePipeline:
 
     # -- running ---------------------------------------------------------------------------------------------------
 
+    @property
+    def setup_order(self) -> list[Stage]:
+        """The order ``setup()`` runs in (see the module docstring): sources and sinks, then the rest, each group in
+        chain order."""
+        ends = [s for s in self.stages if isinstance(s, Source | Sink)]
+        return ends + [s for s in self.stages if not isinstance(s, Source | Sink)]
+
     async def setup(self) -> None:
-        """Set up every stage (sources and sinks first). On failure, what was set up is cleaned up again."""
-        order = sorted(range(len(self.stages)), key=lambda i: 0 if isinstance(self.stages[i], Source | Sink) else 1)
+        """Set up every stage, one at a time, in ``setup_order``. On failure, what was set up is cleaned up again."""
         done: list[Stage] = []
         try:
-            for i in order:
-                stage = self.stages[i]
+            for stage in self.setup_order:
                 stage.turns = self.turns
                 try:
                     await stage.setup()

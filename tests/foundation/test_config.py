@@ -103,21 +103,29 @@ def test_all_problems_are_reported_at_once():
 
 
 def test_validation_loads_no_model(monkeypatch):
-    # Stage classes are imported, but no stage is constructed (so none can load a model) while validating.
+    # Stage classes are imported, but no stage and no engine is constructed (so none can load a model) while
+    # validating; a real model stage (asr) is among them.
+    from voicepipe.engine import Engine
     from voicepipe.stage import Stage
 
     constructed: list[str] = []
-    original = Stage.__init__
 
-    def record(self, *args, **kwargs):
-        constructed.append(type(self).__name__)
-        original(self, *args, **kwargs)
+    def recording(cls):
+        original = cls.__init__
 
-    monkeypatch.setattr(Stage, "__init__", record)
-    loaded = parse_pipeline(GOOD, "p.yaml")
+        def record(self, *args, **kwargs):
+            constructed.append(type(self).__name__)
+            original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", record)
+
+    recording(Stage)
+    recording(Engine)
+    loaded = parse_pipeline(GOOD + "  - type: asr\n    model: tiny.en\n", "p.yaml")
     assert constructed == []
-    loaded.stages[0].build()  # the patch does see construction: building a stage is what validation must not do
-    assert constructed == [loaded.stages[0].stage_class.__name__]
+    loaded.stages[0].build()  # the patches do see construction: building is what validation must not do
+    loaded.stages[-1].config.build_engine()
+    assert constructed == [loaded.stages[0].stage_class.__name__, "FasterWhisperTranscriber"]
 
 
 def test_stage_configs_are_immutable_after_validation():

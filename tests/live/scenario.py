@@ -11,7 +11,7 @@ import numpy as np
 from tests.support.speech import SAMPLE_RATE, espeak, pad, piper
 from voicepipe.audio.device import MicConfig, MicSource, SpeakerConfig, SpeakerSink
 from voicepipe.frames import BotSpeakingFrame, EndOfTurnFrame, Frame, TranscriptFrame
-from voicepipe.pipeline import VoicePipeline
+from voicepipe.pipeline import VoicePipeline, build_pipeline
 from voicepipe.stage import Direction, Stage
 from voicepipe.testing.harness import FrameCollector
 from voicepipe.vad.turn_taking import TurnTaking, TurnTakingConfig
@@ -45,7 +45,7 @@ def live_pipeline(middle: list[Stage], *, mode: str | None = "echo-guard", barge
         *middle,
         SpeakerSink(SpeakerConfig(device="pulse"), name="speaker"),
     ]
-    return VoicePipeline(stages)
+    return build_pipeline(stages).pipeline
 
 
 def question(text: str) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Real parts for the memory tests: a full-size random Qwen3.5-0.8B as Q4_K_M GGUF and Kokoro int8 from PyPI.
 
-The pipelines run in subprocesses (``drive.py``) because the jetsam simulator kills the process it watches.
+The pipelines run in subprocesses (``scripts/drive_turns.py``) because the jetsam simulator kills the process it watches.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-DRIVE = Path(__file__).with_name("drive.py")
+DRIVE = Path(__file__).parents[2] / "scripts" / "drive_turns.py"
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +38,7 @@ def kokoro_files() -> tuple[str, str, str]:
 def drive(
     tmp_path: Path, name: str, pipeline: str, prompts: list[str], *, jetsam_mb: float | None = None, timeout=600
 ) -> tuple[subprocess.CompletedProcess, list[dict[str, Any]], dict[str, Any] | None]:
-    """Run ``drive.py`` in a subprocess; returns the process, the finished turns and the summary (None if killed)."""
+    """Run ``scripts/drive_turns.py`` in a subprocess; returns the process, the finished turns and the summary (None if killed)."""
     out = tmp_path / f"{name}.jsonl"
     spec = tmp_path / f"{name}.json"
     spec.write_text(json.dumps({"pipeline": pipeline, "prompts": prompts, "jetsam_mb": jetsam_mb, "out": str(out)}))

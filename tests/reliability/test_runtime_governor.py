@@ -2,7 +2,7 @@
 
 Row 11: two spoken questions back to back in one WAV, not paced, so the second is recognised while the first reply is
 still being spoken. Real parts (webrtcvad, Whisper tiny.en, a Qwen3.5 GGUF on llama.cpp, Piper), run by the memory
-proofs' driver (``tests/memory/drive.py``) in its own process. Policy ``sequential`` promises the LLM and the TTS are
+proofs' driver (``scripts/drive_turns.py``) in its own process. Policy ``sequential`` promises the LLM and the TTS are
 never loaded at once: the governor's own event log must show that held over the whole run.
 
 Row 12: the Piper model is removed or corrupted between turns while the governor has it unloaded; ``voicepipe run``
@@ -23,7 +23,7 @@ import soundfile as sf
 
 from .conftest import cli, tone_bursts
 
-DRIVE = Path(__file__).parents[1] / "memory" / "drive.py"
+DRIVE = Path(__file__).parents[2] / "scripts" / "drive_turns.py"
 
 
 @pytest.fixture(scope="module")

@@ -69,3 +69,11 @@ def test_bad_file_is_one_line_and_exit_2(tmp_path, tiny_dir: str, make, message:
 def test_bad_model_dir_exit_2(two_turns_wav: str, tmp_path, capsys) -> None:
     assert main(["transcribe", two_turns_wav, "--model", str(tmp_path)]) == 2
     assert "asr.model" in capsys.readouterr().err
+
+
+def test_vad_none_on_silence_prints_no_turn(tmp_path, tiny_dir: str, capsys) -> None:
+    """Without a VAD, the whole-file turn is not transcribed when it is silence (30 s of zeros reads as "you")."""
+    path = tmp_path / "quiet.wav"
+    sf.write(path, np.zeros(16000 * 30, dtype=np.float32), 16000, subtype="PCM_16")
+    assert main(["transcribe", str(path), "--model", tiny_dir, "--vad", "none", "--json"]) == 0
+    assert capsys.readouterr().out == ""

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import math
 
-from voicepipe.audio.wav import WavSink, WavSinkConfig, WavSource, WavSourceConfig, audio_format
-from voicepipe.config import StageSpec, load_pipeline
+from voicepipe.config import load_pipeline
 from voicepipe.errors import UserError
-from voicepipe.memory import apply_memory
-from voicepipe.metrics import JsonlWriter, MetricsObserver
-from voicepipe.outfile import OutputError, OutputFile
-from voicepipe.pipeline import VoicePipeline
-from voicepipe.stage import Sink, Source
+from voicepipe.pipeline import Overrides, build_pipeline
 
 HELP = "run a pipeline: talk to it, or feed it a WAV file with --input and write the reply with --output"
-log = logging.getLogger("voicepipe.run")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -41,26 +34,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--json", action="store_true", help="print one JSON line per event, for scripts")
 
 
-def apply_overrides(specs: list[StageSpec], args: argparse.Namespace) -> list[StageSpec]:
-    """Swap the pipeline's source/sink for WAV files when --input/--output are given."""
-    specs = list(specs)
-    if args.input:
-        spec = StageSpec(WavSource, WavSourceConfig(path=args.input, realtime=args.realtime), "input", "wav-source")
-        if specs and issubclass(specs[0].stage_class, Source):
-            specs[0] = spec
-        else:
-            specs.insert(0, spec)
-    if args.output:
-        audio_format(args.output)  # one line for a suffix no audio format has
-        OutputFile(args.output, what="--output").check()
-        spec = StageSpec(WavSink, WavSinkConfig(path=args.output), "output", "wav-sink")
-        if specs and issubclass(specs[-1].stage_class, Sink):
-            specs[-1] = spec
-        else:
-            specs.append(spec)
-    if not specs or not issubclass(specs[0].stage_class, Source):
-        raise UserError("the pipeline's first stage must be a source (e.g. 'mic'); or pass --input FILE.wav")
-    return specs
+def overrides(args: argparse.Namespace) -> Overrides:
+    """What this run changes in the pipeline file: WAV files in place of the source/sink, the jetsam limit."""
+    if args.jetsam_mb is not None and not (math.isfinite(args.jetsam_mb) and args.jetsam_mb > 0):
+        raise UserError(f"--jetsam-mb {args.jetsam_mb:g}: the limit must be a positive number of MB")
+    return Overrides(input=args.input, output=args.output, realtime=args.realtime, jetsam_mb=args.jetsam_mb)
 
 
 def _native_chatter_hidden(stages: list, args: argparse.Namespace):
@@ -75,66 +53,21 @@ def _native_chatter_hidden(stages: list, args: argparse.Namespace):
     return capture_native_stderr()
 
 
-def _metrics_writer(args: argparse.Namespace, specs: list[StageSpec]) -> JsonlWriter | None:
-    """Start this run's metrics file before any model loads; refuse a path the audio also goes to."""
-    if not args.metrics:
-        return None
-    writer = JsonlWriter(args.metrics)
-    writer.output.check()
-    sink = specs[-1].config if specs and issubclass(specs[-1].stage_class, WavSink) else None
-    if isinstance(sink, WavSinkConfig) and writer.output.same_as(OutputFile(sink.path)):
-        raise UserError(
-            f"--metrics {args.metrics}: the reply audio goes to that file too; give the metrics another path"
-        )
-    writer.open()
-    return writer
-
-
 def run(args: argparse.Namespace) -> int:
     from voicepipe.cli.view import make_view
 
-    if args.jetsam_mb is not None and not (math.isfinite(args.jetsam_mb) and args.jetsam_mb > 0):
-        raise UserError(f"--jetsam-mb {args.jetsam_mb:g}: the limit must be a positive number of MB")
+    changes = overrides(args)
     loaded = load_pipeline(args.pipeline)
-    specs = apply_overrides(loaded.stages, args)
-    writer = _metrics_writer(args, specs)
+    view = make_view(quiet=args.quiet, json_lines=args.json)
+    built = build_pipeline(loaded, changes, metrics_path=args.metrics, on_turn=view.turn_finished, observers=[view])
     try:
-        view = make_view(quiet=args.quiet, json_lines=args.json)
+        view.start(built.pipeline)
     except BaseException:
-        if writer is not None:
-            writer.output.discard()
+        built.discard()
         raise
-
-    def on_turn(turn):
-        if writer is not None:
-            writer(turn)
-        view.turn_finished(turn)
-
-    metrics = MetricsObserver(on_turn)
-    watchdog = None
-    started = failed = False
     try:
-        stages, _, watchdog = apply_memory([spec.build() for spec in specs], loaded.settings.memory, args.jetsam_mb)
-        pipeline = VoicePipeline(stages, queue_size=loaded.settings.queue_size, observers=[metrics, view])
-        if watchdog is not None:
-            watchdog.start()
-        view.start(pipeline)
-        started = failed = True
-        with _native_chatter_hidden(stages, args):
-            asyncio.run(pipeline.run())
-        failed = False
+        with _native_chatter_hidden(built.stages, args):
+            asyncio.run(built.run())
     finally:
-        if watchdog is not None:
-            watchdog.stop()
-        metrics.flush()
         view.stop()
-        if writer is not None and not started:
-            writer.output.discard()  # nothing ran: the previous metrics file stays
-        elif writer is not None:
-            try:
-                writer.close()
-            except OutputError as exc:
-                if not failed:
-                    raise
-                log.error("%s", exc)  # the run's own failure is the one reported
     return 0

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _speak(text: str, tts: Stage, sink: Sink) -> str:
-    from voicepipe.pipeline import VoicePipeline
+    from voicepipe.pipeline import build_pipeline
 
     source, probe = _TextSource(text), _FirstAudio()
     stages: list[Stage] = [source]
@@ -88,11 +88,11 @@ async def _speak(text: str, tts: Stage, sink: Sink) -> str:
     if chunker is not None:
         stages.append(chunker)
     stages += [tts, probe, sink]
-    pipeline = VoicePipeline(stages)
+    run = build_pipeline(stages)
     loaded = time.monotonic()
-    await pipeline.setup()
+    await run.setup()
     load_s = time.monotonic() - loaded
-    await pipeline.run(setup=False)
+    await run.run(setup=False)
     if probe.failures:
         raise RuntimeError("; ".join(probe.failures))
     if probe.first_audio is None or source.started is None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from voicepipe.asr.stage import ASRStage
     from voicepipe.frames import Frame
+    from voicepipe.stage import Stage
 
 HELP = "transcribe an audio file with the VAD + ASR stages (one line per detected turn)"
 
@@ -65,28 +66,20 @@ def run(args: argparse.Namespace) -> int:
 async def _transcribe(path: str, vad: str, asr: ASRStage) -> tuple[list[tuple[float, float, str]], list[str]]:
     """(turns as (start, end, text), error messages)."""
     from voicepipe.audio.wav import WavSource, WavSourceConfig, read_audio
+    from voicepipe.cli.whole_file import WholeFileTurn
     from voicepipe.frames import ErrorFrame, SpeechEndedFrame, SpeechStartedFrame, TranscriptFrame
-    from voicepipe.pipeline import VoicePipeline
+    from voicepipe.pipeline import build_pipeline
     from voicepipe.vad.stage import VADConfig, VADStage
 
-    if vad == "none":
-        from voicepipe.asr.base import is_silent
-        from voicepipe.audio.convert import SPEECH_SAMPLE_RATE, resample, to_mono
-
-        pcm, rate = read_audio(path)
-        audio = resample(to_mono(pcm), rate, SPEECH_SAMPLE_RATE)
-        if is_silent(audio):  # without a VAD, the guard against transcribing silence is this
-            return [], []
-        await asr.setup()
-        try:
-            result = await asr.run_blocking(asr.engine.transcribe, audio)
-        finally:
-            asr.shutdown_worker()
-        return ([(0.0, len(audio) / SPEECH_SAMPLE_RATE, result.text)] if result.text else []), []
-
     read_audio(path)  # one-line UserError for a missing or non-audio file before any model loads
-    source = WavSource(WavSourceConfig(path=path, tail_silence_ms=1000), name="file")
-    pipeline = VoicePipeline([source, VADStage(VADConfig(engine=vad), name="vad"), asr])
+    turns_from: Stage
+    if vad == "none":
+        source = WavSource(WavSourceConfig(path=path, tail_silence_ms=0), name="file")
+        turns_from = WholeFileTurn(name="whole-file")
+    else:
+        source = WavSource(WavSourceConfig(path=path, tail_silence_ms=1000), name="file")
+        turns_from = VADStage(VADConfig(engine=vad), name="vad")
+    run = build_pipeline([source, turns_from, asr])
     starts: dict[int, float] = {}
     ends: dict[int, float] = {}
     turns: list[tuple[float, float, str]] = []
@@ -102,6 +95,6 @@ async def _transcribe(path: str, vad: str, asr: ASRStage) -> tuple[list[tuple[fl
         elif isinstance(frame, ErrorFrame):
             errors.append(frame.message)
 
-    pipeline.on_output(collect)
-    await pipeline.run()
+    run.pipeline.on_output(collect)
+    await run.run()
     return turns, errors

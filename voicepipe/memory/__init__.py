@@ -4,9 +4,11 @@
 - ``jetsam.RssWatchdog``: samples RSS at >= 50 Hz; past a limit it kills the process with SIGKILL, as iOS does.
 - ``governor.MemoryGovernor``: measures what the LLM and the TTS cost when they load, decides whether both may stay
   loaded, and otherwise runs each turn sequentially (LLM writes, unloads; TTS speaks; LLM reloads during playback).
+  Its decisions are ``policy``, its three pass-through stages ``taps``, what it measures and logs ``records``.
 - ``config.MemoryConfig``: the ``memory:`` section of pipeline.yaml; ``profiles``: named device limits with sources.
 
-``apply_memory(stages, config, jetsam_mb)`` is what ``voicepipe run`` does with them.
+``apply_memory(stages, config, jetsam_mb)`` installs them; ``build_pipeline`` (``voicepipe.build``) calls it for
+every run.
 """
 
 from __future__ import annotations

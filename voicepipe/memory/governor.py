@@ -1,9 +1,10 @@
 """The memory governor: keep the LLM and the TTS out of memory at the same time when both do not fit the budget.
 
 How it sits in the pipeline: ``MemoryGovernor.install(stages)`` finds the LLM and the TTS stage (by name from the
-``memory:`` section, else the last two model-holding stages) and inserts three small pass-through stages (taps) at the
-points where the governor must act; the stages themselves only need the memory hooks every stage has
-(``memory_footprint``, ``is_loaded``, ``unload()``, ``load()``)::
+``memory:`` section, else the last two model-holding stages) and inserts three small pass-through stages (taps,
+``voicepipe.memory.taps``) at the points where the governor must act; they call only its public methods. The stages
+themselves only need the memory hooks every stage has (``memory_footprint``, ``is_loaded``, ``unload()``,
+``load()``)::
 
     ... ASR -> [before-llm] -> LLM -> [after-llm] -> chunker -> TTS -> [after-tts] -> sink
 
@@ -11,11 +12,9 @@ points where the governor must act; the stages themselves only need the memory h
   the LLM and the TTS load, so each stage's footprint is known two ways: what it reports and what loading it added to
   the process. When a budget is set and the LLM plus a TTS of the same size would not fit, the LLM is unloaded
   before the TTS loads, so the two never overlap even once. Then the policy is decided and logged with its numbers.
-- Policy ``auto`` with a budget: a model needs more than its loaded size while it works (llama.cpp's buffers, the
-  synthesis graph of the TTS), and that is only known once it has worked. Unless the budget is generous (both
-  loaded sizes doubled still fit), turns start sequential; each sequential turn measures each model's working set
-  (the peak RSS of its phase over the floor with neither loaded), and once both are known the governor switches to
-  concurrent if floor + both working sets fit the budget. A concurrent turn that peaks over the budget switches back.
+- Policy ``auto`` with a budget (the decisions are ``voicepipe.memory.policy``): unless the budget is generous, turns
+  start sequential; each sequential turn measures each model's working set (the peak RSS of its phase over the floor
+  with neither loaded), and once both are known the governor switches to concurrent if they fit the budget.
 - Concurrent turns: the taps only measure (per-turn peak RSS).
 - Sequential turns: ``before-llm`` makes sure the LLM is loaded and the TTS is not before a transcript reaches the
   LLM; ``after-llm`` holds the reply until the LLM has finished, unloads the LLM (its conversation state stays in its
@@ -46,75 +45,22 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Literal
 
-from voicepipe.errors import ConfigError, StageError
-from voicepipe.frames import (
-    EndFrame,
-    ErrorFrame,
-    Frame,
-    InterruptionFrame,
-    LLMResponseEndFrame,
-    MetricsFrame,
-    TranscriptFrame,
-    TTSAudioFrame,
-)
+from voicepipe.errors import ConfigError
+from voicepipe.frames import TTSAudioFrame
+from voicepipe.memory import policy
 from voicepipe.memory.config import MemoryConfig
 from voicepipe.memory.jetsam import RssWatchdog
+from voicepipe.memory.policy import Mode
+from voicepipe.memory.records import ModelEvent, ReloadFailed, StageMemory, TurnRecord
 from voicepipe.memory.rss import MB, release_freed_memory, rss_bytes
-from voicepipe.stage import Direction, Stage
+from voicepipe.memory.swap import ModelSwap
+from voicepipe.memory.taps import AfterLLMTap, AfterTTSTap, BeforeLLMTap, GovernorTap
+from voicepipe.stage import Stage
 
 __all__ = ["MemoryGovernor", "StageMemory", "GovernorTap", "ModelEvent", "ReloadFailed"]
 
 log = logging.getLogger("voicepipe.memory")
-Mode = Literal["concurrent", "sequential"]
-
-
-@dataclass
-class StageMemory:
-    """What one model stage costs: what it reports (``memory_footprint``) and what loading it added to the RSS."""
-
-    name: str
-    reported: int = 0
-    measured: int = 0
-    unload_drop: int = 0  # RSS freed by the last unload
-    working: int = 0  # peak RSS over the floor while it worked alone (measured on sequential turns)
-
-    @property
-    def size(self) -> int:
-        """The number the budget uses: the larger of the two."""
-        return max(self.reported, self.measured)
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "reported_mb": round(self.reported / MB, 1),
-            "measured_mb": round(self.measured / MB, 1),
-            "unload_drop_mb": round(self.unload_drop / MB, 1),
-            "working_mb": round(self.working / MB, 1),
-        }
-
-
-class ReloadFailed(StageError):
-    """A model the governor had unloaded could not be loaded again (twice): the run cannot go on."""
-
-
-@dataclass(frozen=True)
-class ModelEvent:
-    """One entry of the governor's event log: what happened, and whether each model was loaded right after it."""
-
-    at: float
-    what: str
-    llm_loaded: bool
-    tts_loaded: bool
-
-
-@dataclass
-class _Turn:
-    turn_id: int
-    values: dict[str, float] = field(default_factory=dict)
-    play_end: float = 0.0  # when a speaker would finish the audio seen so far
-    peak: int = 0
 
 
 class MemoryGovernor:
@@ -132,15 +78,14 @@ class MemoryGovernor:
         self.llm_memory = StageMemory("llm")
         self.tts_memory = StageMemory("tts")
         self.decisions: list[str] = []
-        self.turns: dict[int, _Turn] = {}
+        self.turns: dict[int, TurnRecord] = {}
         self.finished_turns: list[dict[str, float]] = []
         self._lock: asyncio.Lock | None = None
         self._rss_mark = 0
         self._llm_parked = False  # unloaded by the governor (upstream frames for it wait)
-        self._before: GovernorTap | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._after_llm: GovernorTap | None = None
-        self.events: deque[ModelEvent] = deque(maxlen=10_000)  # bounded: a long conversation must not grow it
+        self._after_llm: AfterLLMTap | None = None
+        self._models: ModelSwap | None = None
         self._idle: asyncio.Event | None = None  # set while no turn holds the models (sequential turns wait for it)
         self._active: int | None = None  # the turn holding them
         self._phase = "idle"  # of the active turn: "llm" (writing) or "tts" (speaking)
@@ -156,12 +101,11 @@ class MemoryGovernor:
         if i_llm >= i_tts:
             raise ConfigError(f"memory: the LLM stage '{self.llm.name}' must come before the TTS '{self.tts.name}'")
         self.llm_memory.name, self.tts_memory.name = self.llm.name, self.tts.name
-        self._before = GovernorTap(self, "before-llm")
-        self._after_llm = GovernorTap(self, "after-llm")
-        after_tts = GovernorTap(self, "after-tts")
-        chain.insert(i_tts + 1, after_tts)
+        self._models = ModelSwap(self.llm, self.tts, self._decide)
+        self._after_llm = AfterLLMTap(self)
+        chain.insert(i_tts + 1, AfterTTSTap(self))
         chain.insert(i_llm + 1, self._after_llm)
-        chain.insert(i_llm, self._before)
+        chain.insert(i_llm, BeforeLLMTap(self))
         self._decide(f"stages: llm={self.llm.name}, tts={self.tts.name}")
         return chain
 
@@ -192,9 +136,20 @@ class MemoryGovernor:
     def budget(self) -> int | None:
         return self.config.budget_bytes
 
+    @property
+    def llm_name(self) -> str:
+        """The LLM stage's name ("" before ``install``): the taps recognise its errors by it."""
+        return self.llm.name if self.llm is not None else ""
+
+    @property
+    def llm_parked(self) -> bool:
+        """True while the governor has the LLM unloaded (frames going up to it wait until it is loaded again)."""
+        return self._llm_parked
+
     # -- startup ---------------------------------------------------------------------------------------------------
 
-    async def _setup_before_llm(self) -> None:
+    async def before_llm_loads(self) -> None:
+        """Startup, before the LLM's ``setup``: start sampling and measure the baseline."""
         self._lock = asyncio.Lock()
         if self.monitor is None:
             self.monitor = RssWatchdog(hz=self.config.sample_hz)
@@ -205,8 +160,9 @@ class MemoryGovernor:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def _setup_after_llm(self) -> None:
-        llm = self._stage(self.llm)
+    async def after_llm_loaded(self) -> None:
+        """Startup, after the LLM's ``setup``: measure it; unload it when a TTS as big might not fit beside it."""
+        llm = self._swap().llm
         now = rss_bytes()
         self.llm_memory.measured = max(0, now - self._rss_mark)
         self.llm_memory.reported = llm.memory_footprint
@@ -214,33 +170,22 @@ class MemoryGovernor:
             f"{llm.name} loaded: reports {self.llm_memory.reported / MB:.0f} MB, RSS grew "
             f"{self.llm_memory.measured / MB:.0f} MB (baseline {self.baseline / MB:.0f} MB)"
         )
-        budget = self.budget
-        if self.config.policy == "sequential" or (
-            self.config.policy == "auto" and budget is not None and now + self.llm_memory.size > budget
-        ):
-            # The TTS's size is unknown until it loads; keep the two from ever overlapping.
-            reason = "policy sequential" if self.config.policy == "sequential" else "budget may not hold both"
+        reason = policy.unload_llm_before_tts(self.config.policy, self.budget, now, self.llm_memory)
+        if reason is not None:
             await self._unload_llm(reason=f"while the TTS loads ({reason})")
         self._rss_mark = rss_bytes()
 
-    async def _setup_after_tts(self) -> None:
-        tts, llm = self._stage(self.tts), self._stage(self.llm)
+    async def after_tts_loaded(self) -> None:
+        """Startup, after the TTS's ``setup``: measure it and decide how the turns run."""
+        tts, llm = self._swap().tts, self._swap().llm
         now = rss_bytes()
         self.tts_memory.measured = max(0, now - self._rss_mark)
         self.tts_memory.reported = tts.memory_footprint
         need_all = self.baseline + self.llm_memory.size + self.tts_memory.size
         budget = self.budget
-        policy = self.config.policy
-        if policy != "auto":
-            self.mode, why = policy, f"policy {policy}"
-        elif budget is None:
-            self.mode, why = "concurrent", "no budget"
-        elif self.baseline + 2 * (self.llm_memory.size + self.tts_memory.size) <= budget:
-            self.mode, why = "concurrent", "fits even if each model doubles while it works"
-        else:
-            # Working memory (KV cache, synthesis buffers) comes on top of the loaded size and is only known once
-            # each model has worked: measure it on a sequential turn, then decide.
-            self.mode, why = "sequential", "working sets not measured yet; the first turn measures them"
+        self.mode, why = policy.startup_mode(
+            self.config.policy, budget, self.baseline, self.llm_memory, self.tts_memory
+        )
         budget_text = f"{budget / MB:.0f} MB" if budget is not None else "none"
         self._decide(
             f"{tts.name} loaded: reports {self.tts_memory.reported / MB:.0f} MB, RSS grew "
@@ -252,124 +197,63 @@ class MemoryGovernor:
             await self._unload_tts(reason="until the first reply is written")
         await self._load_llm(reason="ready for the first turn")
 
-    def _rethink(self, turn: _Turn) -> None:
+    def _rethink(self, turn: TurnRecord) -> None:
         """Policy auto: revisit the mode with the working sets measured so far (logged with its numbers)."""
-        budget = self.budget
-        if self.config.policy != "auto" or budget is None:
-            return
-        if self.mode == "sequential" and self.llm_memory.working and self.tts_memory.working:
-            floor = self.floor
-            need_all = floor + self.llm_memory.working + self.tts_memory.working
-            verdict = "fits" if need_all <= budget else "does not fit"
-            self._decide(
-                f"turn {turn.turn_id}: working sets {self.llm_memory.name} {self.llm_memory.working / MB:.0f} MB, "
-                f"{self.tts_memory.name} {self.tts_memory.working / MB:.0f} MB over a floor of {floor / MB:.0f} MB: "
-                f"together {need_all / MB:.0f} MB {verdict} the {budget / MB:.0f} MB budget"
-            )
-            if need_all <= budget:
-                self.mode = "concurrent"
-            elif floor + max(self.llm_memory.working, self.tts_memory.working) > budget:
-                log.warning("memory governor: even one model at a time needs more than the %.0f MB budget", budget / MB)
-        elif self.mode == "concurrent" and turn.peak > budget:
-            self._decide(
-                f"turn {turn.turn_id} peaked at {turn.peak / MB:.0f} MB, over the {budget / MB:.0f} MB budget: "
-                "next turns run sequential"
-            )
-            self.mode = "sequential"
+        decision = policy.after_turn(
+            self.config.policy,
+            self.budget,
+            self.mode,
+            turn_id=turn.turn_id,
+            turn_peak=turn.peak,
+            floor=self.floor,
+            llm=self.llm_memory,
+            tts=self.tts_memory,
+        )
+        if decision.message is not None:
+            self._decide(decision.message)
+        if decision.warning is not None:
+            log.warning("memory governor: %s", decision.warning)
+        self.mode = decision.mode
 
     # -- transitions (each under the lock) -------------------------------------------------------------------------
 
-    @staticmethod
-    def _stage(stage: Stage | None) -> Stage:
-        if stage is None:
+    def _swap(self) -> ModelSwap:
+        if self._models is None:
             raise RuntimeError("MemoryGovernor.install() was not called")
-        return stage
+        return self._models
+
+    @property
+    def events(self) -> deque[ModelEvent]:
+        """Every load and unload, and every change of the two models' state the taps noticed."""
+        return self._models.events if self._models is not None else deque()
 
     async def _unload_llm(self, *, reason: str) -> float:
-        llm = self._stage(self.llm)
-        if not llm.is_loaded:
-            return 0.0
-        before, footprint = rss_bytes(), llm.memory_footprint
-        started = time.perf_counter()
-        await llm.unload()
-        release_freed_memory()
-        ms = (time.perf_counter() - started) * 1000
-        self.note(f"unloaded {llm.name}")
-        self._llm_parked = True
-        self.llm_memory.unload_drop = before - rss_bytes()
-        self._decide(
-            f"unloaded {llm.name} {reason}: {ms:.0f} ms, RSS -{self.llm_memory.unload_drop / MB:.0f} MB "
-            f"(footprint {footprint / MB:.0f} MB), now {rss_bytes() / MB:.0f} MB"
-        )
+        swap = self._swap()
+        parks = swap.llm.is_loaded  # frames going up to it wait from now on until it is loaded again
+        footprint = swap.llm.memory_footprint if parks else None
+        ms = await swap.unload(swap.llm, self.llm_memory, reason=reason, footprint=footprint)
+        self._llm_parked = self._llm_parked or parks
         return ms
 
     async def _load_llm(self, *, reason: str) -> float:
-        llm = self._stage(self.llm)
-        ms = 0.0
-        if not llm.is_loaded:
-            started = time.perf_counter()
-            await self._reload(llm, reason)
-            ms = (time.perf_counter() - started) * 1000
-            self._decide(f"loaded {llm.name} {reason}: {ms:.0f} ms, RSS now {rss_bytes() / MB:.0f} MB")
+        swap = self._swap()
+        ms = await swap.load(swap.llm, reason=reason)
         self._llm_parked = False
         if self._after_llm is not None:
             await self._after_llm.flush_upstream()
         return ms
 
     async def _unload_tts(self, *, reason: str) -> float:
-        tts = self._stage(self.tts)
-        if not tts.is_loaded:
-            return 0.0
-        before = rss_bytes()
-        started = time.perf_counter()
-        await tts.unload()
-        release_freed_memory()
-        ms = (time.perf_counter() - started) * 1000
-        self.note(f"unloaded {tts.name}")
-        self.tts_memory.unload_drop = before - rss_bytes()
-        self._decide(
-            f"unloaded {tts.name} {reason}: {ms:.0f} ms, RSS -{self.tts_memory.unload_drop / MB:.0f} MB, "
-            f"now {rss_bytes() / MB:.0f} MB"
-        )
-        return ms
+        swap = self._swap()
+        return await swap.unload(swap.tts, self.tts_memory, reason=reason)
 
     async def _load_tts(self, *, reason: str) -> float:
-        tts = self._stage(self.tts)
-        if tts.is_loaded:
-            return 0.0
-        started = time.perf_counter()
-        await self._reload(tts, reason)
-        ms = (time.perf_counter() - started) * 1000
-        self._decide(f"loaded {tts.name} {reason}: {ms:.0f} ms, RSS now {rss_bytes() / MB:.0f} MB")
-        return ms
-
-    async def _reload(self, stage: Stage, reason: str) -> None:
-        """Load ``stage`` again; one more try if that fails, then ``ReloadFailed`` (the run stops)."""
-        for attempt in (1, 2):
-            try:
-                await stage.load()
-                break
-            except Exception as exc:
-                detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-                if attempt == 2:
-                    raise ReloadFailed(
-                        f"memory governor: {stage.name} could not be loaded again {reason} ({detail}); its model "
-                        "changed or disappeared while it was unloaded, so the run stops"
-                    ) from exc
-                log.warning("memory governor: loading %s again failed (%s); trying once more", stage.name, detail)
-        self.note(f"loaded {stage.name}")
-
-    def note(self, what: str) -> None:
-        """Log an event with both models' state after it."""
-        llm, tts = self._stage(self.llm), self._stage(self.tts)
-        self.events.append(ModelEvent(time.monotonic(), what, llm.is_loaded, tts.is_loaded))
+        swap = self._swap()
+        return await swap.load(swap.tts, reason=reason)
 
     def check_state(self, where: str) -> None:
         """Called by the taps on every frame: log a model that loaded or unloaded itself since the last event."""
-        llm, tts = self._stage(self.llm), self._stage(self.tts)
-        last = self.events[-1] if self.events else None
-        if last is None or (last.llm_loaded, last.tts_loaded) != (llm.is_loaded, tts.is_loaded):
-            self.note(f"seen at {where}")
+        self._swap().check_state(where)
 
     def _release(self, turn_id: int | None = None) -> None:
         """The active turn (or ``turn_id``, if it is the active one) no longer holds the models."""
@@ -386,12 +270,12 @@ class MemoryGovernor:
 
     # -- per turn --------------------------------------------------------------------------------------------------
 
-    def _turn(self, turn_id: int) -> _Turn:
+    def _turn(self, turn_id: int) -> TurnRecord:
         if turn_id not in self.turns:
-            self.turns[turn_id] = _Turn(turn_id)
+            self.turns[turn_id] = TurnRecord(turn_id)
         return self.turns[turn_id]
 
-    def _phase_peak(self, turn: _Turn) -> int:
+    def _phase_peak(self, turn: TurnRecord) -> int:
         """Peak RSS since the last phase began; starts the next phase."""
         if self.monitor is None:
             return rss_bytes()
@@ -437,7 +321,7 @@ class MemoryGovernor:
         turn = self._turn(turn_id)
         async with self._locked():
             llm_peak = self._phase_peak(turn)
-            footprint = self._stage(self.llm).memory_footprint
+            footprint = self._swap().llm.memory_footprint
             turn.values["llm_unload_ms"] = await self._unload_llm(reason=f"after writing turn {turn_id}")
             self.floor = rss_bytes()
             self.llm_memory.working = max(self.llm_memory.working, llm_peak - self.floor)
@@ -540,101 +424,3 @@ class MemoryGovernor:
             "tts": self.tts_memory.as_dict(),
             "peak_rss_mb": round(self.monitor.peak_bytes / MB, 1) if self.monitor is not None else None,
         }
-
-
-class GovernorTap(Stage):
-    """One of the governor's three pass-through points in the pipeline (see the module docstring)."""
-
-    def __init__(self, governor: MemoryGovernor, role: str) -> None:
-        super().__init__(name=f"memory-{role}")
-        self.governor = governor
-        self.role = role
-        self._held: list[Frame] = []
-        self._held_upstream: list[Frame] = []
-
-    async def setup(self) -> None:
-        g = self.governor
-        if self.role == "before-llm":
-            await g._setup_before_llm()
-        elif self.role == "after-llm":
-            await g._setup_after_llm()
-        else:
-            await g._setup_after_tts()
-
-    async def cleanup(self) -> None:
-        if self.role == "after-tts":
-            await self.governor.stop()
-
-    async def process(self, frame: Frame) -> None:
-        self.governor.check_state(self.name)
-        try:
-            await self._process(frame)
-        except ReloadFailed as exc:
-            # fatal: every later turn would fail the same way; the pipeline stops and the CLI prints this one line
-            await self.push(ErrorFrame(message=str(exc), stage=self.name, fatal=True, turn_id=frame.turn_id))
-
-    async def _process(self, frame: Frame) -> None:
-        g = self.governor
-        if isinstance(frame, ErrorFrame) and frame.stage == self._llm_name() and self.role == "after-tts":
-            g.turn_failed(frame.turn_id)
-        if self.role == "before-llm":
-            if isinstance(frame, TranscriptFrame) and not frame.final and g.mode == "sequential":
-                return  # no speculative reply while the models take turns in memory
-            if isinstance(frame, TranscriptFrame) and frame.final and frame.text.strip() and frame.turn_id > 0:
-                await g.turn_starts(frame.turn_id)
-            elif isinstance(frame, InterruptionFrame):
-                g.interrupted()
-            await self.push(frame)
-        elif self.role == "after-llm":
-            await self._after_llm(frame)
-        else:
-            if isinstance(frame, TTSAudioFrame):
-                g.audio_out(frame)
-            elif isinstance(frame, LLMResponseEndFrame) and frame.turn_id > 0:
-                values = await g.reply_synthesized(frame.turn_id)
-                await self.push(MetricsFrame(stage="memory", turn_id=frame.turn_id, values=values))
-            await self.push(frame)
-
-    def _llm_name(self) -> str:
-        return self.governor.llm.name if self.governor.llm is not None else ""
-
-    async def _after_llm(self, frame: Frame) -> None:
-        """Sequential mode: hold the reply until the LLM is done and unloaded and the TTS is loaded."""
-        if isinstance(frame, InterruptionFrame):
-            self._held.clear()  # the interrupted reply is not spoken
-            await self.push(frame)
-            return
-        if isinstance(frame, ErrorFrame) and frame.stage == self._llm_name():
-            self._held = [f for f in self._held if f.turn_id != frame.turn_id]  # that reply will never end
-        if self.governor.mode != "sequential" or frame.is_system:
-            await self.push(frame)
-            return
-        if isinstance(frame, EndFrame):
-            await self._release()
-            await self.push(frame)
-            return
-        if frame.turn_id <= 0:
-            await self.push(frame)
-            return
-        self._held.append(frame)
-        if isinstance(frame, LLMResponseEndFrame):
-            await self.governor.reply_written(frame.turn_id)
-            await self._release()
-
-    async def _release(self) -> None:
-        held, self._held = self._held, []
-        for frame in held:
-            await self.push(frame)
-
-    async def process_upstream(self, frame: Frame) -> None:
-        # While the governor has the LLM unloaded, frames for it (e.g. what the user heard) wait for the reload, so
-        # the LLM stage never reloads itself behind the governor's back while the TTS is loaded.
-        if self.role == "after-llm" and self.governor._llm_parked:
-            self._held_upstream.append(frame)
-            return
-        await self.push(frame, Direction.UPSTREAM)
-
-    async def flush_upstream(self) -> None:
-        held, self._held_upstream = self._held_upstream, []
-        for frame in held:
-            await self.push(frame, Direction.UPSTREAM)

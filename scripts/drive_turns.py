@@ -1,14 +1,14 @@
-"""Run a pipeline for a few typed turns in this process and record what happened (run as a subprocess by the tests
-and by scripts/bench_memory.py, since the jetsam simulator may kill it).
+"""Run a pipeline for a few typed turns in this process and record what happened (run as a subprocess by
+scripts/bench_memory.py and the memory tests, since the jetsam simulator may kill it).
 
-    python tests/memory/drive.py SPEC.json
+    python scripts/drive_turns.py SPEC.json
 
 SPEC: ``{"pipeline": YAML text of the stages after the source (and its memory: section), "prompts": [...],
 "jetsam_mb": N or null, "out": path}``. Each prompt is sent as a final ``TranscriptFrame`` once the previous turn's
-``EndOfTurnFrame`` has left the sink, exactly as ``voicepipe run`` would wire the stages (``apply_memory``). With
-``"prompts": null`` the pipeline's own first stage is the source (e.g. a ``wav-source`` not paced, whose questions
-arrive as fast as they are recognised). One JSON line per finished turn is appended to ``out`` at once (a killed run
-leaves the turns it finished), then a summary with the governor's load/unload event log.
+``EndOfTurnFrame`` has left the sink; the run is assembled by ``build_pipeline``, as ``voicepipe run`` assembles it.
+With ``"prompts": null`` the pipeline's own first stage is the source (e.g. a ``wav-source`` not paced, whose
+questions arrive as fast as they are recognised). One JSON line per finished turn is appended to ``out`` at once (a
+killed run leaves the turns it finished), then a summary with the governor's load/unload event log.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from voicepipe.config import build_stages, parse_pipeline
+from voicepipe.build import Overrides, build_pipeline
+from voicepipe.config import parse_pipeline
 from voicepipe.frames import (
     EndOfTurnFrame,
     Frame,
@@ -33,9 +34,7 @@ from voicepipe.frames import (
     TranscriptFrame,
     TTSAudioFrame,
 )
-from voicepipe.memory import apply_memory
 from voicepipe.memory.rss import MB
-from voicepipe.pipeline import VoicePipeline
 from voicepipe.stage import Direction, Source, Stage
 
 
@@ -102,20 +101,12 @@ async def main(spec: dict[str, Any]) -> None:
     out.write_text("")
     loaded = parse_pipeline(spec["pipeline"], "drive.yaml")
     source = TurnSource(spec["prompts"]) if spec["prompts"] is not None else None
-    stages, governor, watchdog = apply_memory(
-        [*([source] if source else []), *build_stages(loaded)], loaded.settings.memory, spec.get("jetsam_mb")
-    )
     recorder = Recorder(out, source)
-    pipeline = VoicePipeline(stages, observers=[recorder])
-    pipeline.on_output(recorder.on_output)
-    if watchdog is not None:
-        watchdog.start()
+    run = build_pipeline(loaded, Overrides(source=source, jetsam_mb=spec.get("jetsam_mb")), observers=[recorder])
+    run.pipeline.on_output(recorder.on_output)
+    governor, watchdog = run.governor, run.watchdog
     started = time.monotonic()
-    try:
-        await pipeline.run()
-    finally:
-        if watchdog is not None:
-            watchdog.stop()
+    await run.run()
     summary: dict[str, Any] = {"summary": True, "wall_s": time.monotonic() - started}
     if governor is not None:
         summary.update(
