@@ -24,7 +24,6 @@ Models: faster-whisper tiny.en and Piper/Kokoro from the PyPI packages of the de
 model on llama.cpp (Qwen2.5-Coder-0.5B-Instruct Q4_K_M, greedy), so first-token, first-clause and TTS timings come
 from real replies of real length. ``--llm qwen35-shape`` runs the full-size random Qwen3.5-0.8B
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the real weights the tests use
 (``voicepipe.testing.checkpoints``) as Q4_K_M GGUF instead, whose tokens carry the text of a scripted reply (see
 ``ScriptedTextChat``: random weights speak no words); ``--llm fake`` runs a scripted LLM; ``--gguf`` any chat GGUF.
 """
@@ -44,6 +43,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the real weights the tests use
 import numpy as np
 
 from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
