@@ -3,7 +3,10 @@ the core schedule (``voicepipe.cores``: the LLM waits while the first chunk is s
 
 Cases, each timed over ``--repeat`` rounds in one process:
   decode alone          llama.cpp generates ``--tokens`` tokens, nothing else runs
-  decode + TTS          the same while the TTS engine synthesizes reply sentences back to back on its own thread
+  decode + TTS          the same while the TTS engine synthesizes reply sentences back to back on its own thread,
+                        llama.cpp on all its threads ("all threads") or, as in the pipeline, on ``shared_threads``
+                        while the TTS marks itself busy (voicepipe.cores); the TTS's own speed (seconds of audio
+                        per second) beside it is printed too
   first chunk alone     the TTS synthesizes a short first chunk, nothing else runs
   first chunk + decode  the same while llama.cpp decodes (schedule off: both share the cores)
   first chunk, sched.   the same with the schedule on: the LLM waits during the chunk (as in the pipeline)
@@ -63,12 +66,21 @@ def decode_rate(model, tokens: int) -> float:  # noqa: ANN001
     return (count - 1) / (end - first) if first is not None and count > 1 and end > first else float("nan")
 
 
-def tts_loop(engine, stop: threading.Event) -> None:  # noqa: ANN001
+def tts_loop(engine, stop: threading.Event, *, busy: bool, spoken: list[float]) -> None:  # noqa: ANN001
+    """Synthesize SENTENCES until ``stop``; ``busy`` marks each synthesis as the TTS stage does; appends seconds of
+    audio per second of synthesis to ``spoken``."""
+    import contextlib
+
+    from voicepipe.cores import schedule
+
     while not stop.is_set():
         for sentence in SENTENCES:
             if stop.is_set():
                 return
-            engine.synthesize(sentence)
+            start = time.perf_counter()
+            with schedule.busy("tts") if busy else contextlib.nullcontext():
+                audio = engine.synthesize(sentence)
+            spoken.append(len(audio) / engine.sample_rate / (time.perf_counter() - start))
 
 
 def first_chunk_s(engine, model, *, decode: bool, scheduled: bool) -> float:  # noqa: ANN001
@@ -125,17 +137,24 @@ def main() -> None:
     print(f"decode alone:          {statistics.median(alone):6.1f} tok/s")
     for name in args.tts:
         engine = load_tts(name, args.tts_threads)
-        rates = []
-        for _ in range(args.repeat):
-            stop = threading.Event()
-            speaker = threading.Thread(target=tts_loop, args=(engine, stop))
-            speaker.start()
-            try:
-                rates.append(decode_rate(model, args.tokens))
-            finally:
-                stop.set()
-                speaker.join()
-        print(f"decode + {name:6s} TTS:   {statistics.median(rates):6.1f} tok/s")
+        for label, busy in (("all threads", False), (f"shared_threads={model.config.shared_threads}", True)):
+            rates: list[float] = []
+            spoken: list[float] = []
+            for _ in range(args.repeat):
+                stop = threading.Event()
+                speaker = threading.Thread(
+                    target=tts_loop, args=(engine, stop), kwargs={"busy": busy, "spoken": spoken}
+                )
+                speaker.start()
+                try:
+                    rates.append(decode_rate(model, args.tokens))
+                finally:
+                    stop.set()
+                    speaker.join()
+            print(
+                f"decode + {name:6s} TTS, {label:16s} {statistics.median(rates):6.1f} tok/s; "
+                f"TTS {statistics.median(spoken):5.1f}x real time"
+            )
         for label, decode, scheduled in (
             ("alone", False, False),
             ("+ decode", True, False),

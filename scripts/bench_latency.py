@@ -154,6 +154,8 @@ def build_stages(args: argparse.Namespace, tts: str, out_wav: Path) -> list[Stag
     levers = {"warm_up": args.tts_warm_up == "on", "first_chunk_priority": args.core_priority == "on"}
     if args.tts_threads is not None:
         levers["threads"] = args.tts_threads
+    if args.release_arena is not None:
+        levers["release_arena"] = args.release_arena == "on"
     tts_config = TTSConfig(engine=tts, **files, **levers)
     end_of_turn = "smart-turn" if args.smart_turn == "on" else "hangover"
     first_words = None if args.first_words == "off" else int(args.first_words)
@@ -183,13 +185,18 @@ def build_llm(args: argparse.Namespace) -> Stage:
         temperature=0.0,
         speculative=args.speculative == "on",
     )
+    threads = {} if args.llm_shared_threads is None else {"shared_threads": _threads(args.llm_shared_threads)}
     if args.llm == "real":
         source = args.gguf or str(_real_chat_gguf())
-        model = Qwen35LlamaCppChat.from_pretrained(source, n_ctx=4096, load=False, progress=False)
+        model = Qwen35LlamaCppChat.from_pretrained(source, n_ctx=4096, load=False, progress=False, **threads)
         return LLMStage(config, name="llm", model=model)
     source = args.gguf or str(_full_size_gguf())
-    model = Qwen35LlamaCppChat.from_pretrained(source, n_ctx=4096, load=False, progress=False)
+    model = Qwen35LlamaCppChat.from_pretrained(source, n_ctx=4096, load=False, progress=False, **threads)
     return LLMStage(config, name="llm", model=ScriptedTextChat(model, REPLIES))
+
+
+def _threads(value: str) -> int | None:
+    return None if value == "none" else int(value)
 
 
 class ScriptedTextChat:
@@ -411,6 +418,15 @@ def main() -> int:
     parser.add_argument("--tts-warm-up", choices=on_off, default="on", help="TTS: speak a phrase once at start-up")
     parser.add_argument("--core-priority", choices=on_off, default="on", help="the LLM waits during the first chunk")
     parser.add_argument("--tts-threads", type=int, help="TTS onnxruntime threads (default: the engine's)")
+    parser.add_argument(
+        "--release-arena",
+        choices=on_off,
+        help="TTS: hand onnxruntime's memory back after each sentence (default: the engine's)",
+    )
+    parser.add_argument(
+        "--llm-shared-threads",
+        help="llama.cpp decode threads while the TTS computes, or 'none' for all cores (default: the engine's)",
+    )
     parser.add_argument("--voice", choices=("espeak", "piper"), default="espeak", help="who reads the questions")
     parser.add_argument(
         "--speculative",
@@ -433,7 +449,16 @@ def main() -> int:
         results.append(asyncio.run(run_once(args, tts)))
         for row in results[-1]["turns"]:
             print(json.dumps({k: (round(v) if isinstance(v, float) else v) for k, v in row.items()}), file=sys.stderr)
-    levers = ("smart_turn", "first_words", "tts_warm_up", "core_priority", "tts_threads", "voice")
+    levers = (
+        "smart_turn",
+        "first_words",
+        "tts_warm_up",
+        "core_priority",
+        "tts_threads",
+        "release_arena",
+        "llm_shared_threads",
+        "voice",
+    )
     info = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "levers": {k: getattr(args, k) for k in levers},

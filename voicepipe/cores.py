@@ -5,6 +5,12 @@ them is on the critical path: after the end of speech that is the LLM's first ch
 first chunk. While the first chunk is synthesized, the LLM's next tokens are not needed yet (the first chunk's audio
 lasts longer than decoding the next sentence takes), so the LLM waits and the TTS gets both cores.
 
+Later in the reply the TTS and the LLM overlap (sentence two is synthesized while sentence three is decoded), and
+neither is critical. Then llama.cpp's threads must not wait on the TTS's: its threads meet at a barrier after every
+operation of a decode step, and a thread that has lost its core to the TTS holds all of them up (decode fell from 62
+to 2 tokens/s beside Kokoro on two cores). A stage doing such work marks it with ``schedule.busy(name)``, and llama.cpp
+decodes with fewer threads (``shared_threads``) while another stage is busy: one thread has no barrier to wait at.
+
 A stage marks its critical phase with ``schedule.critical(name)``; a background stage calls
 ``schedule.wait_for_critical(name)`` between its own steps (llama.cpp: before each decode) and waits while another
 stage is critical, at most ``max_wait_s`` per call so a stuck phase can never stall it. One process-wide schedule,
@@ -29,6 +35,7 @@ class CoreSchedule:
         self.max_wait_s = max_wait_s
         self.enabled = True
         self._critical: dict[str, int] = {}
+        self._busy: dict[str, int] = {}
         self._changed = threading.Condition()
         self.waited_s = 0.0  # total time background work spent waiting (for benchmarks)
         self.waiting = 0  # callers blocked in wait_for_critical now
@@ -46,6 +53,26 @@ class CoreSchedule:
                 if not self._critical[owner]:
                     del self._critical[owner]
                 self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def busy(self, owner: str) -> Iterator[None]:
+        """Mark ``owner`` as computing (not necessarily critical): others then use fewer threads (re-entrant)."""
+        with self._changed:
+            self._busy[owner] = self._busy.get(owner, 0) + 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._busy[owner] -= 1
+                if not self._busy[owner]:
+                    del self._busy[owner]
+
+    def others_busy(self, owner: str) -> bool:
+        """True while another owner computes (busy or critical)."""
+        if not self.enabled:
+            return False
+        with self._changed:
+            return any(name != owner for name in (*self._busy, *self._critical))
 
     def others_critical(self, owner: str) -> bool:
         with self._changed:

@@ -42,3 +42,15 @@ def test_the_wait_is_bounded_and_can_be_switched_off() -> None:
         assert 0.04 <= schedule.wait_for_critical("llm") < 5  # a stuck phase cannot stall the LLM
         schedule.enabled = False
         assert schedule.wait_for_critical("llm") == 0.0
+
+
+def test_busy_owners_are_seen_by_the_others_only_and_nest() -> None:
+    schedule = CoreSchedule()
+    assert not schedule.others_busy("llm")
+    with schedule.busy("tts"), schedule.busy("tts"):
+        assert schedule.others_busy("llm") and not schedule.others_busy("tts")
+    assert not schedule.others_busy("llm")
+    with schedule.critical("asr"):  # a critical phase is computing too
+        assert schedule.others_busy("llm")
+        schedule.enabled = False
+        assert not schedule.others_busy("llm")

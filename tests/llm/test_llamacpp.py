@@ -112,6 +112,42 @@ def test_hub_sources_fail_clearly_offline(monkeypatch: pytest.MonkeyPatch, tmp_p
         Qwen35LlamaCppChat.from_pretrained("someone/qwen-gguf", filename="model-q4.gguf")
 
 
+def test_decoding_beside_a_busy_stage_uses_the_shared_threads(tiny_gguf: Path) -> None:
+    """While another stage computes (the TTS on a later sentence), decode steps run on ``shared_threads``; prefill and
+    decode alone keep every thread; the same tokens come out either way."""
+    import llama_cpp
+
+    from voicepipe.cores import schedule
+
+    model = Qwen35LlamaCppChat.from_pretrained(tiny_gguf, load=False, n_ctx=1024, n_threads=2, shared_threads=1)
+    seen: list[tuple[int, int]] = []
+    real_eval = None
+    try:
+        prompt = model.encode_chat(MESSAGES, disable_thinking=True)
+        alone = model.generate_tokens(prompt, GREEDY)
+        llm = model._llm
+        real_eval = llm.eval
+
+        def eval_and_record(tokens):  # noqa: ANN001, ANN202
+            seen.append((len(tokens), llama_cpp.llama_n_threads(llm.ctx)))
+            return real_eval(tokens)
+
+        llm.eval = eval_and_record
+        assert all(n == 2 for _, n in seen)
+        with schedule.busy("tts"):
+            beside = model.generate_tokens(prompt, GREEDY)
+        decode_threads = {n for count, n in seen if count == 1}
+        assert decode_threads == {1}, seen
+        seen.clear()
+        model.generate_tokens(prompt + alone[:1], GREEDY)
+        assert {n for count, n in seen if count == 1} == {2}, seen  # back to every thread once the TTS is done
+        assert beside == alone
+    finally:
+        if real_eval is not None:
+            model._llm.eval = real_eval
+        model.close()
+
+
 def test_decoding_waits_while_the_tts_speaks_the_first_chunk(tiny_gguf: Path) -> None:
     """llama.cpp checks the core schedule before each forward pass: while the TTS is critical it does not run."""
     import threading

@@ -104,6 +104,12 @@ class LlamaCppConfig(ChatModelConfig):
     n_ctx: int = Field(8192, ge=64, description="Context length in tokens (the whole conversation must fit).")
     n_threads: int | None = Field(None, ge=1, description="CPU threads; default: every core.")
     n_batch: int = Field(512, ge=1, description="Prompt tokens evaluated per llama.cpp call.")
+    shared_threads: int | None = Field(
+        1,
+        ge=1,
+        description="Decode threads while another stage computes (the TTS speaking an earlier sentence); fewer "
+        "threads than cores then keep llama.cpp from waiting on the TTS (voicepipe.cores). None: always n_threads.",
+    )
     chat_format: str = Field(
         "auto",
         description="auto (Qwen3.5's template for a Qwen3.5 GGUF, else the one stored in the GGUF), qwen3.5, chatml, "
@@ -137,6 +143,7 @@ class Qwen35LlamaCppChat(ChatModel):
         self._llm: Any = None
         self._sampler: Any = None
         self._nbytes = 0
+        self._threads_now = 0  # decode threads llama.cpp uses now (voicepipe.cores)
 
     @property
     def model_path(self) -> Path:
@@ -181,6 +188,7 @@ class Qwen35LlamaCppChat(ChatModel):
                 "supports?"
             ) from exc
         self._nbytes = int(llama_cpp.llama_model_size(self._llm.model))
+        self._threads_now = self.n_threads
 
     def _chat_template(self) -> ChatTemplate:
         metadata = self._llm.metadata
@@ -249,7 +257,16 @@ class Qwen35LlamaCppChat(ChatModel):
                 "raise n_ctx or keep less history (the LLM stage's max_history)"
             )
         schedule.wait_for_critical("llm")  # e.g. the TTS speaking the first chunk: it needs the cores more
+        if len(tokens) == 1:
+            self._decode_threads(self.n_threads if not schedule.others_busy("llm") else self.config.shared_threads)
         self._llm.eval(tokens)
+
+    def _decode_threads(self, wanted: int | None) -> None:
+        """Decode with ``wanted`` threads (at most n_threads; None: n_threads); prefill keeps n_threads."""
+        threads = min(wanted or self.n_threads, self.n_threads)
+        if threads != self._threads_now:
+            _llama_cpp().llama_set_n_threads(self._llm.ctx, threads, self.n_threads)
+            self._threads_now = threads
 
     def _save_state(self) -> Any:
         llama_cpp = _llama_cpp()

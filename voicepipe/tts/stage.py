@@ -168,7 +168,7 @@ class TTSStage(Stage):
         A call cancelled while it waited for the thread never starts (``run_blocking`` drops it)."""
         if not engine.is_loaded:
             engine.load()
-        with schedule.critical(self.name) if critical else contextlib.nullcontext():
+        with schedule.busy(self.name), schedule.critical(self.name) if critical else contextlib.nullcontext():
             raw = engine.synthesize(text)
         audio = _resample(raw, engine.sample_rate, self.output_rate)
         # Kokoro (and resampling) can overshoot full scale; frames promise [-1, 1].
