@@ -88,27 +88,29 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.median(values) * 1000:.0f} / {p90 * 1000:.0f} ms"
 
 
-async def ended_early(pcm) -> tuple[bool, float | None]:  # noqa: ANN001 - a float32 16 kHz clip
+async def ended_early(pcm, pause_ms: int | None = None) -> tuple[bool, float | None]:  # noqa: ANN001 - float32 16 kHz
     from tests.support import speech
     from voicepipe.frames import SpeechEndedFrame
     from voicepipe.testing.harness import run_stage
-    from voicepipe.vad.stage import VADStage
+    from voicepipe.vad.stage import VADConfig, VADStage
 
-    out = await run_stage(VADStage(), speech.audio_frames(speech.pad(pcm, 0.5, 1.5), start_timestamp=0.0))
+    config = VADConfig() if pause_ms is None else VADConfig(pause_ms=pause_ms)
+    out = await run_stage(VADStage(config), speech.audio_frames(speech.pad(pcm, 0.5, 1.5), start_timestamp=0.0))
     ends = [f for f in out if isinstance(f, SpeechEndedFrame)]
     # an utterance split into two turns at an inner pause also counts: the user was cut off there
     return any(f.predicted for f in ends), (ends[0].end_of_turn_probability if ends else None)
 
 
-def bench_rate(limit: int | None) -> None:
+def bench_rate(limit: int | None, pause_ms: int | None = None) -> None:
     from tests.support import speech
 
     voices = {"piper": speech.piper, "espeak": speech.espeak}
-    print("Turns ended at the pause by the model (of those spoken; Smart Turn v3, threshold 0.5):")
+    pause = "the default pause" if pause_ms is None else f"a {pause_ms} ms pause"
+    print(f"Turns ended at the pause by the model (of those spoken; Smart Turn v3, threshold 0.5, {pause}):")
     for voice, speak in voices.items():
         for kind, sentences in (("complete", COMPLETE), ("incomplete", INCOMPLETE)):
             chosen = sentences[:limit]
-            results = [asyncio.run(ended_early(speak(text))) for text in chosen]
+            results = [asyncio.run(ended_early(speak(text), pause_ms)) for text in chosen]
             early = sum(flag for flag, _ in results)
             label = "ended early (good)" if kind == "complete" else "FALSE end of turn"
             print(f"  {voice:6s} {kind:10s}: {early}/{len(chosen)} {label} = {early / len(chosen):.0%}", flush=True)
@@ -122,6 +124,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=30, help="timed calls per case for the cost")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="onnxruntime threads to time")
     parser.add_argument("--limit", type=int, default=None, help="only the first N sentences of each kind")
+    parser.add_argument("--pause-ms", type=int, help="VAD pause at which the model is asked (default: the stage's)")
     parser.add_argument("--skip-cost", action="store_true")
     parser.add_argument("--skip-rate", action="store_true")
     args = parser.parse_args()
@@ -129,7 +132,7 @@ def main() -> None:
     if not args.skip_cost:
         bench_cost(args.calls, args.threads)
     if not args.skip_rate:
-        bench_rate(args.limit)
+        bench_rate(args.limit, args.pause_ms)
 
 
 if __name__ == "__main__":

@@ -158,12 +158,13 @@ def build_stages(args: argparse.Namespace, tts: str, out_wav: Path) -> list[Stag
         levers["release_arena"] = args.release_arena == "on"
     tts_config = TTSConfig(engine=tts, **files, **levers)
     end_of_turn = "smart-turn" if args.smart_turn == "on" else "hangover"
-    first_words = None if args.first_words == "off" else int(args.first_words)
+    chunker = {} if args.first_words is None else {"first_max_words": _first_words(args.first_words)}
+    vad = {} if args.pause_ms is None else {"pause_ms": args.pause_ms}
     return [
-        VADStage(VADConfig(hangover_ms=args.hangover_ms, pause_ms=args.pause_ms, end_of_turn=end_of_turn), name="vad"),
+        VADStage(VADConfig(hangover_ms=args.hangover_ms, end_of_turn=end_of_turn, **vad), name="vad"),
         ASRStage(ASRConfig(model=str(whisper_tiny_en_dir())), name="asr"),
         build_llm(args),
-        SentenceChunkerStage(SentenceChunkerStage.Config(first_max_words=first_words), name="chunker"),
+        SentenceChunkerStage(SentenceChunkerStage.Config(**chunker), name="chunker"),
         TTSStage(tts_config, name="tts"),
         WavSink(WavSinkConfig(path=str(out_wav)), name="sink"),
     ]
@@ -193,6 +194,10 @@ def build_llm(args: argparse.Namespace) -> Stage:
     source = args.gguf or str(_full_size_gguf())
     model = Qwen35LlamaCppChat.from_pretrained(source, n_ctx=4096, load=False, progress=False, **threads)
     return LLMStage(config, name="llm", model=ScriptedTextChat(model, REPLIES))
+
+
+def _first_words(value: str) -> int | None:
+    return None if value == "off" else int(value)
 
 
 def _threads(value: str) -> int | None:
@@ -411,10 +416,12 @@ def main() -> int:
     parser.add_argument("--gguf", help="GGUF file for --llm real or qwen35-shape (default: see --llm)")
     parser.add_argument("--max-tokens", type=int, default=96, help="reply length cap")
     parser.add_argument("--hangover-ms", type=int, default=500, help="VAD: silence that ends a turn")
-    parser.add_argument("--pause-ms", type=int, default=200, help="VAD: silence after which transcription starts")
+    parser.add_argument(
+        "--pause-ms", type=int, help="VAD: silence after which transcription starts (default: the stage's)"
+    )
     on_off = ("on", "off")
     parser.add_argument("--smart-turn", choices=on_off, default="on", help="VAD: Smart Turn ends finished sentences")
-    parser.add_argument("--first-words", default="8", help="chunker: word cap of the first chunk, or 'off'")
+    parser.add_argument("--first-words", help="chunker: word cap of the first chunk, or 'off' (default: the stage's)")
     parser.add_argument("--tts-warm-up", choices=on_off, default="on", help="TTS: speak a phrase once at start-up")
     parser.add_argument("--core-priority", choices=on_off, default="on", help="the LLM waits during the first chunk")
     parser.add_argument("--tts-threads", type=int, help="TTS onnxruntime threads (default: the engine's)")
@@ -439,7 +446,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.turns + 1 > len(QUESTIONS):
         parser.error(f"--turns: at most {len(QUESTIONS) - 1}")
-    if args.first_words != "off" and not (args.first_words.isdigit() and int(args.first_words) >= 3):
+    if args.first_words not in (None, "off") and not (args.first_words.isdigit() and int(args.first_words) >= 3):
         parser.error("--first-words: a number of words (3 or more) or 'off'")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     load = os.getloadavg()

@@ -294,6 +294,10 @@ async def test_stage_turns_tokens_into_numbered_chunks_and_flushes_at_the_end() 
     assert not any(isinstance(f, LLMTokenFrame) for f in out)
 
 
+#: The cap these stage tests were written for (the default is shorter): their texts stay pending below it.
+EIGHT_WORDS = SentenceChunkerStage.Config(first_max_words=8)
+
+
 async def test_stage_drops_pending_text_on_interruption_and_starts_the_next_turn_fresh() -> None:
     frames = [
         *tokens("Let me tell you a story about", turn_id=1),  # under first_max_words: pending
@@ -302,7 +306,7 @@ async def test_stage_drops_pending_text_on_interruption_and_starts_the_next_turn
         *tokens("Okay, stopping now. Ask away.", turn_id=2),
         LLMResponseEndFrame(turn_id=2),
     ]
-    out = await run_stage(SentenceChunkerStage(), frames)
+    out = await run_stage(SentenceChunkerStage(EIGHT_WORDS), frames)
     assert any(isinstance(f, InterruptionFrame) for f in out)
     chunks = [(f.text, f.index, f.turn_id) for f in out if isinstance(f, TextChunkFrame)]
     assert chunks == [("Okay, stopping now.", 0, 2), ("Ask away.", 1, 2)]
@@ -316,7 +320,7 @@ async def test_stage_keeps_its_reply_when_another_turn_alone_is_interrupted() ->
         *tokens(" my holiday.", turn_id=1),
         LLMResponseEndFrame(turn_id=1),
     ]
-    out = await run_stage(SentenceChunkerStage(), frames)
+    out = await run_stage(SentenceChunkerStage(EIGHT_WORDS), frames)
     chunks = [f.text for f in out if isinstance(f, TextChunkFrame)]
     assert chunks == ["Let me tell you a story", "about my holiday."]  # (the first chunk's word cap)
 

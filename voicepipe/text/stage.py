@@ -16,7 +16,10 @@ class SentenceChunkerConfig(StageConfig):
     min_chars: int = Field(40, ge=1, description="Later chunks end at a sentence end once at least this long.")
     max_chars: int = Field(240, ge=20, description="No chunk is longer; longer text is split at a clause or space.")
     first_max_words: int | None = Field(
-        8, ge=3, description="The first chunk ends after this many words if no clause has ended (None: no limit)."
+        4,
+        ge=3,
+        description="The first chunk ends after this many words if no clause has ended (None: no limit): the first "
+        "sound waits for the first chunk's synthesis, which grows with its length (BENCHMARKS.md).",
     )
 
     @model_validator(mode="after")
