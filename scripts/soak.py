@@ -90,7 +90,7 @@ def pipeline_yaml(
     max_tokens: int,
     max_history: int,
     llm_threads: int | None = None,
-    release_arena: bool = False,
+    release_arena: bool | None = None,
 ) -> str:
     if tts == "none":
         tts_stage = "  - type: fake-tts\n"
@@ -112,8 +112,8 @@ def pipeline_yaml(
         f"    max_tokens: {max_tokens}\n    max_history: {max_history}\n"
         + (f"    n_threads: {llm_threads}\n" if llm_threads else "")
     )
-    if release_arena and tts != "none":
-        tts_stage += "    release_arena: true\n"
+    if release_arena is not None and tts != "none":
+        tts_stage += f"    release_arena: {'true' if release_arena else 'false'}\n"
     return f"""stages:
 {llm_stage}  - type: chunker
 {tts_stage}  - type: wav-sink
@@ -157,6 +157,10 @@ def big_anonymous_mappings(min_mb: float = 16) -> dict[str, float]:
     return out
 
 
+def _on_off(value: str | None) -> bool | None:
+    return None if value is None else value == "on"
+
+
 def p50(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -164,7 +168,7 @@ def p50(values: list[float]) -> float | None:
 async def soak(args: argparse.Namespace, out_wav: Path) -> dict[str, Any]:
     loaded = parse_pipeline(
         pipeline_yaml(
-            args.model, args.tts, out_wav, args.max_tokens, args.max_history, args.llm_threads, args.release_arena
+            args.model, args.tts, out_wav, args.max_tokens, args.max_history, args.llm_threads, _on_off(args.release_arena)
         ),
         "soak.yaml",
     )
@@ -221,7 +225,7 @@ async def soak(args: argparse.Namespace, out_wav: Path) -> dict[str, Any]:
         "model": Path(args.model).name if args.model else f"replay of {args.replay}",
         "max_tokens": args.max_tokens,
         "max_history": args.max_history,
-        "tts_release_arena": args.release_arena,
+        "tts_release_arena": args.release_arena or "engine default",
         "warmup_turns": args.warmup,
         "window": window,
         "wall_s": round(wall, 1),
@@ -301,7 +305,9 @@ def main() -> int:
         "--llm-threads", type=int, help="llama.cpp threads (default: every core; 1 leaves a core to a busy machine)"
     )
     parser.add_argument(
-        "--release-arena", action="store_true", help="TTS release_arena: true (compare memory and latency against it)"
+        "--release-arena",
+        choices=("on", "off"),
+        help="TTS release_arena (default: the engine's); compare memory and latency with both",
     )
     parser.add_argument("--warmup", type=int, help="turns not measured (default: 10 %% of the turns, at least 3)")
     parser.add_argument("--window", type=int, default=50, help="turns in each latency p50 window")

@@ -47,7 +47,7 @@ async def test_kokoro_unload_gives_the_memory_back(kokoro_files: tuple[str, str]
 @pytest.mark.parametrize("release_arena", [True, False])
 def test_piper_does_not_keep_its_largest_synthesis_resident(piper_model: str, release_arena: bool) -> None:
     """onnxruntime's CPU arena grows by doubling regions to the largest run so far and keeps them; a soak's RSS grew
-    with every longer sentence (issue 15 row 13). With ``release_arena`` (off by default) Piper's runs shrink the arena
+    with every longer sentence (issue 15 row 13). With ``release_arena`` (on by default) Piper's runs shrink the arena
     afterwards, so one long sentence leaves little behind; without it the arena keeps it."""
     from voicepipe.tts.piper import PiperEngine
 

@@ -55,10 +55,10 @@ class TTSEngineConfig(EngineConfig):
         description="onnxruntime threads (the first chunk has the cores to itself; see first_chunk_priority).",
     )
     release_arena: bool = Field(
-        False,
+        True,
         description="Hand onnxruntime's working memory back after each sentence, so resident memory does not keep the "
-        "longest sentence so far (set it under a tight memory budget); off by default: each sentence then starts "
-        "without page faults (~20% faster synthesis of a short sentence, measured on a busy 2-core box).",
+        "longest sentence so far and stays flat over a long conversation; off: each sentence starts without page "
+        "faults (side by side on a quiet 2-core box the first sound came 0-4% sooner, BENCHMARKS.md).",
     )
 
 
