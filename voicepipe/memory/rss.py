@@ -22,6 +22,7 @@ __all__ = [
     "peak_rss_bytes",
     "reset_peak_rss",
     "release_freed_memory",
+    "trim_heap",
     "MB",
 ]
 
@@ -110,8 +111,9 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def _malloc_trim() -> None:
-    # glibc keeps freed heap pages mapped unless asked; malloc_trim(0) gives them back (no Python library does this).
+def trim_heap() -> None:
+    """Return the malloc heap's free pages to the OS (glibc keeps them mapped unless asked; no Python library does
+    this). Quick, and ctypes releases the GIL meanwhile."""
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
@@ -120,4 +122,4 @@ def _malloc_trim() -> None:
 def release_freed_memory() -> None:
     """Collect garbage and return freed heap pages to the OS, so an unload shows up in RSS at once."""
     gc.collect()
-    _malloc_trim()
+    trim_heap()
