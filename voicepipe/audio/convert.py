@@ -9,7 +9,7 @@ import logging
 
 import numpy as np
 
-__all__ = ["SPEECH_SAMPLE_RATE", "to_mono", "resample", "to_float32", "finite"]
+__all__ = ["SPEECH_SAMPLE_RATE", "to_mono", "resample", "to_float32", "finite", "StreamResampler"]
 
 log = logging.getLogger("voicepipe.audio")
 
@@ -55,3 +55,37 @@ def resample(pcm: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     import soxr
 
     return soxr.resample(pcm, rate_in, rate_out, quality="HQ").astype(np.float32, copy=False)
+
+
+class StreamResampler:
+    """Mono float32 audio in blocks, resampled to ``rate_out`` through one soxr stream (stateful: block edges leave no
+    clicks). The stream is made on the first block of a rate and made anew when the input rate changes; a block at
+    ``rate_out`` already passes through untouched."""
+
+    def __init__(self, rate_out: int) -> None:
+        self.rate_out = rate_out
+        self._stream = None
+        self._rate_in = 0
+
+    def __call__(self, pcm: np.ndarray, rate_in: int) -> np.ndarray:
+        if rate_in == self.rate_out:
+            return np.asarray(pcm, dtype=np.float32)
+        if self._stream is None or rate_in != self._rate_in:
+            import soxr
+
+            self._stream = soxr.ResampleStream(rate_in, self.rate_out, 1, dtype="float32", quality="HQ")
+            self._rate_in = rate_in
+        out = self._stream.resample_chunk(np.asarray(pcm, dtype=np.float32).reshape(-1, 1))
+        return np.asarray(out, dtype=np.float32).reshape(-1)
+
+    def flush(self) -> np.ndarray:
+        """The samples the stream still holds (end of the audio), then start afresh."""
+        if self._stream is None:
+            return np.zeros(0, dtype=np.float32)
+        tail = self._stream.resample_chunk(np.zeros((0, 1), dtype=np.float32), last=True)
+        self._stream = None
+        return np.asarray(tail, dtype=np.float32).reshape(-1)
+
+    def reset(self) -> None:
+        """Forget the stream's state (the audio it held is dropped)."""
+        self._stream = None

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from voicepipe.audio.convert import to_mono
+from voicepipe.audio.convert import StreamResampler, to_mono
 from voicepipe.audio.output_buffer import OutputBuffer
 from voicepipe.audio.portaudio import (
     DeviceLostError,
@@ -126,13 +126,9 @@ class MicSource(Source):
     async def frames(self) -> AsyncIterator[Frame]:
         if self._stream is None or self._queue is None:
             await self.setup()
-        import soxr
-
         rate = self.config.sample_rate
         block = max(1, rate * self.config.block_ms // 1000)
-        resampler = None
-        if self.device_rate != rate:
-            resampler = soxr.ResampleStream(self.device_rate, rate, 1, dtype="float32", quality="HQ")
+        resampler = StreamResampler(rate)
         pending: list[np.ndarray] = []
         pending_len = 0
         self._stream.start()
@@ -141,8 +137,7 @@ class MicSource(Source):
             if item is None:
                 raise DeviceLostError(lost_message("input", self.device_name))  # the pipeline names the stage
             pcm, arrived = item
-            if resampler is not None:
-                pcm = resampler.resample_chunk(pcm)
+            pcm = resampler(pcm, self.device_rate)
             pending.append(pcm)
             pending_len += len(pcm)
             if pending_len < block:
@@ -195,8 +190,7 @@ class SpeakerSink(AudioSink):
         self._stream: Any = None
         self._buffer = OutputBuffer()
         self._pending: collections.deque[_Pending] = collections.deque()
-        self._resampler: Any = None
-        self._resample_from = 0
+        self._resampler: StreamResampler | None = None  # made in setup, once the device's rate is known
         self._speaking = False
         self._lost: asyncio.Event | None = None  # created in setup, on the running loop
         self._lost_reported = False
@@ -326,15 +320,9 @@ class SpeakerSink(AudioSink):
 
     async def play(self, frame: TTSAudioFrame) -> None:
         pcm = to_mono(frame.pcm).astype(np.float32, copy=False)
-        if frame.sample_rate != self.device_rate:
-            if self._resampler is None or self._resample_from != frame.sample_rate:
-                import soxr
-
-                self._resampler = soxr.ResampleStream(
-                    frame.sample_rate, self.device_rate, 1, dtype="float32", quality="HQ"
-                )
-                self._resample_from = frame.sample_rate
-            pcm = self._resampler.resample_chunk(pcm)
+        if self._resampler is None or self._resampler.rate_out != self.device_rate:
+            self._resampler = StreamResampler(self.device_rate)
+        pcm = self._resampler(pcm, frame.sample_rate)
         if not self._speaking:
             self._speaking = True
             await self.push(BotSpeakingFrame(speaking=True, turn_id=self.turn), Direction.UPSTREAM)
@@ -346,8 +334,7 @@ class SpeakerSink(AudioSink):
     async def drain(self) -> None:
         """Play the resampler's last samples and wait until the device has played everything."""
         if self._resampler is not None:
-            tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
-            self._resampler = None
+            tail = self._resampler.flush()
             if len(tail):
                 self._buffer.append(np.ascontiguousarray(tail, dtype=np.float32))
         end = self._buffer.written
@@ -359,7 +346,8 @@ class SpeakerSink(AudioSink):
     async def stop(self) -> None:
         """Drop what the device has not taken yet; what is already inside it still plays out, and counts as heard."""
         stop_at = self._buffer.clear()
-        self._resampler = None
+        if self._resampler is not None:
+            self._resampler.reset()
         if self.turn == 0 or self.turn in self.ended_turns:
             return
         await self._wait_until(lambda: self._played_position() >= stop_at, poll=0.005)
@@ -370,7 +358,8 @@ class SpeakerSink(AudioSink):
         super()._start_turn(turn)
         self._reported = ""
         self._pending.clear()
-        self._resampler = None
+        if self._resampler is not None:
+            self._resampler.reset()
 
     async def _end_turn(self, turn: int, heard: str) -> None:
         self.samples_played = self._played_position()

@@ -25,6 +25,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
+from voicepipe.audio.convert import resample
 from voicepipe.cores import schedule
 from voicepipe.engine import EngineStageConfig
 from voicepipe.frames import (
@@ -176,7 +177,7 @@ class TTSStage(Stage):
             engine.load()
         with schedule.busy(self.name), schedule.critical(self.name) if critical else contextlib.nullcontext():
             raw = engine.synthesize(text)
-        audio = _resample(raw, engine.sample_rate, self.output_rate)
+        audio = resample(raw, engine.sample_rate, self.output_rate)
         # Kokoro (and resampling) can overshoot full scale; frames promise [-1, 1].
         return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
 
@@ -193,14 +194,6 @@ class PiperTTS(TTSStage):
 
     class Config(TTSConfig):
         engine: str = Field("piper", description="TTS engine: kokoro, piper, or another registered one.")
-
-
-def _resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    if rate_in == rate_out:
-        return audio
-    import soxr
-
-    return soxr.resample(audio, rate_in, rate_out).astype(np.float32, copy=False)
 
 
 def _blocks(total: int, size: int) -> list[tuple[int, int]]:

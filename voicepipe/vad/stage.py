@@ -22,7 +22,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from voicepipe.audio.convert import SPEECH_SAMPLE_RATE, to_mono
+from voicepipe.audio.convert import SPEECH_SAMPLE_RATE, StreamResampler, to_mono
 from voicepipe.cores import schedule
 from voicepipe.engine import EngineStageConfig
 from voicepipe.errors import UserError
@@ -116,8 +116,7 @@ class VADStage(Stage):
             self.engine = self.config.build_engine()
         await self.run_blocking(self.engine.load)
         self._segmenter = Segmenter(self.engine, self.config.segmenter_config())
-        self._resampler = None
-        self._in_format: tuple[int, int] | None = None
+        self._resampler = StreamResampler(SPEECH_SAMPLE_RATE)
         self._fed = 0  # samples at 16 kHz handed to the segmenter
         # (stream position after a frame, monotonic arrival time of that frame): maps a sample to when it arrived
         self._arrivals: collections.deque[tuple[int, float]] = collections.deque()
@@ -146,9 +145,8 @@ class VADStage(Stage):
             await self._emit(await self.run_blocking(self._segmenter.feed, pcm))
             return
         if isinstance(frame, EndFrame):
-            if self._resampler is not None:
-                tail = self._resampler.resample_chunk(np.zeros((0, 1), dtype=np.float32), last=True)
-                pcm = np.asarray(tail, dtype=np.float32).reshape(-1)
+            pcm = self._resampler.flush()
+            if len(pcm):
                 if self._arrivals:
                     self._note_arrival(len(pcm), self._arrivals[-1][1])
                 await self._emit(await self.run_blocking(self._segmenter.feed, pcm))
@@ -161,18 +159,7 @@ class VADStage(Stage):
 
     def _resample(self, frame: AudioFrame) -> np.ndarray:
         """Mono, then 16 kHz through one soxr stream (stateful, so block edges leave no clicks)."""
-        mono = to_mono(np.asarray(frame.pcm, dtype=np.float32))
-        if frame.sample_rate == SPEECH_SAMPLE_RATE:
-            return mono
-        fmt = (frame.sample_rate, 1)
-        if self._resampler is None or self._in_format != fmt:
-            import soxr
-
-            self._resampler = soxr.ResampleStream(
-                frame.sample_rate, SPEECH_SAMPLE_RATE, 1, dtype="float32", quality="HQ"
-            )
-            self._in_format = fmt
-        return np.asarray(self._resampler.resample_chunk(mono.reshape(-1, 1)), dtype=np.float32).reshape(-1)
+        return self._resampler(to_mono(np.asarray(frame.pcm, dtype=np.float32)), frame.sample_rate)
 
     def _note_arrival(self, samples: int, timestamp: float) -> None:
         self._fed += samples
