@@ -40,32 +40,26 @@ class CoreSchedule:
         self.waited_s = 0.0  # total time background work spent waiting (for benchmarks)
         self.waiting = 0  # callers blocked in wait_for_critical now
 
-    @contextlib.contextmanager
-    def critical(self, owner: str) -> Iterator[None]:
+    def critical(self, owner: str) -> contextlib.AbstractContextManager[None]:
         """Mark ``owner``'s work inside the block as the critical path (re-entrant, per owner)."""
-        with self._changed:
-            self._critical[owner] = self._critical.get(owner, 0) + 1
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._critical[owner] -= 1
-                if not self._critical[owner]:
-                    del self._critical[owner]
-                self._changed.notify_all()
+        return self._marked(self._critical, owner)
+
+    def busy(self, owner: str) -> contextlib.AbstractContextManager[None]:
+        """Mark ``owner`` as computing (not necessarily critical): others then use fewer threads (re-entrant)."""
+        return self._marked(self._busy, owner)
 
     @contextlib.contextmanager
-    def busy(self, owner: str) -> Iterator[None]:
-        """Mark ``owner`` as computing (not necessarily critical): others then use fewer threads (re-entrant)."""
+    def _marked(self, marks: dict[str, int], owner: str) -> Iterator[None]:
         with self._changed:
-            self._busy[owner] = self._busy.get(owner, 0) + 1
+            marks[owner] = marks.get(owner, 0) + 1
         try:
             yield
         finally:
             with self._changed:
-                self._busy[owner] -= 1
-                if not self._busy[owner]:
-                    del self._busy[owner]
+                marks[owner] -= 1
+                if not marks[owner]:
+                    del marks[owner]
+                self._changed.notify_all()
 
     def others_busy(self, owner: str) -> bool:
         """True while another owner computes (busy or critical)."""
