@@ -169,13 +169,14 @@ def prefill_without_recurrence(model: nn.Module, tokens: mx.array) -> float:
         qwen3_5.gated_delta_update = original
 
 
-def kernel_step(model: nn.Module, use_kernel: bool, norm_kernels: bool = True):
+def kernel_step(model: nn.Module, use_kernel: bool, norm_kernels: bool = True, attention_kernel: bool = True):
     """A compiled decode step traced with the CUDA kernels on or off (the choice is fixed at tracing); with
-    ``norm_kernels=False`` only the decode-step kernel, not the add + norm and q/k norm + RoPE kernels."""
+    ``norm_kernels=False`` without the add + norm and q/k norm + RoPE kernels, with ``attention_kernel=False``
+    without the attention kernel (both False: the decode-step kernel alone)."""
     previous = os.environ.get("VOICEPIPE_MLX_DECODE_KERNEL")
     os.environ["VOICEPIPE_MLX_DECODE_KERNEL"] = "1" if use_kernel else "0"
     try:
-        step = compiled_decode_step(model, norm_kernels=norm_kernels)
+        step = compiled_decode_step(model, norm_kernels=norm_kernels, attention_kernel=attention_kernel)
         decode_loop(step, model, mx.random.randint(0, CONFIG_08B["vocab_size"], (128,)), 4)  # trace now
     finally:  # the engine's step, traced later, follows the caller's setting
         if previous is None:
@@ -321,7 +322,10 @@ def bench_decode(model: nn.Module, fused: nn.Module, n: int, profile: int = 0) -
     fused_ops = kernel_step(fused, use_kernel=False)
     kernel = decode_kernel_available()
     fused_kernel = kernel_step(fused, use_kernel=True) if kernel else None
-    decode_kernel_only = kernel_step(fused, use_kernel=True, norm_kernels=False) if kernel else None
+    decode_kernel_only = (
+        kernel_step(fused, use_kernel=True, norm_kernels=False, attention_kernel=False) if kernel else None
+    )
+    norm_step = kernel_step(fused, use_kernel=True, attention_kernel=False) if kernel else None
     best = fused_kernel or fused_ops
     chat = _BenchChat(fused)  # builds its own compiled step on its thread (CUDA kernel on where available)
     chat.load()
@@ -333,13 +337,15 @@ def bench_decode(model: nn.Module, fused: nn.Module, n: int, profile: int = 0) -
     decode["fused_compiled_tok_s"] = n / decode_loop(fused_ops, fused, prompt, n)
     if fused_kernel is not None:
         decode["fused_decode_kernel_tok_s"] = n / decode_loop(decode_kernel_only, fused, prompt, n)
+        decode["fused_norm_kernels_tok_s"] = n / decode_loop(norm_step, fused, prompt, n)
         decode["fused_kernel_tok_s"] = n / decode_loop(fused_kernel, fused, prompt, n)
     decode["engine_tok_s"] = n / decode_engine(chat, prompt.tolist(), n)
     decode["engine_vs_mlx_lm"] = decode["engine_tok_s"] / decode["mlx_lm_generate_step_tok_s"]
     decode["parity_fused_ops"] = greedy_parity(model, step, fused, fused_ops, prompt, 32)
     decode["parity"] = greedy_parity(model, step, fused, best, prompt, 32)
-    if fused_kernel is not None:  # the norm kernels against MLX's ops, both with the decode-step kernel
-        decode["parity_norm_kernels"] = greedy_parity(fused, decode_kernel_only, fused, fused_kernel, prompt, 32)
+    if fused_kernel is not None:  # the step's kernels against MLX's ops, all with the decode-step kernel
+        decode["parity_norm_kernels"] = greedy_parity(fused, decode_kernel_only, fused, norm_step, prompt, 32)
+        decode["parity_attention_kernel"] = greedy_parity(fused, norm_step, fused, fused_kernel, prompt, 32)
     decode["split_unfused"] = step_split(step, model, prompt, min(n, 64))
     decode["split_best"] = step_split(best, fused, prompt, min(n, 64))
     decode["weights_mb"] = sum(v.nbytes for _, v in tree_flatten(model.parameters())) / 1e6

@@ -1,5 +1,5 @@
-"""The decode step's norm kernels (voicepipe.llm.mlx_norm_kernels) and the residual-pending layer order of the
-segmented decode step (voicepipe.llm.mlx_gated_delta) that uses them.
+"""The decode step's norm and attention kernels (voicepipe.llm.mlx_norm_kernels, mlx_attention_kernel) and the
+residual-pending layer order of the segmented decode step (voicepipe.llm.mlx_gated_delta) that uses them.
 
 On the CPU the functions run MLX's ops (custom kernels are CUDA-only), so the CPU tests check the step's new layer
 order against mlx-lm's model; on a CUDA GPU the kernels run against those ops, which they are written to equal.
@@ -14,9 +14,11 @@ mx = pytest.importorskip("mlx.core")
 pytest.importorskip("mlx_lm")
 
 import mlx.nn as nn  # noqa: E402
+from mlx.utils import tree_map_with_path  # noqa: E402
 from mlx_lm.models import qwen3_5  # noqa: E402
 
 from tests.llm.test_mlx_fused import CONFIG, build, rel_err, run  # noqa: E402
+from voicepipe.llm.mlx_attention_kernel import MAX_POSITIONS, decode_attention  # noqa: E402
 from voicepipe.llm.mlx_fused import FusedAttention, fuse_projections  # noqa: E402
 from voicepipe.llm.mlx_gated_delta import compiled_decode_step  # noqa: E402
 from voicepipe.llm.mlx_norm_kernels import add_rms_norm, qk_norm_rope  # noqa: E402
@@ -33,7 +35,8 @@ def test_residual_pending_step_matches_model(quantized: bool) -> None:
     prompt = np.random.default_rng(2).integers(0, CONFIG["vocab_size"], 50).tolist()
     tokens_ref, logits_ref = run(plain, prompt, steps=12)
     for kernels in (True, False):
-        tokens, logits = run(fused, prompt, steps=12, step=compiled_decode_step(fused, norm_kernels=kernels))
+        step = compiled_decode_step(fused, norm_kernels=kernels, attention_kernel=kernels)
+        tokens, logits = run(fused, prompt, steps=12, step=step)
         assert tokens == tokens_ref
         assert rel_err(logits, logits_ref) <= 1e-4
 
@@ -123,13 +126,61 @@ def test_qk_norm_rope_kernel_equals_mlx(dtype: str, heads: tuple, offset: int, k
 
 @needs_cuda
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("positions", [1, 37, 300, 5000])
+def test_decode_attention_kernel_matches_mlx(dtype: str, positions: int, kernels_on) -> None:
+    """Against MLX's attention on views into a larger cache buffer, as the KV cache hands them over (GQA 8:2)."""
+    dt = getattr(mx, dtype)
+    mx.random.seed(6)
+    queries = mx.random.normal((2, 8, 1, 256)).astype(dt)
+    buffer_k = (2.0 * mx.random.normal((2, 2, positions + 20, 256))).astype(dt)
+    buffer_v = mx.random.normal((2, 2, positions + 20, 256)).astype(dt)
+    keys, values = buffer_k[..., :positions, :], buffer_v[..., :positions, :]
+    got = decode_attention(queries, keys, values, scale=256**-0.5)
+    want = mx.fast.scaled_dot_product_attention(queries, keys, values, scale=256**-0.5)
+    assert got.shape == want.shape and got.dtype == dt
+    assert rel_err(np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32))) <= (
+        1e-5 if dtype == "float32" else 1e-2
+    )
+
+
+def test_decode_attention_falls_back_to_mlx(monkeypatch) -> None:
+    """Where the kernel does not apply (off CUDA, turned off, a mask, a long cache) it is MLX's attention."""
+    monkeypatch.setenv("VOICEPIPE_MLX_DECODE_KERNEL", "1")
+    mx.random.seed(8)
+    queries, keys = mx.random.normal((1, 4, 1, 64)), mx.random.normal((1, 2, 9, 64))
+    want = mx.fast.scaled_dot_product_attention(queries, keys, keys, scale=0.125)
+    for got in (
+        decode_attention(queries, keys, keys, scale=0.125, kernel=False),
+        *([] if on_cuda else [decode_attention(queries, keys, keys, scale=0.125)]),
+    ):
+        assert np.array_equal(np.array(got), np.array(want))
+    long = mx.random.normal((1, 2, MAX_POSITIONS + 1, 64))
+    want = mx.fast.scaled_dot_product_attention(queries, long, long, scale=0.125)
+    assert np.array_equal(np.array(decode_attention(queries, long, long, scale=0.125)), np.array(want))
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_step_with_kernels_equals_step_without(dtype: str, kernels_on) -> None:
-    """The whole compiled step (tiny model, INT4) with and without the norm kernels: the same tokens and logits."""
-    model = build(True)
-    model.set_dtype(getattr(mx, dtype), predicate=lambda k: k != "A_log")
+    """The whole compiled step (tiny model, INT4): the norm kernels change nothing; with the attention kernel the
+    tokens stay and the logits move by the dtype's rounding."""
+    model = build(False)
+    # As a converted checkpoint: floats in the dtype (A_log stays float32, as mlx-lm keeps it), then INT4.
+    model.update(
+        tree_map_with_path(lambda p, x: x if p.endswith("A_log") else x.astype(getattr(mx, dtype)), model.parameters())
+    )
+    nn.quantize(model, group_size=64, bits=4)
     fuse_projections(model)
     prompt = np.random.default_rng(3).integers(0, CONFIG["vocab_size"], 40).tolist()
-    want = run(model, prompt, steps=12, step=compiled_decode_step(model, norm_kernels=False))
-    got = run(model, prompt, steps=12, step=compiled_decode_step(model, norm_kernels=True))
-    assert got[0] == want[0]
-    assert np.array_equal(got[1], want[1])
+
+    def steps(norms: bool, attention: bool):
+        return run(
+            model, prompt, steps=12, step=compiled_decode_step(model, norm_kernels=norms, attention_kernel=attention)
+        )
+
+    want, norms, both = steps(False, False), steps(True, False), steps(True, True)
+    assert norms[0] == want[0]
+    differ = np.flatnonzero((norms[1] != want[1]).any(axis=-1))
+    assert differ.size == 0, f"rows {differ.tolist()} differ, by up to {np.abs(norms[1] - want[1]).max()}"
+    assert both[0] == want[0]
+    assert rel_err(both[1], want[1]) <= (1e-4 if dtype == "float32" else 3e-2)

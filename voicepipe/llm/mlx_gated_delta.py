@@ -26,6 +26,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from voicepipe.llm.mlx_attention_kernel import decode_attention
 from voicepipe.llm.mlx_fused import FusedAttention, attention_projections
 from voicepipe.llm.mlx_norm_kernels import add_rms_norm, qk_norm_rope
 
@@ -334,7 +335,7 @@ def disable_chunked_prefill(model: nn.Module) -> int:
 
 
 def compiled_decode_step(
-    model: nn.Module, *, segments: bool = True, norm_kernels: bool = True
+    model: nn.Module, *, segments: bool = True, norm_kernels: bool = True, attention_kernel: bool = True
 ) -> Callable[[mx.array, list[Any]], mx.array]:
     """A one-token forward for an mlx-lm Qwen3.5 model with its static-shape parts under ``mx.compile``.
 
@@ -350,8 +351,9 @@ def compiled_decode_step(
     ``segments=True`` (when every attention layer is mlx-lm's Qwen3-Next attention) compiles each run of layers
     between two KV-cache appends as one function (7 compiled calls a token for Qwen3.5 instead of 32); False compiles
     layer by layer. The segments carry each residual add to the norm that follows it and run the two as one CUDA
-    kernel, and an attention layer's q/k norms and RoPE as another (``voicepipe.llm.mlx_norm_kernels``, where those
-    kernels are on; ``norm_kernels=False`` keeps MLX's ops, as every device without them does).
+    kernel, an attention layer's q/k norms and RoPE as another (``voicepipe.llm.mlx_norm_kernels``) and its attention
+    over the cache as a third (``voicepipe.llm.mlx_attention_kernel``), where those kernels are on;
+    ``norm_kernels=False`` and ``attention_kernel=False`` keep MLX's ops, as every device without them does.
     """
     from mlx_lm.models.cache import ArraysCache, KVCache
     from mlx_lm.models.qwen3_next import Qwen3NextAttention
@@ -394,7 +396,7 @@ def compiled_decode_step(
     output = inner.embed_tokens.as_linear if tied else language.lm_head
     head = mx.compile(lambda h: output(inner.norm(h)))
     if segments and all(layer.is_linear or is_qwen3_next_attention(layer.self_attn) for layer in layers):
-        return _segmented_decode_step(model, layers, embed, (inner.norm, output), norm_kernels)
+        return _segmented_decode_step(model, layers, embed, (inner.norm, output), norm_kernels, attention_kernel)
     blocks = [block(layer) for layer in layers]
 
     def step(tokens: mx.array, cache: list[Any]) -> mx.array:
@@ -487,6 +489,7 @@ def _segmented_decode_step(
     embed: Callable[..., mx.array],
     head: tuple[nn.Module, Callable[..., mx.array]],
     kernels: bool,
+    attention_kernel: bool,
 ) -> Callable[[mx.array, list[Any]], mx.array]:
     """:func:`compiled_decode_step` with one compiled function per run of layers between KV-cache appends.
 
@@ -551,8 +554,8 @@ def _segmented_decode_step(
             else:
                 queries, keys, values, gate, h = outs[:5]
                 keys, values = cache[begin].update_and_fetch(keys, values)
-                out = mx.fast.scaled_dot_product_attention(queries, keys, values, scale=layers[begin].self_attn.scale)
-                carry = [h, out, gate]
+                scale = layers[begin].self_attn.scale
+                carry = [h, decode_attention(queries, keys, values, scale=scale, kernel=attention_kernel), gate]
         return logits
 
     return step
