@@ -169,14 +169,20 @@ def prefill_without_recurrence(model: nn.Module, tokens: mx.array) -> float:
         qwen3_5.gated_delta_update = original
 
 
-def kernel_step(model: nn.Module, use_kernel: bool):
-    """A compiled decode step traced with the CUDA decode kernel on or off (the choice is fixed at tracing)."""
+def kernel_step(model: nn.Module, use_kernel: bool, norm_kernels: bool = True, attention_kernel: bool = True):
+    """A compiled decode step traced with the CUDA kernels on or off (the choice is fixed at tracing); with
+    ``norm_kernels=False`` without the add + norm and q/k norm + RoPE kernels, with ``attention_kernel=False``
+    without the attention kernel (both False: the decode-step kernel alone)."""
+    previous = os.environ.get("VOICEPIPE_MLX_DECODE_KERNEL")
     os.environ["VOICEPIPE_MLX_DECODE_KERNEL"] = "1" if use_kernel else "0"
     try:
-        step = compiled_decode_step(model)
+        step = compiled_decode_step(model, norm_kernels=norm_kernels, attention_kernel=attention_kernel)
         decode_loop(step, model, mx.random.randint(0, CONFIG_08B["vocab_size"], (128,)), 4)  # trace now
-    finally:
-        del os.environ["VOICEPIPE_MLX_DECODE_KERNEL"]
+    finally:  # the engine's step, traced later, follows the caller's setting
+        if previous is None:
+            del os.environ["VOICEPIPE_MLX_DECODE_KERNEL"]
+        else:
+            os.environ["VOICEPIPE_MLX_DECODE_KERNEL"] = previous
     return step
 
 
@@ -316,6 +322,10 @@ def bench_decode(model: nn.Module, fused: nn.Module, n: int, profile: int = 0) -
     fused_ops = kernel_step(fused, use_kernel=False)
     kernel = decode_kernel_available()
     fused_kernel = kernel_step(fused, use_kernel=True) if kernel else None
+    decode_kernel_only = (
+        kernel_step(fused, use_kernel=True, norm_kernels=False, attention_kernel=False) if kernel else None
+    )
+    norm_step = kernel_step(fused, use_kernel=True, attention_kernel=False) if kernel else None
     best = fused_kernel or fused_ops
     chat = _BenchChat(fused)  # builds its own compiled step on its thread (CUDA kernel on where available)
     chat.load()
@@ -326,11 +336,16 @@ def bench_decode(model: nn.Module, fused: nn.Module, n: int, profile: int = 0) -
     decode["compiled_step_tok_s"] = n / decode_loop(step, model, prompt, n)
     decode["fused_compiled_tok_s"] = n / decode_loop(fused_ops, fused, prompt, n)
     if fused_kernel is not None:
+        decode["fused_decode_kernel_tok_s"] = n / decode_loop(decode_kernel_only, fused, prompt, n)
+        decode["fused_norm_kernels_tok_s"] = n / decode_loop(norm_step, fused, prompt, n)
         decode["fused_kernel_tok_s"] = n / decode_loop(fused_kernel, fused, prompt, n)
     decode["engine_tok_s"] = n / decode_engine(chat, prompt.tolist(), n)
     decode["engine_vs_mlx_lm"] = decode["engine_tok_s"] / decode["mlx_lm_generate_step_tok_s"]
     decode["parity_fused_ops"] = greedy_parity(model, step, fused, fused_ops, prompt, 32)
     decode["parity"] = greedy_parity(model, step, fused, best, prompt, 32)
+    if fused_kernel is not None:  # the step's kernels against MLX's ops, all with the decode-step kernel
+        decode["parity_norm_kernels"] = greedy_parity(fused, decode_kernel_only, fused, norm_step, prompt, 32)
+        decode["parity_attention_kernel"] = greedy_parity(fused, norm_step, fused, fused_kernel, prompt, 32)
     decode["split_unfused"] = step_split(step, model, prompt, min(n, 64))
     decode["split_best"] = step_split(best, fused, prompt, min(n, 64))
     decode["weights_mb"] = sum(v.nbytes for _, v in tree_flatten(model.parameters())) / 1e6
@@ -373,6 +388,8 @@ def main() -> None:
         print(json.dumps(ncu_summary(args.ncu_summary, args.ncu_steps), indent=1))
         return
     dtype = getattr(mx, args.dtype)
+    # The CUDA kernels are opt-in in the engine; the benchmark measures them (=0 measures the engine without).
+    os.environ.setdefault("VOICEPIPE_MLX_DECODE_KERNEL", "1")
 
     results: dict[str, Any] = {
         "env": {k: v for k, v in os.environ.items() if k.startswith("MLX_")},

@@ -66,7 +66,8 @@ def _widened(model: nn.Module) -> dict:
 
 
 def run(model: nn.Module, prompt: list[int], steps: int, step=None) -> tuple[list[int], np.ndarray]:
-    """Prefill ``prompt``, then decode ``steps`` greedy tokens (through ``step`` when given); tokens and logits."""
+    """Prefill ``prompt``, then decode ``steps`` greedy tokens (through ``step`` when given); tokens and logits
+    (as float32: numpy has no bfloat16)."""
     cache = model.make_cache()
     logits = model(mx.array([prompt]), cache=cache)[:, -1]
     tokens, rows = [], [logits]
@@ -75,7 +76,7 @@ def run(model: nn.Module, prompt: list[int], steps: int, step=None) -> tuple[lis
         tokens.append(token.item())
         logits = step(token[:, None], cache)[:, -1] if step else model(token[:, None], cache=cache)[:, -1]
         rows.append(logits)
-    return tokens, np.array(mx.concatenate(rows))
+    return tokens, np.array(mx.concatenate(rows).astype(mx.float32))
 
 
 @pytest.mark.parametrize("quantized", [False, True])

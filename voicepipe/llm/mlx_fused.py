@@ -143,10 +143,13 @@ class FusedAttention(qwen3_next.Qwen3NextAttention):
 
     def project(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array, mx.array]:
         """(queries [B, L, H, D], gate [B, L, H * D], keys [B, L, Hkv * D], values [B, L, Hkv * D]), unnormalised."""
-        batch, length, _ = x.shape
+        return self.split_projection(self.qkv_proj(x))
+
+    def split_projection(self, out: mx.array) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+        """:meth:`project`'s four parts of a ``qkv_proj`` output (views, no copies)."""
+        batch, length, _ = out.shape
         q_size = 2 * self.num_attention_heads * self.head_dim
         kv_size = self.num_key_value_heads * self.head_dim
-        out = self.qkv_proj(x)
         queries, gate = mx.split(out[..., :q_size].reshape(batch, length, self.num_attention_heads, -1), 2, axis=-1)
         return (
             queries,

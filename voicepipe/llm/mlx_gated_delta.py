@@ -17,6 +17,7 @@ Import this module lazily (only the MLX engine needs it): it imports ``mlx`` at 
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -25,7 +26,9 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from voicepipe.llm.mlx_attention_kernel import decode_attention
 from voicepipe.llm.mlx_fused import FusedAttention, attention_projections
+from voicepipe.llm.mlx_norm_kernels import add_rms_norm, qk_norm_rope
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -331,7 +334,9 @@ def disable_chunked_prefill(model: nn.Module) -> int:
     return restored
 
 
-def compiled_decode_step(model: nn.Module, *, segments: bool = True) -> Callable[[mx.array, list[Any]], mx.array]:
+def compiled_decode_step(
+    model: nn.Module, *, segments: bool = True, norm_kernels: bool = True, attention_kernel: bool = True
+) -> Callable[[mx.array, list[Any]], mx.array]:
     """A one-token forward for an mlx-lm Qwen3.5 model with its static-shape parts under ``mx.compile``.
 
     In a decode step the embedding, every linear-attention layer (its conv and recurrent states have fixed shapes),
@@ -345,7 +350,10 @@ def compiled_decode_step(model: nn.Module, *, segments: bool = True) -> Callable
 
     ``segments=True`` (when every attention layer is mlx-lm's Qwen3-Next attention) compiles each run of layers
     between two KV-cache appends as one function (7 compiled calls a token for Qwen3.5 instead of 32); False compiles
-    layer by layer.
+    layer by layer. The segments carry each residual add to the norm that follows it and run the two as one CUDA
+    kernel, an attention layer's q/k norms and RoPE as another (``voicepipe.llm.mlx_norm_kernels``) and its attention
+    over the cache as a third (``voicepipe.llm.mlx_attention_kernel``), where those kernels are on;
+    ``norm_kernels=False`` and ``attention_kernel=False`` keep MLX's ops, as every device without them does.
     """
     from mlx_lm.models.cache import ArraysCache, KVCache
     from mlx_lm.models.qwen3_next import Qwen3NextAttention
@@ -384,12 +392,11 @@ def compiled_decode_step(model: nn.Module, *, segments: bool = True) -> Callable
         return mlp_block(layer)
 
     embed = mx.compile(inner.embed_tokens)
-    if getattr(language.args, "tie_word_embeddings", False):
-        head = mx.compile(lambda h: inner.embed_tokens.as_linear(inner.norm(h)))
-    else:
-        head = mx.compile(lambda h: language.lm_head(inner.norm(h)))
+    tied = getattr(language.args, "tie_word_embeddings", False)
+    output = inner.embed_tokens.as_linear if tied else language.lm_head
+    head = mx.compile(lambda h: output(inner.norm(h)))
     if segments and all(layer.is_linear or is_qwen3_next_attention(layer.self_attn) for layer in layers):
-        return _segmented_decode_step(model, layers, embed, head)
+        return _segmented_decode_step(model, layers, embed, (inner.norm, output), norm_kernels, attention_kernel)
     blocks = [block(layer) for layer in layers]
 
     def step(tokens: mx.array, cache: list[Any]) -> mx.array:
@@ -419,34 +426,80 @@ def compiled_decode_step(model: nn.Module, *, segments: bool = True) -> Callable
 def _attention_parts(layer: nn.Module) -> tuple[Callable[..., Any], Callable[..., mx.array]]:
     """mlx-lm's ``Qwen3NextAttention.__call__`` for one decode token, split at the KV cache: ``before`` (norm,
     projections, q/k norms, RoPE at an array offset) and ``after`` (gated output projection, residual, MLP block)."""
-    attn = layer.self_attn
+    pending_before, pending_after = _pending_attention_parts(layer, kernels=False)
 
-    def before(h: mx.array, offset: mx.array) -> tuple[mx.array, mx.array, mx.array, mx.array]:
-        x = layer.input_layernorm(h)
-        batch, length, _ = x.shape
-        queries, gate, keys, values = attention_projections(attn, x)
-        keys = attn.k_norm(keys.reshape(batch, length, attn.num_key_value_heads, -1))
-        values = values.reshape(batch, length, attn.num_key_value_heads, -1).transpose(0, 2, 1, 3)
-        queries = attn.rope(attn.q_norm(queries).transpose(0, 2, 1, 3), offset=offset)
-        keys = attn.rope(keys.transpose(0, 2, 1, 3), offset=offset)
-        return queries, keys, values, gate
+    def before(h: mx.array, offset: mx.array) -> tuple[mx.array, ...]:
+        return pending_before(h, None, offset)[:4]
 
     def after(h: mx.array, out: mx.array, gate: mx.array) -> mx.array:
+        h, r = pending_after(h, out, gate)
+        return h + r
+
+    return before, after
+
+
+def _linear_layer(layer: nn.Module, h: mx.array, r: mx.array | None, cache: Any, kernels: bool) -> tuple[Any, Any]:
+    """mlx-lm's ``DecoderLayer.__call__`` for a linear-attention layer on a residual stream ``h`` whose last add
+    ``r`` is still pending: returns ``(h, r)`` with this layer's MLP output pending in turn, so that every residual
+    add runs together with the norm that reads its result (:func:`add_rms_norm`)."""
+    norm = functools.partial(add_rms_norm, kernel=kernels)
+    h, x = norm(h, r, layer.input_layernorm)
+    h, x = norm(h, layer.linear_attn(x, None, cache), layer.post_attention_layernorm)
+    return h, layer.mlp(x)
+
+
+def _pending_attention_parts(layer: nn.Module, kernels: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """:func:`_attention_parts` on a residual stream with a pending add (as :func:`_linear_layer`): ``before(h, r,
+    offset)`` returns the queries, keys, values, gate and the summed ``h``; ``after`` returns ``(h, r)``. With
+    ``kernels`` the q/k norms and RoPE of a fused layer run as one kernel where it applies (:func:`qk_norm_rope`)."""
+    attn = layer.self_attn
+    norm = functools.partial(add_rms_norm, kernel=kernels)
+
+    def before(h: mx.array, r: mx.array | None, offset: mx.array) -> tuple[mx.array, ...]:
+        h, x = norm(h, r, layer.input_layernorm)
+        batch, length, _ = x.shape
+        roped = None
+        if isinstance(attn, FusedAttention):
+            proj = attn.qkv_proj(x)
+            roped = qk_norm_rope(attn, proj, offset) if kernels else None
+            queries, gate, keys, values = attn.split_projection(proj)
+        else:
+            queries, gate, keys, values = attention_projections(attn, x)
+        values = values.reshape(batch, length, attn.num_key_value_heads, -1).transpose(0, 2, 1, 3)
+        if roped is None:
+            keys = attn.k_norm(keys.reshape(batch, length, attn.num_key_value_heads, -1))
+            queries = attn.rope(attn.q_norm(queries).transpose(0, 2, 1, 3), offset=offset)
+            keys = attn.rope(keys.transpose(0, 2, 1, 3), offset=offset)
+        else:
+            queries, keys = roped
+        return queries, keys, values, gate, h
+
+    def after(h: mx.array, out: mx.array, gate: mx.array) -> tuple[mx.array, mx.array]:
         batch, _, length, _ = out.shape
-        h = h + attn.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1) * mx.sigmoid(gate))
-        return h + layer.mlp(layer.post_attention_layernorm(h))
+        r = attn.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1) * mx.sigmoid(gate))
+        h, x = norm(h, r, layer.post_attention_layernorm)
+        return h, layer.mlp(x)
 
     return before, after
 
 
 def _segmented_decode_step(
-    model: nn.Module, layers: list[nn.Module], embed: Callable[..., mx.array], head: Callable[..., mx.array]
+    model: nn.Module,
+    layers: list[nn.Module],
+    embed: Callable[..., mx.array],
+    head: tuple[nn.Module, Callable[..., mx.array]],
+    kernels: bool,
+    attention_kernel: bool,
 ) -> Callable[[mx.array, list[Any]], mx.array]:
-    """:func:`compiled_decode_step` with one compiled function per run of layers between KV-cache appends."""
+    """:func:`compiled_decode_step` with one compiled function per run of layers between KV-cache appends.
+
+    ``head`` is the final norm and the output layer. Inside a segment the residual stream is ``(h, r)``, the last
+    add pending until the norm after it (:func:`_linear_layer`); between segments it is the summed ``h``."""
     from mlx_lm.models.cache import ArraysCache, KVCache
 
     attention = [i for i, layer in enumerate(layers) if not layer.is_linear]
-    parts = {i: _attention_parts(layers[i]) for i in attention}
+    parts = {i: _pending_attention_parts(layers[i], kernels) for i in attention}
+    final_norm, output = head
 
     def segment(
         finish: int | None, linears: list[int], begin: int | None
@@ -456,17 +509,20 @@ def _segmented_decode_step(
         # h (or the logits after the last layer), then the new states.
         def run(arrays: list[mx.array]) -> list[mx.array]:
             it = iter(arrays)
-            h = embed(next(it)) if finish is None else parts[finish][1](next(it), next(it), next(it))
+            if finish is None:
+                h, r = embed(next(it)), None
+            else:
+                h, r = parts[finish][1](next(it), next(it), next(it))
             offset = next(it)
             states = []
             for i in linears:
                 cache = ArraysCache(size=2)
                 cache[0], cache[1] = next(it), next(it)
-                h = layers[i](h, None, cache)
+                h, r = _linear_layer(layers[i], h, r, cache, kernels)
                 states += [cache[0], cache[1]]
             if begin is None:
-                return [head(h), *states]
-            return [*parts[begin][0](h, offset), h, *states]
+                return [output(add_rms_norm(h, r, final_norm, kernel=kernels)[1]), *states]
+            return [*parts[begin][0](h, r, offset), *states]
 
         return mx.compile(run)
 
@@ -498,8 +554,8 @@ def _segmented_decode_step(
             else:
                 queries, keys, values, gate, h = outs[:5]
                 keys, values = cache[begin].update_and_fetch(keys, values)
-                out = mx.fast.scaled_dot_product_attention(queries, keys, values, scale=layers[begin].self_attn.scale)
-                carry = [h, out, gate]
+                scale = layers[begin].self_attn.scale
+                carry = [h, decode_attention(queries, keys, values, scale=scale, kernel=attention_kernel), gate]
         return logits
 
     return step

@@ -1,0 +1,190 @@
+"""The decode step's norm and attention kernels (voicepipe.llm.mlx_norm_kernels, mlx_attention_kernel) and the
+residual-pending layer order of the segmented decode step (voicepipe.llm.mlx_gated_delta) that uses them.
+
+On the CPU the functions run MLX's ops (custom kernels are CUDA-only), so the CPU tests check the step's new layer
+order against mlx-lm's model; on a CUDA GPU the kernels run against those ops, which they are written to equal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+mx = pytest.importorskip("mlx.core")
+pytest.importorskip("mlx_lm")
+
+import mlx.nn as nn  # noqa: E402
+from mlx.utils import tree_map_with_path  # noqa: E402
+from mlx_lm.models import qwen3_5  # noqa: E402
+
+from tests.llm.test_mlx_fused import CONFIG, build, rel_err, run  # noqa: E402
+from voicepipe.llm.mlx_attention_kernel import MAX_POSITIONS, decode_attention  # noqa: E402
+from voicepipe.llm.mlx_fused import FusedAttention, fuse_projections  # noqa: E402
+from voicepipe.llm.mlx_gated_delta import compiled_decode_step  # noqa: E402
+from voicepipe.llm.mlx_norm_kernels import add_rms_norm, qk_norm_rope  # noqa: E402
+
+on_cuda = mx.default_device() == mx.gpu and mx.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not on_cuda, reason="custom kernels are CUDA-only")
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_residual_pending_step_matches_model(quantized: bool) -> None:
+    """The segmented step with every residual add moved next to its norm gives mlx-lm's tokens and logits."""
+    plain, fused = build(quantized), build(quantized)
+    fuse_projections(fused)
+    prompt = np.random.default_rng(2).integers(0, CONFIG["vocab_size"], 50).tolist()
+    tokens_ref, logits_ref = run(plain, prompt, steps=12)
+    for kernels in (True, False):
+        step = compiled_decode_step(fused, norm_kernels=kernels, attention_kernel=kernels)
+        tokens, logits = run(fused, prompt, steps=12, step=step)
+        assert tokens == tokens_ref
+        assert rel_err(logits, logits_ref) <= 1e-4
+
+
+def test_ops_path_off_cuda() -> None:
+    """Without the kernels ``add_rms_norm`` is mlx-lm's add then norm, bit for bit, and ``qk_norm_rope`` declines."""
+    if on_cuda:
+        pytest.skip("the CPU path")
+    mx.random.seed(1)
+    norm = nn.RMSNorm(96, eps=1e-6)
+    norm.weight = mx.random.normal((96,))
+    x, r = mx.random.normal((2, 1, 96)), mx.random.normal((2, 1, 96))
+    h, y = add_rms_norm(x, r, norm)
+    assert np.array_equal(np.array(h), np.array(x + r))
+    assert np.array_equal(np.array(y), np.array(norm(x + r)))
+    h, y = add_rms_norm(x, None, norm)
+    assert h is x and np.array_equal(np.array(y), np.array(norm(x)))
+    attn = _attention(64, 2, 1, mx.float32)
+    assert qk_norm_rope(attn, attn.qkv_proj(mx.random.normal((1, 1, 256))), mx.array(3)) is None
+
+
+# -- the kernels (CUDA only) ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def kernels_on(monkeypatch):
+    monkeypatch.setenv("VOICEPIPE_MLX_DECODE_KERNEL", "1")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("shape", [(1, 1, 1024), (3, 1, 1024), (1, 1, 256), (2, 1, 896), (1, 1, 2048), (1, 1, 40)])
+def test_add_rms_norm_kernel_equals_mlx(dtype: str, shape: tuple, kernels_on) -> None:
+    mx.random.seed(4)
+    dt = getattr(mx, dtype)
+    norm = nn.RMSNorm(shape[-1], eps=1e-6)
+    norm.weight = (1.0 + 0.3 * mx.random.normal((shape[-1],))).astype(dt)
+    x, r = (4.0 * mx.random.normal(shape)).astype(dt), mx.random.normal(shape).astype(dt)
+    h, y = add_rms_norm(x, r, norm)
+    want_h = x + r
+    want_y = norm(want_h)
+    assert h.dtype == dt and y.dtype == dt and y.shape == shape
+    assert np.array_equal(np.array(h.astype(mx.float32)), np.array(want_h.astype(mx.float32)))
+    assert np.array_equal(np.array(y.astype(mx.float32)), np.array(want_y.astype(mx.float32)))
+
+
+def _attention(head_dim: int, heads: int, kv_heads: int, dtype: mx.Dtype) -> FusedAttention:
+    args = qwen3_5.TextModelArgs.from_dict(
+        {
+            **CONFIG,
+            "hidden_size": 256,
+            "head_dim": head_dim,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25},
+        }
+    )
+    mx.random.seed(5)
+    attn = qwen3_5.Attention(args)
+    attn.q_norm.weight = 1.0 + 0.3 * mx.random.normal((head_dim,))
+    attn.k_norm.weight = 1.0 + 0.3 * mx.random.normal((head_dim,))
+    attn.set_dtype(dtype)
+    assert fuse_projections(attn) == 1
+    return attn
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("heads", [(256, 8, 2), (128, 4, 4), (64, 2, 1)])
+@pytest.mark.parametrize("offset", [0, 7, 3000])
+def test_qk_norm_rope_kernel_equals_mlx(dtype: str, heads: tuple, offset: int, kernels_on) -> None:
+    """Against mlx-lm's q_norm, k_norm and RoPE on the same projection (Qwen3.5-0.8B's shape first)."""
+    head_dim, n_heads, kv_heads = heads
+    dt = getattr(mx, dtype)
+    attn = _attention(head_dim, n_heads, kv_heads, dt)
+    x = mx.random.normal((2, 1, 256)).astype(dt)
+    proj = attn.qkv_proj(x)
+    got = qk_norm_rope(attn, proj, mx.array(offset))
+    assert got is not None
+    queries, _, keys, _ = attn.split_projection(proj)
+    want_q = attn.rope(attn.q_norm(queries).transpose(0, 2, 1, 3), offset=offset)
+    want_k = attn.rope(attn.k_norm(keys.reshape(2, 1, kv_heads, -1)).transpose(0, 2, 1, 3), offset=offset)
+    for g, w in zip(got, (want_q, want_k), strict=True):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        assert np.array_equal(np.array(g.astype(mx.float32)), np.array(w.astype(mx.float32)))
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("positions", [1, 37, 300, 5000])
+def test_decode_attention_kernel_matches_mlx(dtype: str, positions: int, kernels_on) -> None:
+    """Against MLX's attention on views into a larger cache buffer, as the KV cache hands them over (GQA 8:2)."""
+    dt = getattr(mx, dtype)
+    mx.random.seed(6)
+    queries = mx.random.normal((2, 8, 1, 256)).astype(dt)
+    buffer_k = (2.0 * mx.random.normal((2, 2, positions + 20, 256))).astype(dt)
+    buffer_v = mx.random.normal((2, 2, positions + 20, 256)).astype(dt)
+    keys, values = buffer_k[..., :positions, :], buffer_v[..., :positions, :]
+    got = decode_attention(queries, keys, values, scale=256**-0.5)
+    want = mx.fast.scaled_dot_product_attention(queries, keys, values, scale=256**-0.5)
+    assert got.shape == want.shape and got.dtype == dt
+    assert rel_err(np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32))) <= (
+        1e-5 if dtype == "float32" else 1e-2
+    )
+
+
+def test_decode_attention_falls_back_to_mlx(monkeypatch) -> None:
+    """Where the kernel does not apply (off CUDA, turned off, a mask, a long cache) it is MLX's attention."""
+    monkeypatch.setenv("VOICEPIPE_MLX_DECODE_KERNEL", "1")
+    mx.random.seed(8)
+    queries, keys = mx.random.normal((1, 4, 1, 64)), mx.random.normal((1, 2, 9, 64))
+    want = mx.fast.scaled_dot_product_attention(queries, keys, keys, scale=0.125)
+    for got in (
+        decode_attention(queries, keys, keys, scale=0.125, kernel=False),
+        *([] if on_cuda else [decode_attention(queries, keys, keys, scale=0.125)]),
+    ):
+        assert np.array_equal(np.array(got), np.array(want))
+    long = mx.random.normal((1, 2, MAX_POSITIONS + 1, 64))
+    want = mx.fast.scaled_dot_product_attention(queries, long, long, scale=0.125)
+    assert np.array_equal(np.array(decode_attention(queries, long, long, scale=0.125)), np.array(want))
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_step_with_kernels_equals_step_without(dtype: str, kernels_on) -> None:
+    """The whole compiled step (tiny model, INT4): the norm kernels change nothing; with the attention kernel the
+    logits move by the dtype's rounding (fp32: the same tokens)."""
+    model = build(False)
+    # As a converted checkpoint: floats in the dtype (A_log stays float32, as mlx-lm keeps it), then INT4.
+    model.update(
+        tree_map_with_path(lambda p, x: x if p.endswith("A_log") else x.astype(getattr(mx, dtype)), model.parameters())
+    )
+    nn.quantize(model, group_size=64, bits=4)
+    fuse_projections(model)
+    prompt = np.random.default_rng(3).integers(0, CONFIG["vocab_size"], 40).tolist()
+
+    def steps(norms: bool, attention: bool):
+        return run(
+            model, prompt, steps=12, step=compiled_decode_step(model, norm_kernels=norms, attention_kernel=attention)
+        )
+
+    want, norms, both = steps(False, False), steps(True, False), steps(True, True)
+    assert norms[0] == want[0]
+    differ = np.flatnonzero((norms[1] != want[1]).any(axis=-1))
+    assert differ.size == 0, f"rows {differ.tolist()} differ, by up to {np.abs(norms[1] - want[1]).max()}"
+    if dtype == "float32":
+        assert both[0] == want[0]
+        assert rel_err(both[1], want[1]) <= 1e-4
+    else:  # bf16 roundings in another order; the widened random model amplifies them step by step
+        assert both[0][0] == want[0][0]
+        assert rel_err(both[1][:4], want[1][:4]) <= 0.1
