@@ -168,7 +168,13 @@ def p50(values: list[float]) -> float | None:
 async def soak(args: argparse.Namespace, out_wav: Path) -> dict[str, Any]:
     loaded = parse_pipeline(
         pipeline_yaml(
-            args.model, args.tts, out_wav, args.max_tokens, args.max_history, args.llm_threads, _on_off(args.release_arena)
+            args.model,
+            args.tts,
+            out_wav,
+            args.max_tokens,
+            args.max_history,
+            args.llm_threads,
+            _on_off(args.release_arena),
         ),
         "soak.yaml",
     )
@@ -213,6 +219,9 @@ async def soak(args: argparse.Namespace, out_wav: Path) -> dict[str, Any]:
         t = turn.times
         if "transcript" in t and "first_audio" in t:
             latency[turn_id] = (t["first_audio"] - t["transcript"]) * 1000
+    for sample in samples:  # each turn's latency in the report, so a drift can be read turn by turn
+        if sample["turn"] in latency:
+            sample["latency_ms"] = round(latency[sample["turn"]], 1)
     warm = samples[min(args.warmup, len(samples)) - 1] if samples else None
     last = samples[-1] if samples else None
     after = [latency[s["turn"]] for s in samples[args.warmup :] if s["turn"] in latency]
