@@ -160,6 +160,8 @@ def build_stages(args: argparse.Namespace, tts: str, out_wav: Path) -> list[Stag
     end_of_turn = "smart-turn" if args.smart_turn == "on" else "hangover"
     chunker = {} if args.first_words is None else {"first_max_words": _first_words(args.first_words)}
     vad = {} if args.pause_ms is None else {"pause_ms": args.pause_ms}
+    if args.early_ms is not None:
+        vad["early_ms"] = args.early_ms
     return [
         VADStage(VADConfig(hangover_ms=args.hangover_ms, end_of_turn=end_of_turn, **vad), name="vad"),
         ASRStage(ASRConfig(model=str(whisper_tiny_en_dir())), name="asr"),
@@ -417,7 +419,10 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=96, help="reply length cap")
     parser.add_argument("--hangover-ms", type=int, default=500, help="VAD: silence that ends a turn")
     parser.add_argument(
-        "--pause-ms", type=int, help="VAD: silence after which transcription starts (default: the stage's)"
+        "--pause-ms", type=int, help="VAD: silence after which Smart Turn is asked (default: the stage's)"
+    )
+    parser.add_argument(
+        "--early-ms", type=int, help="VAD: silence after which transcription starts (default: the stage's)"
     )
     on_off = ("on", "off")
     parser.add_argument("--smart-turn", choices=on_off, default="on", help="VAD: Smart Turn ends finished sentences")
@@ -458,6 +463,8 @@ def main() -> int:
             print(json.dumps({k: (round(v) if isinstance(v, float) else v) for k, v in row.items()}), file=sys.stderr)
     levers = (
         "smart_turn",
+        "pause_ms",
+        "early_ms",
         "first_words",
         "tts_warm_up",
         "core_priority",

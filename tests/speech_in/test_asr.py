@@ -102,8 +102,10 @@ async def test_resumed_speech_discards_the_provisional_transcript(make_asr) -> N
     transcripts = _transcripts(out)
     assert len(transcripts) == 1
     assert wer("turn on the radio and play some jazz", transcripts[0].text) <= 0.15
-    # the VAD says the user went on, so whatever started on the provisional words can be cancelled at once
-    assert [f.turn_id for f in out if isinstance(f, SpeechResumedFrame)] == [1]
+    # the VAD says the user went on (in the 350 ms pause, and in shorter gaps between words, each longer than
+    # early_ms), so whatever started on the provisional words can be cancelled at once
+    resumed = [f.turn_id for f in out if isinstance(f, SpeechResumedFrame)]
+    assert resumed and set(resumed) == {1}
 
 
 async def test_early_transcription_off_transcribes_at_the_end(make_asr, clean_clips) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.support import speech
-from voicepipe.vad.segmenter import Pause, Segmenter, SegmenterConfig, SpeechEnd, SpeechStart
+from voicepipe.vad.segmenter import EndCheck, Pause, Resume, Segmenter, SegmenterConfig, SpeechEnd, SpeechStart
 from voicepipe.vad.silero import SileroVAD
 from voicepipe.vad.webrtc import WebRTCVAD
 
@@ -45,7 +45,7 @@ def test_one_segment_per_utterance_covering_the_speech(engine: str, clean_clips:
     offset = 0.0
     for clip, segment in zip(clean_clips, segments, strict=True):
         first, last = speech_bounds(clip)
-        # the segment holds every sample of the utterance (pre-roll before, pause_ms after)
+        # the segment holds every sample of the utterance (pre-roll before, early_ms after)
         assert segment.start_time <= offset + first
         assert segment.end_time >= offset + last
         assert len(segment.pcm) == round((segment.end_time - segment.start_time) * 16000)
@@ -75,6 +75,57 @@ def test_pause_segment_equals_final_when_the_user_does_not_resume(engine: str) -
     provisional, final = events[1].segment, events[2].segment
     assert (provisional.start_time, provisional.end_time) == (final.start_time, final.end_time)
     np.testing.assert_array_equal(provisional.pcm, final.pcm)
+
+
+@pytest.mark.parametrize("engine", ["webrtc", "silero"])
+def test_transcription_starts_before_the_end_check_on_the_same_final_audio(engine: str) -> None:
+    """early_ms < pause_ms: the provisional segment goes out first, the end-of-turn check follows, and the final
+    segment is the provisional one (so its transcript can be used), whether the check or the hangover ends it."""
+    clip = speech.pad(speech.espeak("Remind me to call my mother."), 0.5, 1.0)
+    config = SegmenterConfig(early_ms=90, pause_ms=200, end_check=True)
+    segmenter, events, fed = Segmenter(MODELS[engine](), config), [], {}
+    for offset in range(0, len(clip), 320):
+        for event in segmenter.feed(clip[offset : offset + 320]):
+            events.append(event)
+            fed[type(event)] = offset + 320  # samples fed when the event came out
+            if isinstance(event, Pause):
+                assert not segmenter.in_pause and segmenter.end_turn() == []  # too early to end the turn
+    events += segmenter.flush()
+    assert [type(e) for e in events] == [SpeechStart, Pause, EndCheck, SpeechEnd]
+    provisional, check, final = events[1].segment, events[2].segment, events[3].segment
+    last_voiced = events[3].last_voiced_time
+    assert provisional.end_time == pytest.approx(last_voiced + 0.09, abs=1e-6)
+    assert check.end_time == pytest.approx(last_voiced + 0.2, abs=1e-6)
+    assert (fed[EndCheck] - fed[Pause]) / 16000 >= 0.09  # the check came a real 100 ms or so later
+    np.testing.assert_array_equal(provisional.pcm, final.pcm)
+    # ended by the check instead of the hangover: the same final segment
+    segmenter = Segmenter(MODELS[engine](), config)
+    predicted = []
+    for offset in range(0, len(clip), 320):
+        new = segmenter.feed(clip[offset : offset + 320])
+        if new and isinstance(new[-1], EndCheck):
+            assert segmenter.in_pause
+            new += segmenter.end_turn()
+        predicted += new
+    done = ends(predicted)
+    assert len(done) == 1 and done[0].predicted
+    np.testing.assert_array_equal(done[0].segment.pcm, provisional.pcm)
+
+
+def test_a_gap_between_early_ms_and_pause_ms_resumes_without_an_end_check() -> None:
+    first, second = speech.espeak("Turn on the radio"), speech.espeak("and play some jazz.")
+    clip = speech.concat(speech.silence(0.5), first, speech.silence(0.15), second, speech.silence(1.0))
+    config = SegmenterConfig(early_ms=60, pause_ms=200, end_check=True)
+    events = run(Segmenter(WebRTCVAD(), config), clip)
+    kinds = [type(e) for e in events]
+    assert kinds.count(Pause) == 2 and kinds.count(Resume) == 1  # the gap: a provisional segment, then voided
+    assert kinds.count(EndCheck) == 1  # only the real end lasted pause_ms
+    assert kinds.index(Resume) < kinds.index(EndCheck)
+
+
+def test_early_ms_longer_than_pause_ms_is_refused() -> None:
+    with pytest.raises(ValueError, match="early_ms"):
+        SegmenterConfig(early_ms=300, pause_ms=200).check()
 
 
 @pytest.mark.parametrize("engine", ["webrtc", "silero"])

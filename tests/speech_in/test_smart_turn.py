@@ -66,6 +66,18 @@ async def test_a_finished_question_ends_at_the_pause(text: str) -> None:
     assert len(cost) == 1
 
 
+async def test_with_early_ms_the_transcription_audio_goes_out_before_the_model_is_asked() -> None:
+    out = await _turn(COMPLETE[1], early_ms=90, pause_ms=200)
+    kinds = [type(f) for f in out]
+    provisional, final = [f for f in out if isinstance(f, UserAudioFrame)]
+    # the provisional audio is out before the model is asked (its metrics) and before the turn ends
+    assert kinds.index(UserAudioFrame) < kinds.index(MetricsFrame) < kinds.index(SpeechEndedFrame)
+    ended = next(f for f in out if isinstance(f, SpeechEndedFrame))
+    assert ended.predicted
+    assert provisional.end_time == final.end_time == pytest.approx(ended.audio_time + 0.09, abs=1e-6)
+    np.testing.assert_array_equal(provisional.pcm, final.pcm)
+
+
 @pytest.mark.parametrize("text", INCOMPLETE)
 async def test_an_unfinished_sentence_waits_for_the_hangover(text: str) -> None:
     out = await _turn(text)

@@ -32,12 +32,17 @@ async def test_each_utterance_is_a_turn_with_its_own_id(engine: str, clean_strea
     for turn in range(1, len(CLEAN_SET) + 1):
         frames = [f for f in out if f.turn_id == turn and not isinstance(f, MetricsFrame)]  # metrics: a side channel
         kinds = [(type(f).__name__, getattr(f, "final", None)) for f in frames]
+        # gaps between words longer than early_ms each send provisional audio that the next word voids
+        gaps = (len(kinds) - 4) // 2
         assert kinds == [
             ("SpeechStartedFrame", None),
+            *[("UserAudioFrame", False), ("SpeechResumedFrame", None)] * gaps,
             ("UserAudioFrame", False),
             ("SpeechEndedFrame", None),
             ("UserAudioFrame", True),
         ]
+        # the last provisional audio is the final audio, so its transcript is used as it is
+        np.testing.assert_array_equal(frames[-3].pcm, frames[-1].pcm)
 
 
 async def test_other_frames_pass_through_in_order() -> None:
@@ -114,6 +119,8 @@ def test_config_errors_name_the_field() -> None:
 
     with pytest.raises(ValidationError, match="pause_ms"):
         VADConfig(pause_ms=800, hangover_ms=500)
+    with pytest.raises(ValidationError, match="early_ms"):
+        VADConfig(early_ms=250, pause_ms=200)
     with pytest.raises(ValidationError, match="engine"):
         VADConfig(engine="cobra")
     with pytest.raises(ValidationError, match="frame_ms"):

@@ -4,12 +4,14 @@ Hand-written because neither webrtcvad nor Silero segments: they only classify f
 
 States: *idle* (a ring buffer keeps the last ``preroll_ms`` + ``start_ms`` of audio) and *speaking*. Speech starts
 after ``start_ms`` of consecutive voiced frames; the segment then begins ``preroll_ms`` before the first voiced frame
-(Whisper clips the first word without it). While speaking, a pause of ``pause_ms`` emits a provisional segment (so
-transcription can start early); a pause of ``hangover_ms`` ends the segment. A segment always ends ``pause_ms`` after
-its last voiced sample, so if the user does not resume, the final segment is identical to the provisional one.
-An end-of-turn model may end the segment
-earlier, during a pause (``end_turn``): the final segment is then the provisional one. If speech starts again before
-the hangover would have ended that segment, the early end was wrong: the new segment resumes it (it starts where the
+(Whisper clips the first word without it). While speaking, a pause of ``early_ms`` emits a provisional segment (so
+transcription can start early), a pause of ``pause_ms`` is the moment an end-of-turn model may be asked
+(``EndCheck``, with ``end_check``), and a pause of ``hangover_ms`` ends the segment. A segment always ends
+``early_ms`` after its last voiced sample, so if the user does not resume, the final segment is identical to the
+provisional one (and a transcript of it can be used as it is). An end-of-turn model may end the segment
+earlier, during a pause of at least ``pause_ms`` (``end_turn``): the final segment is then the provisional one. If
+speech starts again before the hangover would have ended that segment, the early end was wrong: the new segment
+resumes it (it starts where the
 ended one started and holds everything since, ``SpeechStart.resumed``). Segments with less than
 ``min_speech_ms`` of voiced audio are dropped (the end is still reported). Speech longer than
 ``max_segment_s`` is split: from 80% of the cap on at the first 100 ms pause (the next words start a new segment,
@@ -28,7 +30,17 @@ import numpy as np
 from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
 from voicepipe.vad.base import VADEngine
 
-__all__ = ["SegmenterConfig", "Segment", "SpeechStart", "Pause", "Resume", "SpeechEnd", "Event", "Segmenter"]
+__all__ = [
+    "SegmenterConfig",
+    "Segment",
+    "SpeechStart",
+    "Pause",
+    "EndCheck",
+    "Resume",
+    "SpeechEnd",
+    "Event",
+    "Segmenter",
+]
 
 
 @dataclass(frozen=True)
@@ -41,11 +53,20 @@ class SegmenterConfig:
     start_ms: int = 90
     hangover_ms: int = 500
     pause_ms: int = 200
+    #: Silence after which the provisional segment goes out (``Pause``); None: ``pause_ms``. At most ``pause_ms``.
+    early_ms: int | None = None
     preroll_ms: int = 300
     min_speech_ms: int = 250
     max_segment_s: float = 15.0
     #: Emit ``Pause`` events (provisional segments) for early transcription.
     early: bool = True
+    #: Emit ``EndCheck`` events (ask an end-of-turn model) after ``pause_ms`` of silence.
+    end_check: bool = False
+
+    @property
+    def early_after_ms(self) -> int:
+        """The silence after which a provisional segment goes out, and at which every segment ends."""
+        return self.pause_ms if self.early_ms is None else self.early_ms
 
     def check(self) -> None:
         """Raise ValueError naming the field when the timings contradict each other."""
@@ -55,6 +76,8 @@ class SegmenterConfig:
             raise ValueError(
                 f"release_threshold must be in (0, threshold={self.threshold}], not {self.release_threshold}"
             )
+        if self.early_ms is not None and not 0 < self.early_ms <= self.pause_ms:
+            raise ValueError(f"early_ms must be in (0, pause_ms={self.pause_ms}], not {self.early_ms}")
         if self.pause_ms >= self.hangover_ms:
             raise ValueError(f"pause_ms ({self.pause_ms}) must be shorter than hangover_ms ({self.hangover_ms})")
         if self.max_segment_s * 1000 <= self.start_ms + self.hangover_ms:
@@ -87,7 +110,15 @@ class SpeechStart:
 
 @dataclass
 class Pause:
-    """A pause of ``pause_ms`` began: ``segment`` is what the final segment will be if the user does not resume."""
+    """A pause of ``early_ms`` began: ``segment`` is what the final segment will be if the user does not resume."""
+
+    segment: Segment
+
+
+@dataclass
+class EndCheck:
+    """The pause has lasted ``pause_ms``: ask an end-of-turn model now (``segment``: the audio up to here), and call
+    ``Segmenter.end_turn`` if it says the turn is finished."""
 
     segment: Segment
 
@@ -114,7 +145,7 @@ class SpeechEnd:
     predicted: bool = False
 
 
-Event = SpeechStart | Pause | Resume | SpeechEnd
+Event = SpeechStart | Pause | EndCheck | Resume | SpeechEnd
 
 
 def _samples(ms: float) -> int:
@@ -134,6 +165,7 @@ class Segmenter:
         self._start_n = _samples(c.start_ms)
         self._hangover_n = _samples(c.hangover_ms)
         self._pause_n = _samples(c.pause_ms)
+        self._early_n = _samples(c.early_after_ms)
         self._preroll_n = _samples(c.preroll_ms)
         self._min_n = _samples(c.min_speech_ms)
         self._max_n = _samples(c.max_segment_s * 1000)
@@ -158,6 +190,7 @@ class Segmenter:
         self._voiced_n = 0
         self._silence_n = 0
         self._pause_sent = False
+        self._check_sent = False
         self._resumable: tuple[int, int, int] | None = None  # (seg_start, voiced_n, until) after end_turn
         self._since_end: list[np.ndarray] = []  # the ended segment's audio and all audio after it, while resumable
 
@@ -190,8 +223,8 @@ class Segmenter:
 
     @property
     def in_pause(self) -> bool:
-        """Speaking, and the last ``pause_ms`` or more were silent (a ``Pause`` was reported for this pause)."""
-        return self.speaking and self._pause_sent
+        """Speaking, the last ``pause_ms`` or more were silent, and a ``Pause`` was reported for this pause."""
+        return self.speaking and self._pause_sent and self._silence_n >= self._pause_n
 
     def end_turn(self) -> list[Event]:
         """End the segment now, before the hangover, if it is still in the pause that ``Pause`` reported.
@@ -224,7 +257,7 @@ class Segmenter:
             self._last_voiced_end = end
             self._voiced_n += len(frame)
             self._silence_n = 0
-            self._pause_sent = False
+            self._pause_sent = self._check_sent = False
         else:
             self._silence_n += len(frame)
         length = end - self._seg_start
@@ -237,14 +270,13 @@ class Segmenter:
             # no pause before the cap: cut mid-speech and go on at once, so no audio is lost
             events.append(self._end(capped=True, cut=end))
             self._begin(end, end, [], events)
-        elif (
-            self.config.early
-            and not self._pause_sent
-            and self._silence_n >= self._pause_n
-            and self._voiced_n >= self._min_n
-        ):
-            self._pause_sent = True
-            events.append(Pause(self._segment(self._last_voiced_end + self._pause_n)))
+        elif self._voiced_n >= self._min_n and (self.config.early or self.config.end_check):
+            if self.config.early and not self._pause_sent and self._silence_n >= self._early_n:
+                self._pause_sent = True
+                events.append(Pause(self._segment(self._last_voiced_end + self._early_n)))
+            if self.config.end_check and not self._check_sent and self._silence_n >= self._pause_n:
+                self._check_sent = self._pause_sent = True
+                events.append(EndCheck(self._segment(self._last_voiced_end + self._pause_n)))
 
     def _idle_step(self, frame: np.ndarray, start: int, end: int, voiced: bool, events: list[Event]) -> None:
         if self._resumable is not None:
@@ -290,7 +322,7 @@ class Segmenter:
         self._last_voiced_end = onset
         self._voiced_n = 0
         self._silence_n = 0
-        self._pause_sent = False
+        self._pause_sent = self._check_sent = False
         self._ring.clear()
         self._run_start, self._run_n = None, 0
         events.append(SpeechStart(onset / SPEECH_SAMPLE_RATE, resumed=resumed))
@@ -301,7 +333,7 @@ class Segmenter:
         return Segment(audio, self._seg_start / SPEECH_SAMPLE_RATE, (self._seg_start + len(audio)) / SPEECH_SAMPLE_RATE)
 
     def _end(self, *, capped: bool, cut: int | None = None) -> SpeechEnd:
-        end = cut if cut is not None else self._last_voiced_end + self._pause_n
+        end = cut if cut is not None else self._last_voiced_end + self._early_n
         segment = self._segment(end) if self._voiced_n >= self._min_n else None
         event = SpeechEnd(segment, self._last_voiced_time(), capped)
         # the trailing audio becomes the next segment's pre-roll

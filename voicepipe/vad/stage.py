@@ -1,15 +1,17 @@
 """The VAD stage: AudioFrames in (any rate, any channel count), speech events and user audio out.
 
 Per turn it emits ``SpeechStartedFrame`` (with a new turn id: the barge-in signal), ``UserAudioFrame(final=False)``
-when a pause begins (early transcription), ``SpeechResumedFrame`` if the user then goes on, then ``SpeechEndedFrame``
-and ``UserAudioFrame(final=True)``, all with that turn id. AudioFrames are consumed; every other frame is forwarded.
+after ``early_ms`` of a pause (early transcription), ``SpeechResumedFrame`` if the user then goes on, then
+``SpeechEndedFrame`` and ``UserAudioFrame(final=True)``, all with that turn id. AudioFrames are consumed; every other
+frame is forwarded.
 
 End of turn (``end_of_turn``): with ``smart-turn`` (the default) the Smart Turn v3 model is asked once per pause, after
-``pause_ms`` of silence, whether the utterance is finished; if it is, the turn ends there
-(``SpeechEndedFrame.predicted``), otherwise the stage keeps listening up to ``hangover_ms``. If the user goes on before
-the hangover would have ended a turn the model ended, the stage sends an ``InterruptionFrame`` for that turn (its reply
-is dropped) and a new turn whose audio contains it (``SpeechStartedFrame.resumes_turn``). With ``hangover``, or when the
-model cannot be had (one warning), only the hangover ends a turn.
+``pause_ms`` of silence, whether the utterance is finished (Whisper has been transcribing the same audio since
+``early_ms``, so the transcript is close behind); if it is, the turn ends there (``SpeechEndedFrame.predicted``),
+otherwise the stage keeps listening up to ``hangover_ms``. If the user goes on before the hangover would have ended a
+turn the model ended, the stage sends an ``InterruptionFrame`` for that turn (its reply is dropped) and a new turn
+whose audio contains it (``SpeechStartedFrame.resumes_turn``). With ``hangover``, or when the model cannot be had (one
+warning), only the hangover ends a turn.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from voicepipe.frames import (
 from voicepipe.stage import Stage
 from voicepipe.vad.base import VADEngine
 from voicepipe.vad.segmenter import (
+    EndCheck,
     Event,
     Pause,
     Resume,
@@ -65,7 +68,10 @@ class VADConfig(EngineStageConfig):
     threshold: float = Field(0.5, gt=0.0, le=1.0, description="speech probability that counts as voiced")
     start_ms: int = Field(90, ge=0, description="voiced audio needed before speech counts as started")
     hangover_ms: int = Field(500, gt=0, description="silence that ends a turn")
-    pause_ms: int = Field(200, gt=0, description="silence after which transcription starts early")
+    pause_ms: int = Field(200, gt=0, description="silence after which the end-of-turn model is asked")
+    early_ms: int = Field(
+        30, gt=0, description="silence after which transcription starts early, before the turn has ended (<= pause_ms)"
+    )
     preroll_ms: int = Field(300, ge=0, description="audio kept before the onset so the first word is not clipped")
     min_speech_ms: int = Field(250, ge=0, description="shorter segments are dropped")
     max_segment_s: float = Field(15.0, gt=1.0, description="longer speech is split")
@@ -92,11 +98,12 @@ class VADConfig(EngineStageConfig):
             start_ms=self.start_ms,
             hangover_ms=self.hangover_ms,
             pause_ms=self.pause_ms,
+            early_ms=self.early_ms,
             preroll_ms=self.preroll_ms,
             min_speech_ms=self.min_speech_ms,
             max_segment_s=self.max_segment_s,
-            # the end-of-turn model is asked at the pause, so pauses are reported for it too
-            early=self.early_transcription or self.end_of_turn == "smart-turn",
+            early=self.early_transcription,
+            end_check=self.end_of_turn == "smart-turn",
         )
 
 
@@ -191,8 +198,8 @@ class VADStage(Stage):
                     SpeechStartedFrame(turn_id=self._turn_id, audio_time=event.onset_time, resumes_turn=resumed)
                 )
             elif isinstance(event, Pause):
-                if self.config.early_transcription:
-                    await self.push(self._user_audio(event.segment, final=False))
+                await self.push(self._user_audio(event.segment, final=False))
+            elif isinstance(event, EndCheck):
                 # ask the model only if this batch of audio did not already resume or end the turn
                 last = index == len(events) - 1
                 if self.end_of_turn_model is not None and last and self._segmenter.in_pause:
