@@ -218,11 +218,18 @@ def test_one_call_step_matches_segmented_step(quantized: bool) -> None:
     assert all(capacity % 96 == 0 and offset <= capacity for offset, capacity in seen)
 
 
-def test_one_call_step_after_undo_and_new_prompt() -> None:
+@pytest.mark.parametrize("select", [True, False])
+def test_one_call_step_after_undo_and_new_prompt(select: bool, monkeypatch) -> None:
     """As the engine uses it: a step undone by resetting the KV offsets (the written slot is masked, then
     overwritten), and a prompt fed through mlx-lm's cache after one-call steps (mlx-lm grows the 48-position buffer
-    to 289, the step regrows it to 96)."""
+    to 289, the step regrows it to 96). KV writes by a select over the buffer, or (``select`` False, as for buffers
+    over ``KV_SELECT_MAX``) by ``mx.slice_update``."""
     from mlx_lm.models.cache import KVCache
+
+    from voicepipe.llm import mlx_gated_delta
+
+    if not select:
+        monkeypatch.setattr(mlx_gated_delta, "KV_SELECT_MAX", 0)
 
     model = build(False)
     fuse_projections(model)

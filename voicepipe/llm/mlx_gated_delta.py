@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "GPU_CHUNK_SIZE",
     "KV_CAPACITY_STEP",
+    "KV_SELECT_MAX",
     "chunked_gated_delta",
     "chunked_gated_delta_update",
     "compiled_decode_step",
@@ -51,6 +52,8 @@ GPU_CHUNK_SIZE = 128
 DEFAULT_THRESHOLD = 64
 #: KV-cache capacity steps of the one-call decode step: each capacity it meets is one more trace of the whole step.
 KV_CAPACITY_STEP = 1024
+#: Largest KV buffer (positions) the one-call step writes by a select over the whole buffer (:func:`_write_kv`).
+KV_SELECT_MAX = 4096
 
 # (threshold, chunk size) of the GatedDeltaNet layer being called right now (None outside a hooked layer). A context variable, not
 # a global, so models with and without the hook can run side by side, also from different threads.
@@ -607,6 +610,24 @@ def _reserve(cache: Any, positions: int, step: int) -> None:
     cache.keys, cache.values = grown(cache.keys), grown(cache.values)
 
 
+def _write_kv(
+    key_buffer: mx.array, value_buffer: mx.array, keys: mx.array, values: mx.array, position: mx.array
+) -> tuple[mx.array, mx.array]:
+    """The buffers with one token's keys and values written at ``position`` (int32, shape [1]) along axis 2.
+
+    Up to :data:`KV_SELECT_MAX` positions as a select over the whole buffers (elementwise, so ``mx.compile`` fuses
+    it): on CUDA each ``mx.slice_update`` at an array offset ran as three launches (the offset, a copy, the write;
+    Nsight Compute, BENCHMARKS.md), and at one token a step is bound by launches, while the select's extra traffic
+    is small at that size. Longer buffers are written with ``mx.slice_update``, which touches only the slot."""
+    if key_buffer.shape[2] > KV_SELECT_MAX:
+        return (
+            mx.slice_update(key_buffer, keys, position, axes=(2,)),
+            mx.slice_update(value_buffer, values, position, axes=(2,)),
+        )
+    slot = (mx.arange(key_buffer.shape[2], dtype=mx.int32) == position)[:, None]
+    return mx.where(slot, keys, key_buffer), mx.where(slot, values, value_buffer)
+
+
 def _one_call_decode_step(
     model: nn.Module,
     layers: list[nn.Module],
@@ -621,14 +642,15 @@ def _one_call_decode_step(
     The segmented step leaves the graph between its segments to Python (an append to each KV cache, whose length
     grows, and the attention over it), and at one token a step is bound by that host work (BENCHMARKS.md). Here every
     shape is fixed: each attention layer's keys and values are written into the cache's whole buffer at the position
-    given as an array (``mx.slice_update``), the attention reads the buffer and masks the positions past the current
+    given as an array (:func:`_write_kv`), the attention reads the buffer and masks the positions past the current
     length (:func:`decode_attention`'s ``length``), and the RoPE offset is the same array, so ``mx.compile`` traces
     the token once per buffer capacity (kept a multiple of ``capacity_step`` by :func:`_reserve`) and replays it.
 
     The caches stay mlx-lm's ``KVCache`` objects (their buffers replaced by the step's outputs, ``offset`` advanced),
-    so prefill, snapshots and undoing a step by its offset work on them as before. Attention over a masked buffer
-    sums the same terms as over the filled part, in another order where MLX's attention runs (CPU): results match
-    the segmented step within rounding, not bit for bit (tests/llm/test_mlx_norm_kernels.py).
+    so prefill, snapshots and undoing a step by its offset work on them as before. With the CUDA kernels the results
+    equal the segmented step's (the masked attention kernel reads the same positions in the same order; bf16 on an
+    H200: 32 of 32 greedy tokens, logits identical). MLX's attention over a masked buffer (other devices) sums the
+    same terms in another order: results match the segmented step within rounding (tests/llm/test_mlx_norm_kernels.py).
     """
     from mlx_lm.models.cache import ArraysCache, KVCache
 
@@ -653,8 +675,7 @@ def _one_call_decode_step(
                 continue
             before, after = parts[i]
             queries, keys, values, gate, h = before(h, r, position[0])
-            keys = mx.slice_update(next(it), keys, position, axes=(2,))
-            values = mx.slice_update(next(it), values, position, axes=(2,))
+            keys, values = _write_kv(next(it), next(it), keys, values, position)
             scale = layer.self_attn.scale
             out = decode_attention(
                 queries, keys, values, scale=scale, length=length, gate=gate, kernel=attention_kernel
