@@ -6,8 +6,9 @@ default) or the float dtype given. Two copies of the same weights: mlx-lm's mode
 voicepipe's fused projections (``prepare_model``'s fusing). Prefill is one forward over the whole prompt from an
 empty cache, timed until the last logits and every cache state are evaluated. Decode is greedy after a 128-token
 prompt: mlx-lm's ``generate_step``; a one-step-in-flight loop over the compiled step (unfused, fused with mlx-lm's
-ops, fused with the CUDA kernel); and ``Qwen35MLXChat.generate_tokens`` (the engine's own loop, sampler on the
-device, next step queued before a token is read). ``split`` says where a decode token's time goes.
+ops, fused with the CUDA kernels, and the whole token as one compiled call); and ``Qwen35MLXChat.generate_tokens``
+(the engine's own loop, sampler on the device, next step queued before a token is read). ``split`` says where a
+decode token's time goes.
 
 ``--profile-steps N`` brackets N synchronous decode steps with ``cudaProfilerStart/Stop`` for Nsight Compute
 (``ncu --profile-from-start off --metrics gpu__time_duration.sum --csv --log-file k.csv python ...``), and
@@ -169,14 +170,23 @@ def prefill_without_recurrence(model: nn.Module, tokens: mx.array) -> float:
         qwen3_5.gated_delta_update = original
 
 
-def kernel_step(model: nn.Module, use_kernel: bool, norm_kernels: bool = True, attention_kernel: bool = True):
+def kernel_step(
+    model: nn.Module,
+    use_kernel: bool,
+    norm_kernels: bool = True,
+    attention_kernel: bool = True,
+    one_call: bool = False,
+):
     """A compiled decode step traced with the CUDA kernels on or off (the choice is fixed at tracing); with
     ``norm_kernels=False`` without the add + norm and q/k norm + RoPE kernels, with ``attention_kernel=False``
-    without the attention kernel (both False: the decode-step kernel alone)."""
+    without the attention kernel (both False: the decode-step kernel alone); ``one_call``: the whole token as one
+    compiled call over a fixed-capacity KV cache."""
     previous = os.environ.get("VOICEPIPE_MLX_DECODE_KERNEL")
     os.environ["VOICEPIPE_MLX_DECODE_KERNEL"] = "1" if use_kernel else "0"
     try:
-        step = compiled_decode_step(model, norm_kernels=norm_kernels, attention_kernel=attention_kernel)
+        step = compiled_decode_step(
+            model, norm_kernels=norm_kernels, attention_kernel=attention_kernel, one_call=one_call
+        )
         decode_loop(step, model, mx.random.randint(0, CONFIG_08B["vocab_size"], (128,)), 4)  # trace now
     finally:  # the engine's step, traced later, follows the caller's setting
         if previous is None:
@@ -197,7 +207,7 @@ class _BenchChat(Qwen35MLXChat):
     def _load_weights(self) -> None:
         _note_model_thread()  # as the engine's own load: exit waits for this thread's MLX state to go
         self._model, self.hf_config = self._given, {}
-        self._step = compiled_decode_step(self._model)
+        self._step = compiled_decode_step(self._model, one_call=decode_kernel_available())  # as the engine
         self._reset_engine()
 
     def _tokenize(self, text: str) -> list[int]:
@@ -326,7 +336,8 @@ def bench_decode(model: nn.Module, fused: nn.Module, n: int, profile: int = 0) -
         kernel_step(fused, use_kernel=True, norm_kernels=False, attention_kernel=False) if kernel else None
     )
     norm_step = kernel_step(fused, use_kernel=True, attention_kernel=False) if kernel else None
-    best = fused_kernel or fused_ops
+    one_call = kernel_step(fused, use_kernel=True, one_call=True) if kernel else None
+    best = one_call or fused_ops
     chat = _BenchChat(fused)  # builds its own compiled step on its thread (CUDA kernel on where available)
     chat.load()
     decode_mlx_lm(model, prompt, 4)
@@ -339,6 +350,7 @@ def bench_decode(model: nn.Module, fused: nn.Module, n: int, profile: int = 0) -
         decode["fused_decode_kernel_tok_s"] = n / decode_loop(decode_kernel_only, fused, prompt, n)
         decode["fused_norm_kernels_tok_s"] = n / decode_loop(norm_step, fused, prompt, n)
         decode["fused_kernel_tok_s"] = n / decode_loop(fused_kernel, fused, prompt, n)
+        decode["one_call_tok_s"] = n / decode_loop(one_call, fused, prompt, n)
     decode["engine_tok_s"] = n / decode_engine(chat, prompt.tolist(), n)
     decode["engine_vs_mlx_lm"] = decode["engine_tok_s"] / decode["mlx_lm_generate_step_tok_s"]
     decode["parity_fused_ops"] = greedy_parity(model, step, fused, fused_ops, prompt, 32)
@@ -346,7 +358,10 @@ def bench_decode(model: nn.Module, fused: nn.Module, n: int, profile: int = 0) -
     if fused_kernel is not None:  # the step's kernels against MLX's ops, all with the decode-step kernel
         decode["parity_norm_kernels"] = greedy_parity(fused, decode_kernel_only, fused, norm_step, prompt, 32)
         decode["parity_attention_kernel"] = greedy_parity(fused, norm_step, fused, fused_kernel, prompt, 32)
+        decode["parity_one_call"] = greedy_parity(fused, fused_kernel, fused, one_call, prompt, 32)
     decode["split_unfused"] = step_split(step, model, prompt, min(n, 64))
+    if fused_kernel is not None:
+        decode["split_segmented"] = step_split(fused_kernel, fused, prompt, min(n, 64))
     decode["split_best"] = step_split(best, fused, prompt, min(n, 64))
     decode["weights_mb"] = sum(v.nbytes for _, v in tree_flatten(model.parameters())) / 1e6
     print(json.dumps(decode), flush=True)  # before profiling, which needs Nsight Compute around the process

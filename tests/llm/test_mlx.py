@@ -215,9 +215,14 @@ def test_stop_ids_include_the_checkpoint_eos(chat, small_dir):
     assert eos in chat._stop_ids()
 
 
-def test_queued_step_is_kept_or_undone_to_match_what_is_fed(chat):
+@pytest.mark.parametrize("one_call", [False, True])
+def test_queued_step_is_kept_or_undone_to_match_what_is_fed(chat, one_call):
     """``_sample`` queues the forward of the token it draws; feeding that token keeps the queued step, feeding any
-    other undoes it. Either way the logits equal a state that was fed the same tokens plainly."""
+    other undoes it. Either way the logits equal a state that was fed the same tokens plainly. ``one_call``: with the
+    step the engine takes when the CUDA kernels are on (the whole token compiled once over fixed-capacity KV
+    buffers; here with MLX's ops), whose undone write stays in the buffer past the offset until overwritten."""
+    from voicepipe.llm.mlx_gated_delta import compiled_decode_step
+
     prompt = chat.encode_chat(conversation("Count to three."))
 
     def engine(fn):
@@ -246,12 +251,22 @@ def test_queued_step_is_kept_or_undone_to_match_what_is_fed(chat):
         return engine(run)
 
     chat.load()
+    segmented = chat._step
     try:
         token, kept = queued_then(None)
-        assert rel_err(kept, logits_after([token])) <= 1e-5
         other = (token + 1) % 4096
+        want = logits_after([token]), logits_after([other, token])
+        if one_call:
+            chat._step = engine(lambda: compiled_decode_step(chat._model, one_call=True))
+            token, kept = queued_then(None)
+            capacities = {c.keys.shape[2] for c in chat._cache if type(c).__name__ == "KVCache"}
+            assert capacities == {1024}  # the one-call step's buffers (mlx-lm's prefill leaves 256)
+        assert rel_err(kept, logits_after([token])) <= 1e-5
+        assert rel_err(kept, want[0]) <= 1e-4
         _, undone = queued_then([other, token])  # another token first: the queued step must not count
         assert rel_err(undone, logits_after([other, token])) <= 1e-5
+        assert rel_err(undone, want[1]) <= 1e-4
         assert chat._ahead is None
     finally:
+        chat._step = segmented
         chat.reset_state()  # the hooks above bypassed the base class's record of the live state

@@ -188,3 +188,129 @@ def test_step_with_kernels_equals_step_without(dtype: str, kernels_on) -> None:
     else:  # bf16 roundings in another order; the widened random model amplifies them step by step
         assert both[0][0] == want[0][0]
         assert rel_err(both[1][:4], want[1][:4]) <= 0.1
+
+
+# -- the one-call step: the whole token compiled once, over a fixed-capacity KV cache --------------------------------
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_one_call_step_matches_segmented_step(quantized: bool) -> None:
+    """The one-call step gives the segmented step's greedy tokens and logits (MLX's ops: the CPU path), across KV
+    buffer growth (mlx-lm's prefill leaves 256 positions; a capacity step of 96 regrows them to 96, then 192)."""
+    model = build(quantized)
+    fuse_projections(model)
+    prompt = np.random.default_rng(4).integers(0, CONFIG["vocab_size"], 50).tolist()
+    segmented = compiled_decode_step(model, norm_kernels=False, attention_kernel=False)
+    tokens_ref, logits_ref = run(model, prompt, steps=60, step=segmented)
+    assert len(set(tokens_ref)) > 10  # a wandering model: a wrong position or a stale cache slot changes tokens
+    one_call = compiled_decode_step(model, norm_kernels=False, attention_kernel=False, one_call=True, capacity_step=96)
+    seen: list[tuple[int, int]] = []
+
+    def step(token, cache):
+        logits = one_call(token, cache)
+        seen.append((cache[3].offset, cache[3].keys.shape[2]))
+        return logits
+
+    tokens, logits = run(model, prompt, steps=60, step=step)
+    assert tokens == tokens_ref
+    assert rel_err(logits, logits_ref) <= 1e-4
+    assert seen[0] == (51, 96) and seen[-1] == (110, 192)
+    assert all(capacity % 96 == 0 and offset <= capacity for offset, capacity in seen)
+
+
+@pytest.mark.parametrize("select", [True, False])
+def test_one_call_step_after_undo_and_new_prompt(select: bool, monkeypatch) -> None:
+    """As the engine uses it: a step undone by resetting the KV offsets (the written slot is masked, then
+    overwritten), and a prompt fed through mlx-lm's cache after one-call steps (mlx-lm grows the 48-position buffer
+    to 289, the step regrows it to 96). KV writes by a select over the buffer, or (``select`` False, as for buffers
+    over ``KV_SELECT_MAX``) by ``mx.slice_update``."""
+    from mlx_lm.models.cache import KVCache
+
+    from voicepipe.llm import mlx_gated_delta
+
+    if not select:
+        monkeypatch.setattr(mlx_gated_delta, "KV_SELECT_MAX", 0)
+
+    model = build(False)
+    fuse_projections(model)
+    step = compiled_decode_step(model, norm_kernels=False, attention_kernel=False, one_call=True, capacity_step=48)
+    rng = np.random.default_rng(5)
+    prompt, more = rng.integers(0, CONFIG["vocab_size"], 30).tolist(), rng.integers(0, CONFIG["vocab_size"], 40)
+
+    def feed(cache, one: list[int], undo: bool) -> mx.array:
+        model(mx.array([prompt]), cache=cache)
+        for token in one:
+            if undo:  # a step for another token first, then undone (as Qwen35MLXChat._take_ahead)
+                offsets = [c.offset if type(c) is KVCache else list(c.cache) for c in cache]
+                mx.eval(step(mx.array([[token + 1]]), cache))
+                for c, record in zip(cache, offsets, strict=True):
+                    if type(c) is KVCache:
+                        c.offset = record
+                    else:
+                        c.cache = record
+            step(mx.array([[token]]), cache)
+        logits = model(mx.array([more.tolist()]), cache=cache)[:, -1]
+        assert cache[3].keys.shape[2] == 289
+        logits = mx.concatenate([logits, step(mx.array([[7]]), cache)[:, -1]])
+        assert cache[3].keys.shape[2] == 96
+        return logits
+
+    want = feed(model.make_cache(), [3, 9, 27], undo=False)
+    got = feed(model.make_cache(), [3, 9, 27], undo=True)
+    plain = model.make_cache()
+    model(mx.array([prompt + [3, 9, 27] + more.tolist()]), cache=plain)
+    reference = model(mx.array([[7]]), cache=plain)[:, -1]
+    assert rel_err(np.array(got), np.array(want)) <= 1e-5
+    assert rel_err(np.array(got[1:]), np.array(reference)) <= 1e-4
+
+
+def test_decode_attention_length_masks_the_rest_of_the_buffer(monkeypatch) -> None:
+    """With ``length`` only the filled positions count, whatever the rest of the buffer holds (CPU: MLX's masked
+    attention; CUDA: the masked kernel, bit-identical to the kernel over the filled part)."""
+    if on_cuda:
+        monkeypatch.setenv("VOICEPIPE_MLX_DECODE_KERNEL", "1")
+    mx.random.seed(6)
+    queries, keys, values = (mx.random.normal(s) for s in ((1, 4, 1, 64), (1, 2, 40, 64), (1, 2, 40, 64)))
+    for filled in (1, 17, 40):
+        length = mx.array([filled], dtype=mx.int32)
+        got = decode_attention(queries, keys, values, scale=0.125, length=length)
+        want = decode_attention(queries, keys[..., :filled, :], values[..., :filled, :], scale=0.125)
+        if on_cuda:
+            assert np.array_equal(np.array(got), np.array(want))
+        else:
+            assert rel_err(got, want) <= 1e-5
+    with pytest.raises(ValueError, match="mask or a length"):
+        decode_attention(queries, keys, values, scale=0.125, mask="causal", length=length)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_decode_attention_gate_equals_mlx_lm_gating(dtype: str, monkeypatch) -> None:
+    """``gate`` multiplies the output by sigmoid(gate) as mlx-lm's attention does after it (``output *
+    mx.sigmoid(gate)`` on the [B, 1, H * D] rows); the gate read in place from a strided view. On CUDA the kernel's
+    gating (MLX's sigmoid in the dtype's arithmetic) equals MLX's ops on the kernel's own attention output."""
+    if on_cuda:
+        monkeypatch.setenv("VOICEPIPE_MLX_DECODE_KERNEL", "1")
+    mx.random.seed(8)
+    f = getattr(mx, dtype)
+    queries, keys = mx.random.normal((2, 4, 1, 64)).astype(f), mx.random.normal((2, 2, 24, 64)).astype(f)
+    projection = (4 * mx.random.normal((2, 1, 4, 128))).astype(f)  # per head [query | gate], as Qwen3.5's
+    gate = projection[..., 64:]
+    length = mx.array([20], dtype=mx.int32)
+    plain = decode_attention(queries, keys, keys, scale=0.125, length=length)
+    want = plain.transpose(0, 2, 1, 3).reshape(2, 1, -1) * mx.sigmoid(gate.reshape(2, 1, -1))
+    got = decode_attention(queries, keys, keys, scale=0.125, length=length, gate=gate)
+    assert got.shape == (2, 1, 256) and got.dtype == f
+    assert np.array_equal(np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32)))
+
+
+@needs_cuda
+def test_one_call_step_with_kernels(kernels_on) -> None:
+    """On a GPU, the one-call step with every kernel against the segmented step with every kernel (fp32: the same
+    tokens, the logits within the attention kernel's rounding)."""
+    model = build(True)
+    fuse_projections(model)
+    prompt = np.random.default_rng(3).integers(0, CONFIG["vocab_size"], 40).tolist()
+    want = run(model, prompt, steps=24, step=compiled_decode_step(model))
+    got = run(model, prompt, steps=24, step=compiled_decode_step(model, one_call=True, capacity_step=32))
+    assert got[0] == want[0]
+    assert rel_err(got[1], want[1]) <= 1e-4

@@ -227,7 +227,11 @@ class Qwen35MLXChat(ChatModel):
         if not require("mlx.core", extra="mlx").metal.is_available():
             # Off Metal, mlx-lm runs the gated delta rule token by token; prefill it in chunks instead.
             require("voicepipe.llm.mlx_gated_delta", extra="mlx").enable_chunked_prefill(self._model)
-        self._step = require("voicepipe.llm.mlx_gated_delta", extra="mlx").compiled_decode_step(self._model)
+        # With the CUDA kernels on (opt-in) the whole token is one compiled call, its attention over a masked
+        # fixed-capacity cache (equal to the segmented step within rounding); else the segmented step.
+        one_call = require("voicepipe.llm.mlx_decode_kernel", extra="mlx").decode_kernel_available()
+        step = require("voicepipe.llm.mlx_gated_delta", extra="mlx").compiled_decode_step
+        self._step = step(self._model, one_call=one_call)
         self._nbytes = weights_nbytes(self._model)
         self._reset_engine()
 

@@ -44,7 +44,7 @@ _SOURCE = r"""
     const int b = n / H;
     const int h = n % H;
     const int kvh = h / Group;
-    const int T = keys_shape[2];
+    const int T = VOICEPIPE_LENGTH;
     const InT* qp = queries + b * queries_strides[0] + h * queries_strides[1];
     const InT* kp = keys + b * keys_strides[0] + kvh * keys_strides[1];
     const InT* vp = values + b * values_strides[0] + kvh * values_strides[1];
@@ -93,18 +93,43 @@ _SOURCE = r"""
     for (int d = tid; d < D; d += Warps * 32) {
         float o = 0.0f;
         for (int w = 0; w < Warps; ++w) o += partial[w][d];
-        op[d] = static_cast<InT>(o);
+        VOICEPIPE_STORE;
     }
 """
 
+# The output times sigmoid(gate), as mlx-lm's ``output * mx.sigmoid(gate)`` runs on CUDA: MLX's Sigmoid functor
+# (cuda/device/unary_ops.cuh) in the dtype's own arithmetic (bf16/fp16: hexp, __habs and rounding operators, as its
+# fp16_math.cuh), then the product rounded to the dtype.
+_GATE_HEADER = r"""
+__device__ __forceinline__ float voicepipe_exp_abs(float x) { return expf(fabsf(x)); }
+__device__ __forceinline__ __half voicepipe_exp_abs(__half x) { return hexp(__habs(x)); }
+__device__ __forceinline__ __nv_bfloat16 voicepipe_exp_abs(__nv_bfloat16 x) { return hexp(__habs(x)); }
+template <typename T>
+__device__ __forceinline__ T voicepipe_sigmoid(T x) {
+    const T one = static_cast<T>(1.0f);
+    const T y = one / (one + voicepipe_exp_abs(x));
+    return (static_cast<float>(x) < 0.0f) ? y : static_cast<T>(one - y);
+}
+"""
+_GATED_STORE = (
+    "op[d] = static_cast<InT>(static_cast<InT>(o) * "
+    "voicepipe_sigmoid(gate[b * gate_strides[0] + h * gate_strides[2] + d * gate_strides[3]]))"
+)
+
 
 @functools.cache
-def _kernel(shared_bytes: int) -> Any:
+def _kernel(shared_bytes: int, masked: bool, gated: bool) -> Any:
+    # Masked: the first ``length[0]`` positions of the cache are read (a fixed-capacity cache); else all of them.
+    # Gated: the output is multiplied by sigmoid(gate) (the attention layer's output gate).
+    inputs = ["queries", "keys", "values", *(["length"] if masked else []), *(["gate"] if gated else [])]
+    source = _SOURCE.replace("VOICEPIPE_LENGTH", "length[0]" if masked else "keys_shape[2]")
+    source = source.replace("VOICEPIPE_STORE", _GATED_STORE if gated else "op[d] = static_cast<InT>(o)")
     return mx.fast.cuda_kernel(
-        name="voicepipe_decode_attention",
-        input_names=["queries", "keys", "values"],
+        name="voicepipe_decode_attention" + ("_masked" if masked else "") + ("_gated" if gated else ""),
+        input_names=inputs,
         output_names=["out"],
-        source=_SOURCE,
+        source=source,
+        header=_GATE_HEADER if gated else "",
         ensure_row_contiguous=False,
         shared_memory=shared_bytes,
     )
@@ -130,17 +155,42 @@ def _applies(queries: mx.array, keys: mx.array, values: mx.array, mask: Any) -> 
 
 
 def decode_attention(
-    queries: mx.array, keys: mx.array, values: mx.array, *, scale: float, mask: Any = None, kernel: bool = True
+    queries: mx.array,
+    keys: mx.array,
+    values: mx.array,
+    *,
+    scale: float,
+    mask: Any = None,
+    length: mx.array | None = None,
+    gate: mx.array | None = None,
+    kernel: bool = True,
 ) -> mx.array:
     """``mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask)`` for one query token
     ``[B, H, 1, D]`` against ``[B, Hkv, T, D]`` keys and values (views into a KV cache are read in place), as one CUDA
-    kernel where it applies (see the module docstring; ``kernel=False`` never); MLX's attention otherwise."""
-    if not (kernel and _applies(queries, keys, values, mask)):
-        return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask)
+    kernel where it applies (see the module docstring; ``kernel=False`` never); MLX's attention otherwise.
+
+    ``length`` (an int32 array of one element, not with ``mask``): only the first ``length`` of the T positions are
+    attended to, the rest of a fixed-capacity cache is ignored, so the shapes stay the same from token to token and
+    a compiled step is traced once. MLX's attention then runs with the equivalent boolean mask.
+
+    ``gate`` (``[B, 1, H, D]``, a strided view is read in place): the attention layer's output gate, applied as
+    mlx-lm's Qwen3-Next attention applies it; the result is then ``[B, 1, H * D]``, the output projection's input."""
+    if length is not None and mask is not None:
+        raise ValueError("decode_attention takes a mask or a length, not both")
     batch, heads, _, dim = queries.shape
+    if not (kernel and _applies(queries, keys, values, mask) and (gate is None or gate.dtype == queries.dtype)):
+        if length is not None:
+            mask = mx.arange(keys.shape[2]) < length.reshape(-1)[0]
+        out = mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask)
+        if gate is None:
+            return out
+        return out.transpose(0, 2, 1, 3).reshape(batch, 1, -1) * mx.sigmoid(gate.reshape(batch, 1, -1))
     shared = max(4096, 1 << (4 * keys.shape[2] - 1).bit_length())  # the scores, in power-of-two steps
-    (out,) = _kernel(shared)(
-        inputs=[queries, keys, values],
+    masked, gated = length is not None, gate is not None
+    extra = [length.reshape(1).astype(mx.int32)] if masked else []
+    extra += [gate.reshape(batch, 1, heads, dim)] if gated else []
+    (out,) = _kernel(shared, masked, gated)(
+        inputs=[queries, keys, values, *extra],
         template=[
             ("InT", queries.dtype),
             ("H", heads),
@@ -151,7 +201,7 @@ def decode_attention(
         ],
         grid=(32 * _WARPS, 1, batch * heads),
         threadgroup=(32 * _WARPS, 1, 1),
-        output_shapes=[queries.shape],
+        output_shapes=[(batch, 1, heads * dim) if gated else queries.shape],
         output_dtypes=[queries.dtype],
     )
     return out

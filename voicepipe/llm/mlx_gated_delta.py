@@ -34,6 +34,8 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_THRESHOLD",
     "GPU_CHUNK_SIZE",
+    "KV_CAPACITY_STEP",
+    "KV_SELECT_MAX",
     "chunked_gated_delta",
     "chunked_gated_delta_update",
     "compiled_decode_step",
@@ -48,6 +50,10 @@ __all__ = [
 DEFAULT_CHUNK_SIZE = 32
 GPU_CHUNK_SIZE = 128
 DEFAULT_THRESHOLD = 64
+#: KV-cache capacity steps of the one-call decode step: each capacity it meets is one more trace of the whole step.
+KV_CAPACITY_STEP = 1024
+#: Largest KV buffer (positions) the one-call step writes by a select over the whole buffer (:func:`_write_kv`).
+KV_SELECT_MAX = 4096
 
 # (threshold, chunk size) of the GatedDeltaNet layer being called right now (None outside a hooked layer). A context variable, not
 # a global, so models with and without the hook can run side by side, also from different threads.
@@ -335,7 +341,13 @@ def disable_chunked_prefill(model: nn.Module) -> int:
 
 
 def compiled_decode_step(
-    model: nn.Module, *, segments: bool = True, norm_kernels: bool = True, attention_kernel: bool = True
+    model: nn.Module,
+    *,
+    segments: bool = True,
+    norm_kernels: bool = True,
+    attention_kernel: bool = True,
+    one_call: bool = False,
+    capacity_step: int = KV_CAPACITY_STEP,
 ) -> Callable[[mx.array, list[Any]], mx.array]:
     """A one-token forward for an mlx-lm Qwen3.5 model with its static-shape parts under ``mx.compile``.
 
@@ -354,7 +366,12 @@ def compiled_decode_step(
     kernel, an attention layer's q/k norms and RoPE as another (``voicepipe.llm.mlx_norm_kernels``) and its attention
     over the cache as a third (``voicepipe.llm.mlx_attention_kernel``), where those kernels are on;
     ``norm_kernels=False`` and ``attention_kernel=False`` keep MLX's ops, as every device without them does.
+
+    ``one_call=True`` (with ``segments``) compiles the whole token as one function instead, KV-cache writes included
+    (:func:`_one_call_decode_step`); the KV caches then keep a capacity in multiples of ``capacity_step`` positions.
     """
+    if capacity_step < 1:
+        raise ValueError(f"capacity_step must be at least 1 position, got {capacity_step}")
     from mlx_lm.models.cache import ArraysCache, KVCache
     from mlx_lm.models.qwen3_next import Qwen3NextAttention
 
@@ -396,6 +413,10 @@ def compiled_decode_step(
     output = inner.embed_tokens.as_linear if tied else language.lm_head
     head = mx.compile(lambda h: output(inner.norm(h)))
     if segments and all(layer.is_linear or is_qwen3_next_attention(layer.self_attn) for layer in layers):
+        if one_call:
+            return _one_call_decode_step(
+                model, layers, embed, (inner.norm, output), norm_kernels, attention_kernel, capacity_step
+            )
         return _segmented_decode_step(model, layers, embed, (inner.norm, output), norm_kernels, attention_kernel)
     blocks = [block(layer) for layer in layers]
 
@@ -450,8 +471,10 @@ def _linear_layer(layer: nn.Module, h: mx.array, r: mx.array | None, cache: Any,
 
 def _pending_attention_parts(layer: nn.Module, kernels: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """:func:`_attention_parts` on a residual stream with a pending add (as :func:`_linear_layer`): ``before(h, r,
-    offset)`` returns the queries, keys, values, gate and the summed ``h``; ``after`` returns ``(h, r)``. With
-    ``kernels`` the q/k norms and RoPE of a fused layer run as one kernel where it applies (:func:`qk_norm_rope`)."""
+    offset)`` returns the queries, keys, values, gate (``[B, L, H, D]``, a view into the projection where the layer is
+    fused) and the summed ``h``; ``after(h, out, gate)`` returns ``(h, r)``, with ``gate`` None when ``out`` is already
+    gated (:func:`decode_attention`'s ``gate``). With ``kernels`` the q/k norms and RoPE of a fused layer run as one
+    kernel where it applies (:func:`qk_norm_rope`)."""
     attn = layer.self_attn
     norm = functools.partial(add_rms_norm, kernel=kernels)
 
@@ -462,9 +485,13 @@ def _pending_attention_parts(layer: nn.Module, kernels: bool) -> tuple[Callable[
         if isinstance(attn, FusedAttention):
             proj = attn.qkv_proj(x)
             roped = qk_norm_rope(attn, proj, offset) if kernels else None
-            queries, gate, keys, values = attn.split_projection(proj)
+            queries, _, keys, values = attn.split_projection(proj)
+            # The gate as a view into the projection (each head's [query | gate] halves), not reshaped to one row.
+            heads, dim = attn.num_attention_heads, attn.head_dim
+            gate = proj[..., : 2 * heads * dim].reshape(batch, length, heads, 2 * dim)[..., dim:]
         else:
             queries, gate, keys, values = attention_projections(attn, x)
+            gate = gate.reshape(batch, length, attn.num_attention_heads, -1)
         values = values.reshape(batch, length, attn.num_key_value_heads, -1).transpose(0, 2, 1, 3)
         if roped is None:
             keys = attn.k_norm(keys.reshape(batch, length, attn.num_key_value_heads, -1))
@@ -474,9 +501,13 @@ def _pending_attention_parts(layer: nn.Module, kernels: bool) -> tuple[Callable[
             queries, keys = roped
         return queries, keys, values, gate, h
 
-    def after(h: mx.array, out: mx.array, gate: mx.array) -> tuple[mx.array, mx.array]:
-        batch, _, length, _ = out.shape
-        r = attn.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1) * mx.sigmoid(gate))
+    def after(h: mx.array, out: mx.array, gate: mx.array | None) -> tuple[mx.array, mx.array]:
+        if gate is None:
+            r = attn.o_proj(out)
+        else:
+            batch, _, length, _ = out.shape
+            gated = out.transpose(0, 2, 1, 3).reshape(batch, length, -1) * mx.sigmoid(gate.reshape(batch, length, -1))
+            r = attn.o_proj(gated)
         h, x = norm(h, r, layer.post_attention_layernorm)
         return h, layer.mlp(x)
 
@@ -557,5 +588,129 @@ def _segmented_decode_step(
                 scale = layers[begin].self_attn.scale
                 carry = [h, decode_attention(queries, keys, values, scale=scale, kernel=attention_kernel), gate]
         return logits
+
+    return step
+
+
+def _reserve(cache: Any, positions: int, step: int) -> None:
+    """Grow a KV cache's buffers to a multiple of ``step`` positions holding at least ``positions`` (the filled part
+    is kept; mlx-lm's ``KVCache`` grows the same buffers in its own steps when it is written through
+    ``update_and_fetch``, and reads only up to its ``offset``)."""
+    capacity = cache.keys.shape[2]
+    if capacity >= positions and capacity % step == 0:
+        return
+    size = -(-positions // step) * step
+    filled = min(cache.offset, capacity)
+
+    def grown(buffer: mx.array) -> mx.array:
+        batch, heads, _, dim = buffer.shape
+        spare = mx.zeros((batch, heads, size - filled, dim), dtype=buffer.dtype)
+        return mx.concatenate([buffer[..., :filled, :], spare], axis=2)
+
+    cache.keys, cache.values = grown(cache.keys), grown(cache.values)
+
+
+def _write_kv(
+    key_buffer: mx.array, value_buffer: mx.array, keys: mx.array, values: mx.array, position: mx.array
+) -> tuple[mx.array, mx.array]:
+    """The buffers with one token's keys and values written at ``position`` (int32, shape [1]) along axis 2.
+
+    Up to :data:`KV_SELECT_MAX` positions as a select over the whole buffers (elementwise, so ``mx.compile`` fuses
+    it): on CUDA each ``mx.slice_update`` at an array offset ran as three launches (the offset, a copy, the write;
+    Nsight Compute, BENCHMARKS.md), and at one token a step is bound by launches, while the select's extra traffic
+    is small at that size. Longer buffers are written with ``mx.slice_update``, which touches only the slot."""
+    if key_buffer.shape[2] > KV_SELECT_MAX:
+        return (
+            mx.slice_update(key_buffer, keys, position, axes=(2,)),
+            mx.slice_update(value_buffer, values, position, axes=(2,)),
+        )
+    slot = (mx.arange(key_buffer.shape[2], dtype=mx.int32) == position)[:, None]
+    return mx.where(slot, keys, key_buffer), mx.where(slot, values, value_buffer)
+
+
+def _one_call_decode_step(
+    model: nn.Module,
+    layers: list[nn.Module],
+    embed: Callable[..., mx.array],
+    head: tuple[nn.Module, Callable[..., mx.array]],
+    kernels: bool,
+    attention_kernel: bool,
+    capacity_step: int,
+) -> Callable[[mx.array, list[Any]], mx.array]:
+    """:func:`compiled_decode_step` as one compiled function a token, the KV-cache writes inside it.
+
+    The segmented step leaves the graph between its segments to Python (an append to each KV cache, whose length
+    grows, and the attention over it), and at one token a step is bound by that host work (BENCHMARKS.md). Here every
+    shape is fixed: each attention layer's keys and values are written into the cache's whole buffer at the position
+    given as an array (:func:`_write_kv`), the attention reads the buffer and masks the positions past the current
+    length (:func:`decode_attention`'s ``length``), and the RoPE offset is the same array, so ``mx.compile`` traces
+    the token once per buffer capacity (kept a multiple of ``capacity_step`` by :func:`_reserve`) and replays it.
+
+    The caches stay mlx-lm's ``KVCache`` objects (their buffers replaced by the step's outputs, ``offset`` advanced),
+    so prefill, snapshots and undoing a step by its offset work on them as before. With the CUDA kernels the results
+    equal the segmented step's (the masked attention kernel reads the same positions in the same order; bf16 on an
+    H200: 32 of 32 greedy tokens, logits identical). MLX's attention over a masked buffer (other devices) sums the
+    same terms in another order: results match the segmented step within rounding (tests/llm/test_mlx_norm_kernels.py).
+    """
+    from mlx_lm.models.cache import ArraysCache, KVCache
+
+    attention = [i for i, layer in enumerate(layers) if not layer.is_linear]
+    parts = {i: _pending_attention_parts(layers[i], kernels) for i in attention}
+    final_norm, output = head
+
+    def run(arrays: list[mx.array]) -> list[mx.array]:
+        # Inputs: the token, the position (int32, shape [1]), then per layer its conv and recurrent state or its
+        # keys and values buffers. Outputs: the logits, then the layers' new states and buffers in the same order.
+        it = iter(arrays)
+        h, r = embed(next(it)), None
+        position = next(it)
+        length = position + 1  # once: the attention of every layer reads it
+        states = []
+        for i, layer in enumerate(layers):
+            if layer.is_linear:
+                cache = ArraysCache(size=2)
+                cache[0], cache[1] = next(it), next(it)
+                h, r = _linear_layer(layer, h, r, cache, kernels)
+                states += [cache[0], cache[1]]
+                continue
+            before, after = parts[i]
+            queries, keys, values, gate, h = before(h, r, position[0])
+            keys, values = _write_kv(next(it), next(it), keys, values, position)
+            scale = layer.self_attn.scale
+            out = decode_attention(
+                queries, keys, values, scale=scale, length=length, gate=gate, kernel=attention_kernel
+            )
+            h, r = after(h, out, None)
+            states += [keys, values]
+        return [output(add_rms_norm(h, r, final_norm, kernel=kernels)[1]), *states]
+
+    compiled = mx.compile(run)
+
+    def step(tokens: mx.array, cache: list[Any]) -> mx.array:
+        if (
+            tokens.shape[1] != 1
+            or any(layer.is_linear and c[0] is None for layer, c in zip(layers, cache, strict=True))
+            or any(type(cache[i]) is not KVCache or cache[i].keys is None for i in attention)
+        ):
+            return model(tokens, cache=cache)
+        offset = cache[attention[0]].offset if attention else 0
+        states = []
+        for layer, c in zip(layers, cache, strict=True):
+            if layer.is_linear:
+                states += [c[0], c[1]]
+            else:
+                _reserve(c, c.offset + 1, capacity_step)
+                states += [c.keys, c.values]
+        outs = compiled([tokens, mx.array([offset], dtype=mx.int32), *states])
+        del states  # the old buffers: let the writes reuse them in place when nothing else holds them
+        for j, (layer, c) in enumerate(zip(layers, cache, strict=True)):
+            first, second = outs[1 + 2 * j], outs[2 + 2 * j]
+            if layer.is_linear:
+                c[0], c[1] = first, second
+                c.advance(1)
+            else:
+                c.keys, c.values = first, second
+                c.offset += 1
+        return outs[0]
 
     return step
