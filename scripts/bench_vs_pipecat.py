@@ -352,7 +352,7 @@ async def child_voicepipe(args: argparse.Namespace) -> dict[str, Any]:
     for spec in loaded.stages[1:-1]:
         config = spec.config
         if spec.type_name == "asr":
-            config = config.model_copy(update={"model": voices["whisper"]})
+            config = config.replace(model=voices["whisper"])
         elif spec.type_name == "llm":
             config = config.replace(engine="llamacpp", model=str(args.gguf), max_tokens=args.max_tokens)
         elif issubclass(spec.stage_class, TTSStage):

@@ -17,6 +17,7 @@ from voicepipe.frames import (
     LLMTokenFrame,
     MetricsFrame,
     PlaybackFrame,
+    SpeechStartedFrame,
     TranscriptFrame,
 )
 from voicepipe.llm.stage import LLMConfig, LLMStage
@@ -153,6 +154,26 @@ async def test_heard_reply_is_prefilled_before_the_next_turn(tiny_gguf: Path) ->
     # the warmed snapshot held everything up to the end of reply 1: turn 2 prefilled only its own message
     assert metrics[1].values["llm_prefill_tokens"] == new_tokens
     assert stage.history[1].content == next(f.text for f in out if isinstance(f, LLMResponseEndFrame))
+
+
+async def test_the_system_prompt_is_prefilled_while_the_user_speaks_so_the_first_turn_prefills_only_its_message(
+    tiny_gguf: Path,
+) -> None:
+    from voicepipe.llm import ChatMessage
+
+    question = "What is Swift?"
+    turn = [SpeechStartedFrame(turn_id=1), TranscriptFrame(text=question, turn_id=1)]
+    cold = await run_stage(_stage(tiny_gguf, system_prompt="You are a voice assistant.", warm_cache=False), turn)
+    stage = _stage(tiny_gguf, system_prompt="You are a voice assistant.")
+    warm = await run_stage(stage, turn)
+    new_tokens = len(stage.model.encode_chat([ChatMessage("user", question)], disable_thinking=True))
+    stage.model.close()
+    prefilled = [
+        next(f.values["llm_prefill_tokens"] for f in out if isinstance(f, MetricsFrame) and f.stage == "llm")
+        for out in (cold, warm)
+    ]
+    assert prefilled[1] == new_tokens
+    assert prefilled[0] > new_tokens  # the control: without it the first turn prefills the system prompt too
 
 
 async def test_failing_model_fails_the_turn_not_the_pipeline(tiny_gguf: Path) -> None:

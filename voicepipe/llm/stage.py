@@ -10,7 +10,8 @@ it: a reply enters the history only once its turn is confirmed.
 History keeps only what the user actually heard: a sink reports playback upstream (``PlaybackFrame``), and when a
 barge-in cuts the reply, the assistant message becomes the heard prefix (or what was generated, when no sink reports
 playback). After a reply has been heard in full, the finished conversation is prefilled in the background
-(``ChatEngine.warm``), so the next turn prefills only the new user message.
+(``ChatEngine.warm``), so the next turn prefills only the new user message; the system prompt is prefilled the same
+way while the user speaks the first time, so the first turn does too.
 
 The config holds the stage's own settings and the sampling settings (``ChatSamplingConfig``'s fields, flat); the
 chosen engine's settings (``model``, ``n_ctx``, ``base_url``, ...) sit beside them and are validated by its ``Config``.
@@ -91,7 +92,10 @@ class LLMConfig(EngineStageConfig, ChatSamplingConfig):
     )
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_history: int = Field(20, ge=2, description="Messages kept besides the system prompt.")
-    warm_cache: bool = Field(True, description="Prefill the finished conversation while the user is silent.")
+    warm_cache: bool = Field(
+        True,
+        description="Prefill the system prompt at start-up and the finished conversation while the user is silent.",
+    )
     speculative: bool = Field(
         True, description="Start the reply when the user pauses; it is held until the turn ends with the same words."
     )
@@ -208,8 +212,10 @@ class LLMStage(Stage):
             and frame.turn_id != self._speculation.turn
         ):
             await self._discard_speculation()  # the user went on, a new turn began, or the input ended
-        if isinstance(frame, SpeechStartedFrame) and frame.resumes_turn is not None:
-            await self._forget_turn(frame.resumes_turn)
+        if isinstance(frame, SpeechStartedFrame):
+            if frame.resumes_turn is not None:
+                await self._forget_turn(frame.resumes_turn)
+            self._warm_system_prompt()
         await self.push(frame)
 
     async def process_upstream(self, frame: Frame) -> None:
@@ -396,7 +402,22 @@ class LLMStage(Stage):
         """Prefill the finished conversation in the background (see ``ChatEngine.warm``)."""
         if not self.config.warm_cache or self.model is None or not self.history:
             return
-        task = asyncio.get_running_loop().create_task(self._run_warm(self.messages()))
+        self._start_warm(self.messages())
+
+    def _warm_system_prompt(self) -> None:
+        """The user started speaking and nothing has been said yet: prefill the system prompt meanwhile, so the first
+        turn prefills only its own message, like every later one.
+
+        Not in ``setup``: a memory governor measures what loading the model adds, not its working buffers; and not
+        while a governor has the model unloaded (warming would load it behind the governor's back).
+        """
+        if not self.config.warm_cache or self.model is None or self.history or not self.model.is_loaded:
+            return
+        if messages := self.messages():  # a cached prompt makes this a lookup, so every fresh turn may ask
+            self._start_warm(messages)
+
+    def _start_warm(self, messages: list[ChatMessage]) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_warm(messages))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
