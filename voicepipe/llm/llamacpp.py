@@ -57,19 +57,14 @@ def resolve_gguf(
     ``.gguf`` in it. ``quantization``: ``q4_k_m``, ``q4_0``, ``q8_0``, ``bf16``, ``f32``, or ``None`` to keep the
     source's precision; by default checkpoints become ``q4_k_m`` and ``.gguf`` files are used as they are.
     """
-    from voicepipe.assets import fetch_file, fetch_snapshot
+    from voicepipe.assets import fetch_file, locate
     from voicepipe.convert import to_gguf as gguf_convert
 
     source = str(source or DEFAULT_REPO)
-    path = Path(source).expanduser()
     if filename is not None:
-        path = fetch_file(source, filename, revision=revision, progress=progress)
-    elif not path.exists() and not source.endswith(".gguf") and source.count("/") == 1:
-        path = fetch_snapshot(source, revision=revision, allow_patterns=_HUB_PATTERNS, progress=progress)
-    elif not path.exists():
-        raise ModelLoadError(
-            f"{source}: no such file or directory; pass a .gguf file, a checkpoint directory or a repo"
-        )
+        path = fetch_file(source, filename, revision=revision, field="llm.model", progress=progress)
+    else:
+        path = locate(source, field="llm.model", allow_patterns=_HUB_PATTERNS, revision=revision, progress=progress)
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelLoadError(f"{path}: not a .gguf file; pass a .gguf file or a Hugging Face checkpoint directory")

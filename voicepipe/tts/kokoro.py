@@ -20,10 +20,10 @@ import numpy as np
 from pydantic import Field
 
 from voicepipe._optional import require
+from voicepipe.assets import locate
 from voicepipe.errors import ModelLoadError
 from voicepipe.memory.rss import release_freed_memory, rss_bytes
 from voicepipe.tts.engine import CancellableSession, SynthesisCancelled, TTSEngine, TTSEngineConfig, open_session
-from voicepipe.tts.files import resolve_file
 
 __all__ = ["KokoroEngine", "DEFAULT_MODEL", "DEFAULT_VOICES", "DEFAULT_VOICE"]
 
@@ -67,8 +67,8 @@ class KokoroEngine(TTSEngine):
     def resolve_files(self) -> tuple[Path, Path]:
         """The local model and voices files, downloading hub references the first time (``load`` calls this)."""
         if self.model_path is None or self.voices_path is None:
-            self.model_path = resolve_file(self.config.model, field="model")
-            self.voices_path = resolve_file(self.config.voices, field="voices")
+            self.model_path = locate(self.config.model, field="model", want="file")
+            self.voices_path = locate(self.config.voices, field="voices", want="file")
         return self.model_path, self.voices_path
 
     def load(self) -> None:

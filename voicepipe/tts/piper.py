@@ -14,10 +14,10 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from voicepipe._optional import require
+from voicepipe.assets import locate
 from voicepipe.errors import ModelLoadError
 from voicepipe.memory.rss import release_freed_memory, rss_bytes
 from voicepipe.tts.engine import CancellableSession, TTSEngine, TTSEngineConfig, open_session
-from voicepipe.tts.files import is_hub_reference, resolve_file
 
 __all__ = ["PiperEngine", "DEFAULT_MODEL"]
 
@@ -70,9 +70,11 @@ class PiperEngine(TTSEngine):
         """The local voice file and its config, downloading hub references the first time (``load`` calls this)."""
         if self.model_path is None or self.config_path is None:
             ref = self.config.model
-            self.model_path = resolve_file(ref, field="model")
-            hub = is_hub_reference(ref)
-            self.config_path = resolve_file(f"{ref}.json", field="model") if hub else Path(f"{self.model_path}.json")
+            self.model_path = locate(ref, field="model", want="file")
+            if Path(ref).expanduser().exists():  # a local voice: its config lies beside it (checked in load)
+                self.config_path = Path(f"{self.model_path}.json")
+            else:  # a voice in a hub repo: its config is the file of the same name plus .json there
+                self.config_path = locate(f"{ref}.json", field="model", want="file")
         return self.model_path, self.config_path
 
     def load(self) -> None:
