@@ -94,7 +94,7 @@ class LLMConfig(EngineStageConfig, ChatSamplingConfig):
     max_history: int = Field(20, ge=2, description="Messages kept besides the system prompt.")
     warm_cache: bool = Field(
         True,
-        description="Prefill the system prompt at start-up and the finished conversation while the user is silent.",
+        description="Prefill the system prompt when the user first speaks, and the finished conversation after a reply.",
     )
     speculative: bool = Field(
         True, description="Start the reply when the user pauses; it is held until the turn ends with the same words."

@@ -8,14 +8,13 @@ after ``start_ms`` of consecutive voiced frames; the segment then begins ``prero
 transcription can start early), a pause of ``pause_ms`` is the moment an end-of-turn model may be asked
 (``EndCheck``, with ``end_check``), and a pause of ``hangover_ms`` ends the segment. A segment always ends
 ``early_ms`` after its last voiced sample, so if the user does not resume, the final segment is identical to the
-provisional one (and a transcript of it can be used as it is). An end-of-turn model may end the segment
-earlier, during a pause of at least ``pause_ms`` (``end_turn``): the final segment is then the provisional one. If
-speech starts again before the hangover would have ended that segment, the early end was wrong: the new segment
-resumes it (it starts where the
-ended one started and holds everything since, ``SpeechStart.resumed``). Segments with less than
-``min_speech_ms`` of voiced audio are dropped (the end is still reported). Speech longer than
-``max_segment_s`` is split: from 80% of the cap on at the first 100 ms pause (the next words start a new segment,
-with pre-roll), at the cap at the latest (cut mid-speech, the next segment starts at the cut).
+provisional one (and a transcript of it can be used as it is). An end-of-turn model may end the segment earlier,
+during a pause of at least ``pause_ms`` (``end_turn``): the final segment is then the provisional one. If speech
+starts again before the hangover would have ended that segment, the early end was wrong: the new segment resumes it
+(it starts where the ended one started and holds everything since, ``SpeechStart.resumed``). Segments with less than
+``min_speech_ms`` of voiced audio are dropped (the end is still reported). Speech longer than ``max_segment_s`` is
+split: from 80% of the cap on at the first 100 ms pause (the next words start a new segment, with pre-roll), at the
+cap at the latest (cut mid-speech, the next segment starts at the cut).
 
 Positions are counted in samples of the 16 kHz stream fed in, reported in seconds.
 """
