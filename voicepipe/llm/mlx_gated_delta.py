@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -514,6 +514,20 @@ def _pending_attention_parts(layer: nn.Module, kernels: bool) -> tuple[Callable[
     return before, after
 
 
+def _linear_layer_from(
+    layer: nn.Module, h: mx.array, r: mx.array | None, inputs: Iterator[mx.array], states: list[mx.array], kernels: bool
+) -> tuple[mx.array, mx.array]:
+    """One linear layer inside a compiled decode step: its conv and recurrent state are the next two ``inputs``, and
+    its new ones are appended to ``states`` (the step's outputs, in the same order)."""
+    from mlx_lm.models.cache import ArraysCache
+
+    cache = ArraysCache(size=2)
+    cache[0], cache[1] = next(inputs), next(inputs)
+    h, r = _linear_layer(layer, h, r, cache, kernels)
+    states += [cache[0], cache[1]]
+    return h, r
+
+
 def _segmented_decode_step(
     model: nn.Module,
     layers: list[nn.Module],
@@ -526,7 +540,7 @@ def _segmented_decode_step(
 
     ``head`` is the final norm and the output layer. Inside a segment the residual stream is ``(h, r)``, the last
     add pending until the norm after it (:func:`_linear_layer`); between segments it is the summed ``h``."""
-    from mlx_lm.models.cache import ArraysCache, KVCache
+    from mlx_lm.models.cache import KVCache
 
     attention = [i for i, layer in enumerate(layers) if not layer.is_linear]
     parts = {i: _pending_attention_parts(layers[i], kernels) for i in attention}
@@ -545,12 +559,9 @@ def _segmented_decode_step(
             else:
                 h, r = parts[finish][1](next(it), next(it), next(it))
             offset = next(it)
-            states = []
+            states: list[mx.array] = []
             for i in linears:
-                cache = ArraysCache(size=2)
-                cache[0], cache[1] = next(it), next(it)
-                h, r = _linear_layer(layers[i], h, r, cache, kernels)
-                states += [cache[0], cache[1]]
+                h, r = _linear_layer_from(layers[i], h, r, it, states, kernels)
             if begin is None:
                 return [output(add_rms_norm(h, r, final_norm, kernel=kernels)[1]), *states]
             return [*parts[begin][0](h, r, offset), *states]
@@ -652,7 +663,7 @@ def _one_call_decode_step(
     H200: 32 of 32 greedy tokens, logits identical). MLX's attention over a masked buffer (other devices) sums the
     same terms in another order: results match the segmented step within rounding (tests/llm/test_mlx_norm_kernels.py).
     """
-    from mlx_lm.models.cache import ArraysCache, KVCache
+    from mlx_lm.models.cache import KVCache
 
     attention = [i for i, layer in enumerate(layers) if not layer.is_linear]
     parts = {i: _pending_attention_parts(layers[i], kernels) for i in attention}
@@ -668,10 +679,7 @@ def _one_call_decode_step(
         states = []
         for i, layer in enumerate(layers):
             if layer.is_linear:
-                cache = ArraysCache(size=2)
-                cache[0], cache[1] = next(it), next(it)
-                h, r = _linear_layer(layer, h, r, cache, kernels)
-                states += [cache[0], cache[1]]
+                h, r = _linear_layer_from(layer, h, r, it, states, kernels)
                 continue
             before, after = parts[i]
             queries, keys, values, gate, h = before(h, r, position[0])
