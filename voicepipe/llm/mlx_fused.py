@@ -57,8 +57,12 @@ class FusedGatedDeltaNet(qwen3_5.GatedDeltaNet):
     """mlx-lm's ``GatedDeltaNet`` with ``in_proj_qkv/z/b/a`` as one ``in_proj`` (output ``[qkv | z | b | a]``)."""
 
     def __call__(self, inputs: mx.array, mask: mx.array | None = None, cache: Any | None = None) -> mx.array:
-        batch, length, _ = inputs.shape
-        proj = self.in_proj(inputs)
+        return self.from_projection(self.in_proj(inputs), mask, cache)
+
+    def from_projection(self, proj: mx.array, mask: mx.array | None = None, cache: Any | None = None) -> mx.array:
+        """The layer's output for its ``in_proj`` output ``proj`` ``[B, L, P]`` (computed by the caller, e.g. together
+        with the norm before it: ``voicepipe.llm.mlx_matvec_kernels.norm_matmul``)."""
+        batch, length, _ = proj.shape
         z_start = self.conv_dim
         b_start = z_start + self.value_dim
         a_start = b_start + self.num_v_heads
@@ -88,7 +92,7 @@ class FusedGatedDeltaNet(qwen3_5.GatedDeltaNet):
         if cache is not None and cache[0] is not None:
             conv_state = cache[0]
         else:
-            conv_state = mx.zeros((batch, self.conv_kernel_size - 1, self.conv_dim), dtype=inputs.dtype)
+            conv_state = mx.zeros((batch, self.conv_kernel_size - 1, self.conv_dim), dtype=proj.dtype)
         if mask is not None:
             qkv = mx.where(mask[..., None], qkv, 0)
         conv_input = mx.concatenate([conv_state, qkv], axis=1)

@@ -17,7 +17,6 @@ Import this module lazily (only the MLX engine needs it): it imports ``mlx`` at 
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -27,7 +26,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from voicepipe.llm.mlx_attention_kernel import decode_attention
-from voicepipe.llm.mlx_fused import FusedAttention, attention_projections
+from voicepipe.llm.mlx_fused import FusedAttention, FusedGatedDeltaNet, FusedMLP, attention_projections
+from voicepipe.llm.mlx_matvec_kernels import norm_matmul, swiglu_matmul
 from voicepipe.llm.mlx_norm_kernels import add_rms_norm, qk_norm_rope
 
 __all__ = [
@@ -346,6 +346,7 @@ def compiled_decode_step(
     segments: bool = True,
     norm_kernels: bool = True,
     attention_kernel: bool = True,
+    matvec_kernels: bool = True,
     one_call: bool = False,
     capacity_step: int = KV_CAPACITY_STEP,
 ) -> Callable[[mx.array, list[Any]], mx.array]:
@@ -364,8 +365,10 @@ def compiled_decode_step(
     between two KV-cache appends as one function (7 compiled calls a token for Qwen3.5 instead of 32); False compiles
     layer by layer. The segments carry each residual add to the norm that follows it and run the two as one CUDA
     kernel, an attention layer's q/k norms and RoPE as another (``voicepipe.llm.mlx_norm_kernels``) and its attention
-    over the cache as a third (``voicepipe.llm.mlx_attention_kernel``), where those kernels are on;
-    ``norm_kernels=False`` and ``attention_kernel=False`` keep MLX's ops, as every device without them does.
+    over the cache as a third (``voicepipe.llm.mlx_attention_kernel``), and each norm and the MLP's activation
+    together with the INT4 projection after it (``voicepipe.llm.mlx_matvec_kernels``), where those kernels are on;
+    ``norm_kernels=False``, ``attention_kernel=False`` and ``matvec_kernels=False`` keep MLX's ops, as every device
+    without them does.
 
     ``one_call=True`` (with ``segments``) compiles the whole token as one function instead, KV-cache writes included
     (:func:`_one_call_decode_step`); the KV caches then keep a capacity in multiples of ``capacity_step`` positions.
@@ -415,9 +418,18 @@ def compiled_decode_step(
     if segments and all(layer.is_linear or is_qwen3_next_attention(layer.self_attn) for layer in layers):
         if one_call:
             return _one_call_decode_step(
-                model, layers, embed, (inner.norm, output), norm_kernels, attention_kernel, capacity_step
+                model,
+                layers,
+                embed,
+                (inner.norm, output),
+                norm_kernels,
+                attention_kernel,
+                capacity_step,
+                matvec_kernels,
             )
-        return _segmented_decode_step(model, layers, embed, (inner.norm, output), norm_kernels, attention_kernel)
+        return _segmented_decode_step(
+            model, layers, embed, (inner.norm, output), norm_kernels, attention_kernel, matvec_kernels
+        )
     blocks = [block(layer) for layer in layers]
 
     def step(tokens: mx.array, cache: list[Any]) -> mx.array:
@@ -459,37 +471,57 @@ def _attention_parts(layer: nn.Module) -> tuple[Callable[..., Any], Callable[...
     return before, after
 
 
-def _linear_layer(layer: nn.Module, h: mx.array, r: mx.array | None, cache: Any, kernels: bool) -> tuple[Any, Any]:
+def _linear_layer(
+    layer: nn.Module, h: mx.array, r: mx.array | None, cache: Any, kernels: bool, matvec: bool = False
+) -> tuple[Any, Any]:
     """mlx-lm's ``DecoderLayer.__call__`` for a linear-attention layer on a residual stream ``h`` whose last add
     ``r`` is still pending: returns ``(h, r)`` with this layer's MLP output pending in turn, so that every residual
-    add runs together with the norm that reads its result (:func:`add_rms_norm`)."""
-    norm = functools.partial(add_rms_norm, kernel=kernels)
-    h, x = norm(h, r, layer.input_layernorm)
-    h, x = norm(h, layer.linear_attn(x, None, cache), layer.post_attention_layernorm)
-    return h, layer.mlp(x)
+    add runs together with the norm that reads its result (:func:`add_rms_norm`), and with ``matvec`` together with
+    the projection after the norm too (:func:`norm_matmul`)."""
+    attn = layer.linear_attn
+    if isinstance(attn, FusedGatedDeltaNet):
+        h, proj = norm_matmul(h, r, layer.input_layernorm, attn.in_proj, norm_kernel=kernels, matvec_kernel=matvec)
+        out = attn.from_projection(proj, None, cache)
+    else:
+        h, x = add_rms_norm(h, r, layer.input_layernorm, kernel=kernels)
+        out = attn(x, None, cache)
+    return _mlp_block(layer, h, out, kernels, matvec)
 
 
-def _pending_attention_parts(layer: nn.Module, kernels: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
+def _mlp_block(layer: nn.Module, h: mx.array, r: mx.array, kernels: bool, matvec: bool) -> tuple[mx.array, mx.array]:
+    """The residual add ``h + r``, the post-attention norm and the MLP of a decoder layer: ``(h, MLP output)``."""
+    mlp = layer.mlp
+    if isinstance(mlp, FusedMLP):
+        norm = layer.post_attention_layernorm
+        h, gate_up = norm_matmul(h, r, norm, mlp.gate_up_proj, norm_kernel=kernels, matvec_kernel=matvec)
+        return h, swiglu_matmul(gate_up, mlp.down_proj, matvec_kernel=matvec)
+    h, x = add_rms_norm(h, r, layer.post_attention_layernorm, kernel=kernels)
+    return h, mlp(x)
+
+
+def _pending_attention_parts(
+    layer: nn.Module, kernels: bool, matvec: bool = False
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """:func:`_attention_parts` on a residual stream with a pending add (as :func:`_linear_layer`): ``before(h, r,
     offset)`` returns the queries, keys, values, gate (``[B, L, H, D]``, a view into the projection where the layer is
     fused) and the summed ``h``; ``after(h, out, gate)`` returns ``(h, r)``, with ``gate`` None when ``out`` is already
     gated (:func:`decode_attention`'s ``gate``). With ``kernels`` the q/k norms and RoPE of a fused layer run as one
-    kernel where it applies (:func:`qk_norm_rope`)."""
+    kernel where it applies (:func:`qk_norm_rope`), and with ``matvec`` each norm together with the projection after
+    it (:func:`norm_matmul`)."""
     attn = layer.self_attn
-    norm = functools.partial(add_rms_norm, kernel=kernels)
 
     def before(h: mx.array, r: mx.array | None, offset: mx.array) -> tuple[mx.array, ...]:
-        h, x = norm(h, r, layer.input_layernorm)
-        batch, length, _ = x.shape
+        batch, length, _ = h.shape
         roped = None
         if isinstance(attn, FusedAttention):
-            proj = attn.qkv_proj(x)
+            h, proj = norm_matmul(h, r, layer.input_layernorm, attn.qkv_proj, norm_kernel=kernels, matvec_kernel=matvec)
             roped = qk_norm_rope(attn, proj, offset) if kernels else None
             queries, _, keys, values = attn.split_projection(proj)
             # The gate as a view into the projection (each head's [query | gate] halves), not reshaped to one row.
             heads, dim = attn.num_attention_heads, attn.head_dim
             gate = proj[..., : 2 * heads * dim].reshape(batch, length, heads, 2 * dim)[..., dim:]
         else:
+            h, x = add_rms_norm(h, r, layer.input_layernorm, kernel=kernels)
             queries, gate, keys, values = attention_projections(attn, x)
             gate = gate.reshape(batch, length, attn.num_attention_heads, -1)
         values = values.reshape(batch, length, attn.num_key_value_heads, -1).transpose(0, 2, 1, 3)
@@ -508,14 +540,19 @@ def _pending_attention_parts(layer: nn.Module, kernels: bool) -> tuple[Callable[
             batch, _, length, _ = out.shape
             gated = out.transpose(0, 2, 1, 3).reshape(batch, length, -1) * mx.sigmoid(gate.reshape(batch, length, -1))
             r = attn.o_proj(gated)
-        h, x = norm(h, r, layer.post_attention_layernorm)
-        return h, layer.mlp(x)
+        return _mlp_block(layer, h, r, kernels, matvec)
 
     return before, after
 
 
 def _linear_layer_from(
-    layer: nn.Module, h: mx.array, r: mx.array | None, inputs: Iterator[mx.array], states: list[mx.array], kernels: bool
+    layer: nn.Module,
+    h: mx.array,
+    r: mx.array | None,
+    inputs: Iterator[mx.array],
+    states: list[mx.array],
+    kernels: bool,
+    matvec: bool = False,
 ) -> tuple[mx.array, mx.array]:
     """One linear layer inside a compiled decode step: its conv and recurrent state are the next two ``inputs``, and
     its new ones are appended to ``states`` (the step's outputs, in the same order)."""
@@ -523,7 +560,7 @@ def _linear_layer_from(
 
     cache = ArraysCache(size=2)
     cache[0], cache[1] = next(inputs), next(inputs)
-    h, r = _linear_layer(layer, h, r, cache, kernels)
+    h, r = _linear_layer(layer, h, r, cache, kernels, matvec)
     states += [cache[0], cache[1]]
     return h, r
 
@@ -535,6 +572,7 @@ def _segmented_decode_step(
     head: tuple[nn.Module, Callable[..., mx.array]],
     kernels: bool,
     attention_kernel: bool,
+    matvec: bool = False,
 ) -> Callable[[mx.array, list[Any]], mx.array]:
     """:func:`compiled_decode_step` with one compiled function per run of layers between KV-cache appends.
 
@@ -543,7 +581,7 @@ def _segmented_decode_step(
     from mlx_lm.models.cache import KVCache
 
     attention = [i for i, layer in enumerate(layers) if not layer.is_linear]
-    parts = {i: _pending_attention_parts(layers[i], kernels) for i in attention}
+    parts = {i: _pending_attention_parts(layers[i], kernels, matvec) for i in attention}
     final_norm, output = head
 
     def segment(
@@ -561,7 +599,7 @@ def _segmented_decode_step(
             offset = next(it)
             states: list[mx.array] = []
             for i in linears:
-                h, r = _linear_layer_from(layers[i], h, r, it, states, kernels)
+                h, r = _linear_layer_from(layers[i], h, r, it, states, kernels, matvec)
             if begin is None:
                 return [output(add_rms_norm(h, r, final_norm, kernel=kernels)[1]), *states]
             return [*parts[begin][0](h, r, offset), *states]
@@ -647,6 +685,7 @@ def _one_call_decode_step(
     kernels: bool,
     attention_kernel: bool,
     capacity_step: int,
+    matvec: bool = False,
 ) -> Callable[[mx.array, list[Any]], mx.array]:
     """:func:`compiled_decode_step` as one compiled function a token, the KV-cache writes inside it.
 
@@ -666,7 +705,7 @@ def _one_call_decode_step(
     from mlx_lm.models.cache import KVCache
 
     attention = [i for i, layer in enumerate(layers) if not layer.is_linear]
-    parts = {i: _pending_attention_parts(layers[i], kernels) for i in attention}
+    parts = {i: _pending_attention_parts(layers[i], kernels, matvec) for i in attention}
     final_norm, output = head
 
     def run(arrays: list[mx.array]) -> list[mx.array]:
@@ -679,7 +718,7 @@ def _one_call_decode_step(
         states = []
         for i, layer in enumerate(layers):
             if layer.is_linear:
-                h, r = _linear_layer_from(layer, h, r, it, states, kernels)
+                h, r = _linear_layer_from(layer, h, r, it, states, kernels, matvec)
                 continue
             before, after = parts[i]
             queries, keys, values, gate, h = before(h, r, position[0])
