@@ -6,7 +6,8 @@ default) or the float dtype given. Two copies of the same weights: mlx-lm's mode
 voicepipe's fused projections (``prepare_model``'s fusing). Prefill is one forward over the whole prompt from an
 empty cache, timed until the last logits and every cache state are evaluated. Decode is greedy after a 128-token
 prompt: mlx-lm's ``generate_step``; a one-step-in-flight loop over the compiled step (unfused, fused with mlx-lm's
-ops, fused with the CUDA kernels, and the whole token as one compiled call); and ``Qwen35MLXChat.generate_tokens``
+ops, fused with the CUDA kernels, the whole token as one compiled call, and that call with the norms and the MLP
+activation inside the INT4 matvecs); and ``Qwen35MLXChat.generate_tokens``
 (the engine's own loop, sampler on the device, next step queued before a token is read). ``split`` says where a
 decode token's time goes.
 
@@ -176,16 +177,22 @@ def kernel_step(
     norm_kernels: bool = True,
     attention_kernel: bool = True,
     one_call: bool = False,
+    matvec_kernels: bool = False,
 ):
     """A compiled decode step traced with the CUDA kernels on or off (the choice is fixed at tracing); with
     ``norm_kernels=False`` without the add + norm and q/k norm + RoPE kernels, with ``attention_kernel=False``
     without the attention kernel (both False: the decode-step kernel alone); ``one_call``: the whole token as one
-    compiled call over a fixed-capacity KV cache."""
+    compiled call over a fixed-capacity KV cache; ``matvec_kernels``: the norms and the MLP activation inside the
+    INT4 matvecs after them."""
     previous = os.environ.get("VOICEPIPE_MLX_DECODE_KERNEL")
     os.environ["VOICEPIPE_MLX_DECODE_KERNEL"] = "1" if use_kernel else "0"
     try:
         step = compiled_decode_step(
-            model, norm_kernels=norm_kernels, attention_kernel=attention_kernel, one_call=one_call
+            model,
+            norm_kernels=norm_kernels,
+            attention_kernel=attention_kernel,
+            matvec_kernels=matvec_kernels,
+            one_call=one_call,
         )
         decode_loop(step, model, mx.random.randint(0, CONFIG_08B["vocab_size"], (128,)), 4)  # trace now
     finally:  # the engine's step, traced later, follows the caller's setting
@@ -337,7 +344,8 @@ def bench_decode(model: nn.Module, fused: nn.Module, n: int, profile: int = 0) -
     )
     norm_step = kernel_step(fused, use_kernel=True, attention_kernel=False) if kernel else None
     one_call = kernel_step(fused, use_kernel=True, one_call=True) if kernel else None
-    best = one_call or fused_ops
+    matvec = kernel_step(fused, use_kernel=True, one_call=True, matvec_kernels=True) if kernel else None
+    best = matvec or fused_ops
     chat = _BenchChat(fused)  # builds its own compiled step on its thread (CUDA kernel on where available)
     chat.load()
     decode_mlx_lm(model, prompt, 4)
@@ -351,6 +359,7 @@ def bench_decode(model: nn.Module, fused: nn.Module, n: int, profile: int = 0) -
         decode["fused_norm_kernels_tok_s"] = n / decode_loop(norm_step, fused, prompt, n)
         decode["fused_kernel_tok_s"] = n / decode_loop(fused_kernel, fused, prompt, n)
         decode["one_call_tok_s"] = n / decode_loop(one_call, fused, prompt, n)
+        decode["one_call_matvec_tok_s"] = n / decode_loop(matvec, fused, prompt, n)
     decode["engine_tok_s"] = n / decode_engine(chat, prompt.tolist(), n)
     decode["engine_vs_mlx_lm"] = decode["engine_tok_s"] / decode["mlx_lm_generate_step_tok_s"]
     decode["parity_fused_ops"] = greedy_parity(model, step, fused, fused_ops, prompt, 32)
@@ -359,15 +368,21 @@ def bench_decode(model: nn.Module, fused: nn.Module, n: int, profile: int = 0) -
         decode["parity_norm_kernels"] = greedy_parity(fused, decode_kernel_only, fused, norm_step, prompt, 32)
         decode["parity_attention_kernel"] = greedy_parity(fused, norm_step, fused, fused_kernel, prompt, 32)
         decode["parity_one_call"] = greedy_parity(fused, fused_kernel, fused, one_call, prompt, 32)
+        decode["parity_matvec_kernels"] = greedy_parity(fused, one_call, fused, matvec, prompt, 32)
     decode["split_unfused"] = step_split(step, model, prompt, min(n, 64))
     if fused_kernel is not None:
         decode["split_segmented"] = step_split(fused_kernel, fused, prompt, min(n, 64))
+        decode["split_one_call"] = step_split(one_call, fused, prompt, min(n, 64))
     decode["split_best"] = step_split(best, fused, prompt, min(n, 64))
     decode["weights_mb"] = sum(v.nbytes for _, v in tree_flatten(model.parameters())) / 1e6
     print(json.dumps(decode), flush=True)  # before profiling, which needs Nsight Compute around the process
     if profile:
         profile_steps(best, fused, prompt, profile)
     return decode
+
+
+def _hook_mode(size: int) -> str:
+    return f"voicepipe_c{size}_ms" if size else "voicepipe_default_ms"
 
 
 def eval_overhead(n: int = 200) -> float:
@@ -392,7 +407,9 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=int, default=64, help="0: no decode")
     parser.add_argument("--threshold", type=int, default=64, help="chunked prefill from this many tokens on")
     parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[64], help="for the recurrence-only timing")
-    parser.add_argument("--hook-chunk-sizes", type=int, nargs="+", default=[64], help="chunk sizes for the hook")
+    parser.add_argument(
+        "--hook-chunk-sizes", type=int, nargs="+", default=[0], help="chunk sizes for the hook (0: the engine's choice)"
+    )
     parser.add_argument("--recurrence-only", action="store_true", help="time only one layer's recurrence per length")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--profile-steps", type=int, default=0, help="N decode steps between cudaProfilerStart/Stop")
@@ -441,7 +458,7 @@ def main() -> None:
     for length in args.lengths:
         tokens = mx.random.randint(0, CONFIG_08B["vocab_size"], (1, length))
         row: dict[str, Any] = {"tokens": length}
-        modes = [(f"voicepipe_c{size}_ms", size) for size in args.hook_chunk_sizes]
+        modes = [(_hook_mode(size), size) for size in args.hook_chunk_sizes]
         if length <= args.baseline_max:
             modes.append(("mlx_lm_ms", None))
 
@@ -449,7 +466,7 @@ def main() -> None:
             """mlx-lm as is (None), or voicepipe's fused model with the chunked hook at this chunk size."""
             if size is None:
                 return model
-            enable_chunked_prefill(fused, args.threshold, chunk_size=size)
+            enable_chunked_prefill(fused, args.threshold, chunk_size=size or None)
             return fused
 
         for _, size in modes:  # new shapes: trace and warm outside the timing
@@ -463,7 +480,9 @@ def main() -> None:
                     continue  # mlx-lm's token loop at 4096 is too slow to repeat
                 times[name].append(time_prefill(use(size), tokens))
         row.update({name: 1e3 * statistics.median(values) for name, values in times.items()})
-        row["voicepipe_ms"] = min(row[f"voicepipe_c{size}_ms"] for size in args.hook_chunk_sizes)
+        # The engine's own choice where it ran, else the best of the sizes given.
+        hooked = [_hook_mode(size) for size in args.hook_chunk_sizes]
+        row["voicepipe_ms"] = row.get(_hook_mode(0)) or min(row[name] for name in hooked)
         if "mlx_lm_ms" in row:
             row["speedup"] = row["mlx_lm_ms"] / row["voicepipe_ms"]
         row["without_recurrence_ms"] = 1e3 * prefill_without_recurrence(model, tokens)
