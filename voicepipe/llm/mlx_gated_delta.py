@@ -34,6 +34,8 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_THRESHOLD",
     "GPU_CHUNK_SIZE",
+    "GPU_LONG_CHUNK_SIZE",
+    "GPU_LONG_PROMPT",
     "KV_CAPACITY_STEP",
     "KV_SELECT_MAX",
     "chunked_gated_delta",
@@ -45,10 +47,13 @@ __all__ = [
 ]
 
 # Measured with scripts/bench_mlx_prefill.py (BENCHMARKS.md): on an H200, 128-token chunks halve the sequential
-# chunk steps, which are launch-bound there; on a 2-core CPU the extra flops of larger chunks cost more than the
-# steps save, and 32 was fastest at 128, 1024 and 4096 tokens.
+# chunk steps, which are launch-bound there, and from 512 tokens on 256-token chunks halve them again (1024 tokens:
+# 40-56 ms against 46-67 ms in the same four processes; at 128 tokens 256 was slower); on a 2-core CPU the extra
+# flops of larger chunks cost more than the steps save, and 32 was fastest at 128, 1024 and 4096 tokens.
 DEFAULT_CHUNK_SIZE = 32
 GPU_CHUNK_SIZE = 128
+GPU_LONG_CHUNK_SIZE = 256
+GPU_LONG_PROMPT = 512
 DEFAULT_THRESHOLD = 64
 #: KV-cache capacity steps of the one-call decode step: each capacity it meets is one more trace of the whole step.
 KV_CAPACITY_STEP = 1024
@@ -64,10 +69,12 @@ _ORIGINAL_UPDATE = "_voicepipe_original_gated_delta_update"
 _BASE_BLOCK = 8
 
 
-def default_chunk_size() -> int:
-    """Chunk length for the current default device: :data:`GPU_CHUNK_SIZE` on a GPU, else
-    :data:`DEFAULT_CHUNK_SIZE`."""
-    return GPU_CHUNK_SIZE if mx.default_device() == mx.gpu else DEFAULT_CHUNK_SIZE
+def default_chunk_size(length: int = 0) -> int:
+    """Chunk length for ``length`` tokens on the current default device: on a GPU :data:`GPU_CHUNK_SIZE`, or
+    :data:`GPU_LONG_CHUNK_SIZE` from :data:`GPU_LONG_PROMPT` tokens on; else :data:`DEFAULT_CHUNK_SIZE`."""
+    if mx.default_device() != mx.gpu:
+        return DEFAULT_CHUNK_SIZE
+    return GPU_LONG_CHUNK_SIZE if length >= GPU_LONG_PROMPT else GPU_CHUNK_SIZE
 
 
 def _diagonal_blocks(matrix: mx.array, size: int) -> mx.array:
@@ -160,10 +167,10 @@ def chunked_gated_delta(
         ``(y, state)``: y ``[B, T, Hv, Dv]`` in ``q``'s dtype; the final state ``[B, Hv, Dv, Dk]`` in float32
         (or the initial state's dtype), ready for mlx-lm's recurrent decode step.
     """
-    chunk_size = chunk_size or default_chunk_size()
+    batch, length, k_heads, k_dim = k.shape
+    chunk_size = chunk_size or default_chunk_size(length)
     if chunk_size < 1 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
-    batch, length, k_heads, k_dim = k.shape
     v_heads, v_dim = v.shape[-2:]
     if v_heads % k_heads:
         raise ValueError(f"value heads ({v_heads}) must be a multiple of key heads ({k_heads})")
