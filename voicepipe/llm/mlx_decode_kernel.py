@@ -158,7 +158,8 @@ def _kernel() -> Any:
 
 def decode_kernel_available() -> bool:
     """True when ``VOICEPIPE_MLX_DECODE_KERNEL=1`` asks for the kernel and the default device is a CUDA GPU. The same
-    switch turns on the decode step's other CUDA kernels (``voicepipe.llm.mlx_norm_kernels``, ``mlx_attention_kernel``).
+    switch turns on the decode step's other CUDA kernels (``voicepipe.llm.mlx_norm_kernels``, ``mlx_attention_kernel``,
+    ``mlx_matvec_kernels``).
 
     Opt-in for now: in fp32 the kernel matches mlx-lm (greedy tokens identical, logits within 1e-5), but in bf16 the
     random-weight checkpoint's greedy tokens part from mlx-lm's after the first step; until that is checked with real
