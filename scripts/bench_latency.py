@@ -12,7 +12,9 @@ the reply to end before the next one, as a person would. Replies go to a WAV sin
 Each lever of the fast path can be switched off to measure its share (all on by default, as in pipeline.yaml):
 ``--smart-turn off`` (end of turn by the hangover only), ``--first-words off`` (no word cap on the first chunk),
 ``--tts-warm-up off``, ``--core-priority off`` (the LLM decodes while the first chunk is synthesized),
-``--tts-threads 1``, ``--speculative off``.
+``--tts-threads 1``, ``--speculative off``. ``--frame-ms`` and ``--early-ms`` set the VAD's frame and the pause after
+which Whisper starts on the words so far; each run counts those provisional segments (each a Whisper run) and how many
+the user's next word voided.
 
 Speculative replies (the LLM starts at the pause, held until the turn is confirmed) are on, as in the default
 pipeline; ``--speculative off`` measures without them, for their share. ``transcript_to_audio`` is the wait after the
