@@ -88,29 +88,30 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.median(values) * 1000:.0f} / {p90 * 1000:.0f} ms"
 
 
-async def ended_early(pcm, pause_ms: int | None = None) -> tuple[bool, float | None]:  # noqa: ANN001 - float32 16 kHz
+async def ended_early(pcm, vad: dict[str, int]) -> tuple[bool, float | None]:  # noqa: ANN001 - float32 16 kHz
+    """``vad``: the stage settings that differ from its defaults."""
     from tests.support import speech
     from voicepipe.frames import SpeechEndedFrame
     from voicepipe.testing.harness import run_stage
     from voicepipe.vad.stage import VADConfig, VADStage
 
-    config = VADConfig() if pause_ms is None else VADConfig(pause_ms=pause_ms)
+    config = VADConfig(**vad)
     out = await run_stage(VADStage(config), speech.audio_frames(speech.pad(pcm, 0.5, 1.5), start_timestamp=0.0))
     ends = [f for f in out if isinstance(f, SpeechEndedFrame)]
     # an utterance split into two turns at an inner pause also counts: the user was cut off there
     return any(f.predicted for f in ends), (ends[0].end_of_turn_probability if ends else None)
 
 
-def bench_rate(limit: int | None, pause_ms: int | None = None) -> None:
+def bench_rate(limit: int | None, vad: dict[str, int]) -> None:
     from tests.support import speech
 
     voices = {"piper": speech.piper, "espeak": speech.espeak}
-    pause = "the default pause" if pause_ms is None else f"a {pause_ms} ms pause"
-    print(f"Turns ended at the pause by the model (of those spoken; Smart Turn v3, threshold 0.5, {pause}):")
+    settings = ", ".join(f"{k} {v}" for k, v in vad.items()) or "the stage's defaults"
+    print(f"Turns ended at the pause by the model (of those spoken; Smart Turn v3, threshold 0.5, {settings}):")
     for voice, speak in voices.items():
         for kind, sentences in (("complete", COMPLETE), ("incomplete", INCOMPLETE)):
             chosen = sentences[:limit]
-            results = [asyncio.run(ended_early(speak(text), pause_ms)) for text in chosen]
+            results = [asyncio.run(ended_early(speak(text), vad)) for text in chosen]
             early = sum(flag for flag, _ in results)
             label = "ended early (good)" if kind == "complete" else "FALSE end of turn"
             print(f"  {voice:6s} {kind:10s}: {early}/{len(chosen)} {label} = {early / len(chosen):.0%}", flush=True)
@@ -125,6 +126,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="onnxruntime threads to time")
     parser.add_argument("--limit", type=int, default=None, help="only the first N sentences of each kind")
     parser.add_argument("--pause-ms", type=int, help="VAD pause at which the model is asked (default: the stage's)")
+    parser.add_argument(
+        "--frame-ms", type=int, choices=(10, 20, 30), help="webrtcvad frame length (default: the engine's)"
+    )
     parser.add_argument("--skip-cost", action="store_true")
     parser.add_argument("--skip-rate", action="store_true")
     args = parser.parse_args()
@@ -132,7 +136,8 @@ def main() -> None:
     if not args.skip_cost:
         bench_cost(args.calls, args.threads)
     if not args.skip_rate:
-        bench_rate(args.limit, args.pause_ms)
+        vad = {k: v for k, v in (("pause_ms", args.pause_ms), ("frame_ms", args.frame_ms)) if v is not None}
+        bench_rate(args.limit, vad)
 
 
 if __name__ == "__main__":

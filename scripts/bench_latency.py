@@ -12,7 +12,9 @@ the reply to end before the next one, as a person would. Replies go to a WAV sin
 Each lever of the fast path can be switched off to measure its share (all on by default, as in pipeline.yaml):
 ``--smart-turn off`` (end of turn by the hangover only), ``--first-words off`` (no word cap on the first chunk),
 ``--tts-warm-up off``, ``--core-priority off`` (the LLM decodes while the first chunk is synthesized),
-``--tts-threads 1``, ``--speculative off``.
+``--tts-threads 1``, ``--speculative off``. ``--frame-ms`` and ``--early-ms`` set the VAD's frame and the pause after
+which Whisper starts on the words so far; each run counts those provisional segments (each a Whisper run) and how many
+the user's next word voided.
 
 Speculative replies (the LLM starts at the pause, held until the turn is confirmed) are on, as in the default
 pipeline; ``--speculative off`` measures without them, for their share. ``transcript_to_audio`` is the wait after the
@@ -48,7 +50,7 @@ import numpy as np
 
 from voicepipe.audio.convert import SPEECH_SAMPLE_RATE
 from voicepipe.audio.wav import WavSink, WavSinkConfig
-from voicepipe.frames import AudioFrame, EndOfTurnFrame, Frame, SpeechEndedFrame
+from voicepipe.frames import AudioFrame, EndOfTurnFrame, Frame, SpeechEndedFrame, SpeechResumedFrame, UserAudioFrame
 from voicepipe.metrics import TurnMetrics
 from voicepipe.pipeline import build_pipeline
 from voicepipe.stage import Direction, Source, Stage
@@ -119,17 +121,24 @@ class ScriptedUser(Source):
 
 
 class TurnWatcher:
-    """Observer: when the VAD ended each turn, and when each reply ended."""
+    """Observer: when the VAD ended each turn, when each reply ended, and how many provisional segments (each one a
+    Whisper run) the VAD sent per turn and how many of them the user's next word voided."""
 
     def __init__(self, turn_ended: asyncio.Event) -> None:
         self.turn_ended = turn_ended
         self.speech_end_seen: dict[int, float] = {}
         self.end_predicted: dict[int, bool] = {}  # the end-of-turn model ended the turn at the pause
+        self.provisional: dict[int, int] = {}
+        self.resumed: dict[int, int] = {}
 
     def on_frame(self, frame: Frame, source: Stage | None, direction: Direction) -> None:
         if direction is not Direction.DOWNSTREAM:
             return
-        if isinstance(frame, SpeechEndedFrame):
+        if isinstance(frame, UserAudioFrame) and not frame.final:
+            self.provisional[frame.turn_id] = self.provisional.get(frame.turn_id, 0) + 1
+        elif isinstance(frame, SpeechResumedFrame):
+            self.resumed[frame.turn_id] = self.resumed.get(frame.turn_id, 0) + 1
+        elif isinstance(frame, SpeechEndedFrame):
             self.speech_end_seen.setdefault(frame.turn_id, time.monotonic())
             self.end_predicted.setdefault(frame.turn_id, frame.predicted)
         elif isinstance(frame, EndOfTurnFrame):
@@ -162,6 +171,8 @@ def build_stages(args: argparse.Namespace, tts: str, out_wav: Path) -> list[Stag
     vad = {} if args.pause_ms is None else {"pause_ms": args.pause_ms}
     if args.early_ms is not None:
         vad["early_ms"] = args.early_ms
+    if args.frame_ms is not None:
+        vad["frame_ms"] = args.frame_ms
     return [
         VADStage(VADConfig(hangover_ms=args.hangover_ms, end_of_turn=end_of_turn, **vad), name="vad"),
         ASRStage(ASRConfig(model=str(whisper_tiny_en_dir())), name="asr"),
@@ -335,6 +346,8 @@ async def run_once(args: argparse.Namespace, tts: str) -> dict[str, Any]:
             "asr_ms": (t["transcript"] - watcher.speech_end_seen.get(turn.turn_id, t["transcript"])) * 1000,
             "transcript_to_audio_ms": (t["first_audio"] - t["transcript"]) * 1000,
             "end_predicted": watcher.end_predicted.get(turn.turn_id),
+            "provisional_segments": watcher.provisional.get(turn.turn_id, 0),
+            "voided_segments": watcher.resumed.get(turn.turn_id, 0),
             "end_of_turn_probability": turn.values.get("end_of_turn_probability"),
             "end_of_turn_model_ms": (
                 turn.values["end_of_turn_model_s"] * 1000 if "end_of_turn_model_s" in turn.values else None
@@ -361,6 +374,8 @@ async def run_once(args: argparse.Namespace, tts: str) -> dict[str, Any]:
         "tts_first_audio_ms",
     )
     summary = {k: {"p50": _pct(counted, k, 50), "p90": _pct(counted, k, 90)} for k in keys}
+    summary["provisional_segments"] = {"total": sum(r["provisional_segments"] for r in counted)}
+    summary["voided_segments"] = {"total": sum(r["voided_segments"] for r in counted)}
     return {
         "tts": tts,
         "llm": args.gguf or LLM_NAMES[args.llm],
@@ -392,8 +407,9 @@ def _markdown(results: list[dict[str, Any]]) -> str:
         "first_chunk_ms",
         "tts_first_audio_ms",
     )
-    head = "| TTS | turns | " + " | ".join(k.removesuffix("_ms").replace("_", " ") for k in keys) + " | peak RSS |"
-    lines = [head, "|" + "---|" * (len(keys) + 3)]
+    head = "| TTS | turns | " + " | ".join(k.removesuffix("_ms").replace("_", " ") for k in keys)
+    head += " | provisional segments (voided) | peak RSS |"
+    lines = [head, "|" + "---|" * (len(keys) + 4)]
     for r in results:
         cells = [
             f"{r['summary'][k]['p50']:.0f} / {r['summary'][k]['p90']:.0f}"
@@ -401,7 +417,12 @@ def _markdown(results: list[dict[str, Any]]) -> str:
             else "-"
             for k in keys
         ]
-        lines.append(f"| {r['tts']} | {r['turns_counted']} | " + " | ".join(cells) + f" | {r['peak_rss_mb']:.0f} MB |")
+        segments = f"{r['summary']['provisional_segments']['total']} ({r['summary']['voided_segments']['total']})"
+        lines.append(
+            f"| {r['tts']} | {r['turns_counted']} | "
+            + " | ".join(cells)
+            + f" | {segments} | {r['peak_rss_mb']:.0f} MB |"
+        )
     return "\n".join(lines) + "\n\n(p50 / p90 in ms)"
 
 
@@ -423,6 +444,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--early-ms", type=int, help="VAD: silence after which transcription starts (default: the stage's)"
+    )
+    parser.add_argument(
+        "--frame-ms", type=int, choices=(10, 20, 30), help="webrtcvad frame length (default: the engine's)"
     )
     on_off = ("on", "off")
     parser.add_argument("--smart-turn", choices=on_off, default="on", help="VAD: Smart Turn ends finished sentences")
@@ -465,6 +489,7 @@ def main() -> int:
         "smart_turn",
         "pause_ms",
         "early_ms",
+        "frame_ms",
         "first_words",
         "tts_warm_up",
         "core_priority",

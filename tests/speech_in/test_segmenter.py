@@ -184,6 +184,22 @@ def test_without_the_noise_gate_webrtcvad_takes_noise_for_speech() -> None:
     )
 
 
+@pytest.mark.parametrize("frame_ms", [10, 20, 30])
+def test_the_default_noise_gate_holds_steady_noise_back_at_every_frame_length(frame_ms: int) -> None:
+    """Shorter frames spread a steady noise's level wider above its floor, so the gate's default follows the frame
+    length; the control: with 10 ms frames the 30 ms frames' 6 dB lets pink noise frames through."""
+    noise = speech.pink_noise(8.0, level=0.05, seed=1)
+
+    def voiced_frames(config: WebRTCVAD.Config) -> int:
+        engine = WebRTCVAD(config)
+        n = engine.frame_samples
+        return int(sum(engine.speech_probability(noise[i : i + n]) for i in range(0, len(noise) - n + 1, n)))
+
+    assert voiced_frames(WebRTCVAD.Config(frame_ms=frame_ms)) == 0
+    if frame_ms == 10:
+        assert voiced_frames(WebRTCVAD.Config(frame_ms=10, noise_gate_db=6.0)) > 0
+
+
 @pytest.mark.parametrize("engine", ["webrtc3", "silero"])
 @pytest.mark.parametrize(("kind", "snr"), [("white", 20), ("pink", 10)])
 def test_noisy_speech_still_one_segment_per_utterance(engine: str, kind: str, snr: int, clean_clips) -> None:
@@ -202,12 +218,12 @@ def test_contradictory_timings_name_the_field(field: str, value: float) -> None:
 
 
 def test_speech_without_pauses_is_cut_at_the_cap_and_continues() -> None:
-    """Ungated webrtcvad calls white noise speech throughout (measured): a stretch of 'speech' with no pause."""
+    """Ungated webrtcvad on 30 ms frames calls white noise speech throughout (measured; on 10 ms frames it finds
+    short gaps): a stretch of 'speech' with no pause."""
     noise = speech.white_noise(20.0, level=0.05, seed=4)
+    ungated = WebRTCVAD.Config(aggressiveness=3, noise_gate_db=None, frame_ms=30)
     events = run(
-        Segmenter(
-            WebRTCVAD(WebRTCVAD.Config(aggressiveness=3, noise_gate_db=None)), SegmenterConfig(max_segment_s=6.0)
-        ),
+        Segmenter(WebRTCVAD(ungated), SegmenterConfig(max_segment_s=6.0)),
         noise,
     )
     segments = [e.segment for e in ends(events)]

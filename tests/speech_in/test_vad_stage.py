@@ -17,6 +17,7 @@ from voicepipe.frames import (
     UserAudioFrame,
 )
 from voicepipe.testing.harness import run_stage
+from voicepipe.vad.segmenter import Pause, Segmenter, SpeechEnd
 from voicepipe.vad.silero import SileroVAD
 from voicepipe.vad.stage import VADConfig, VADStage
 
@@ -112,6 +113,23 @@ async def test_engine_silero_in_a_pipeline_file_runs_silero_from_the_registry(na
     out = await run_stage(stage, speech.audio_frames(speech.concat(clip, noise)))
     assert isinstance(stage.engine, SileroVAD) and stage.engine.is_loaded and stage.engine.memory_footprint > 0
     assert len([f for f in out if isinstance(f, UserAudioFrame) and f.final]) == 1
+
+
+def test_by_default_the_provisional_audio_leaves_one_10ms_frame_after_the_last_voiced_one() -> None:
+    """The stage's defaults (webrtcvad on 10 ms frames, early_ms 10): Whisper gets the words so far as soon as one
+    silent 10 ms frame follows the last voiced one, and that audio ends there (30 ms later with 30 ms frames)."""
+    config = VADConfig()
+    segmenter = Segmenter(config.build_engine(), config.segmenter_config())
+    clip = speech.pad(speech.espeak("Remind me to call my mother."), 0.5, 1.0)
+    pauses, ends = [], []
+    for offset in range(0, len(clip), 160):  # 10 ms at a time, so the moment each event goes out is known
+        events = segmenter.feed(clip[offset : offset + 160])
+        pauses += [((offset + 160) / 16000, e) for e in events if isinstance(e, Pause)]
+        ends += [e for e in events if isinstance(e, SpeechEnd)]
+    sent_at, pause = pauses[-1]  # the one no word voids (short gaps between words send earlier ones)
+    (end,) = ends
+    assert pause.segment.end_time == pytest.approx(end.last_voiced_time + 0.010, abs=1e-6)
+    assert sent_at == pytest.approx(pause.segment.end_time, abs=1e-6)
 
 
 def test_config_errors_name_the_field() -> None:

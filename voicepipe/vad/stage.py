@@ -70,7 +70,10 @@ class VADConfig(EngineStageConfig):
     hangover_ms: int = Field(500, gt=0, description="silence that ends a turn")
     pause_ms: int = Field(200, gt=0, description="silence after which the end-of-turn model is asked")
     early_ms: int = Field(
-        30, gt=0, description="silence after which transcription starts early, before the turn has ended (<= pause_ms)"
+        10,
+        gt=0,
+        description="silence after which transcription starts early, before the turn has ended (<= pause_ms; "
+        "10: one webrtcvad frame)",
     )
     preroll_ms: int = Field(300, ge=0, description="audio kept before the onset so the first word is not clipped")
     min_speech_ms: int = Field(250, ge=0, description="shorter segments are dropped")

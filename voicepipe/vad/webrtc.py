@@ -5,12 +5,16 @@ and every mode calls steady white or pink noise speech, for seconds on end. So a
 ``noise_gate_db`` above the noise floor (the quietest frame of the last ``floor_window_s``, a minimum-statistics
 estimate) to count: steady noise never does, speech rises well above it. Levels are taken in the 300-3400 Hz
 band, where pink noise's 30 ms frames stay within ~4.5 dB of their 3 s minimum (~11 dB full-band; measured). Hand-written: webrtcvad has no such gate.
+
+Frames are 10 ms by default: a pause is seen after 10 ms of silence instead of 30, so the provisional audio reaches
+Whisper ~20 ms sooner (BENCHMARKS.md, "Voice-to-voice latency"). Shorter frames spread a steady noise's level wider
+around its minimum, so the gate's default follows the frame length (``_NOISE_GATE_DB``).
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
@@ -24,16 +28,30 @@ __all__ = ["WebRTCVAD"]
 
 _SILENT_DB = -90.0  # the floor of digital silence
 
+#: The noise gate's default per frame length: ~2 dB above the most that the 300-3400 Hz level of 8 s of pink noise
+#: (-26 dBFS) rose over its 3 s minimum (measured: 4.1 dB with 30 ms frames, 5.6 with 20, 8.2 with 10). With 10 ms
+#: frames and a 6 dB gate, 5-10% of the frames of pink noise at -26 and -14 dBFS passed; with 10 dB none did.
+_NOISE_GATE_DB = {10: 10.0, 20: 7.5, 30: 6.0}
+
 
 class WebRTCVADConfig(EngineConfig):
     """``engine: webrtc`` settings."""
 
     aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode; 0-1 never end a turn in noise")
-    frame_ms: Literal[10, 20, 30] = Field(30, description="webrtcvad frame length")
-    noise_gate_db: float | None = Field(
-        6.0, ge=0.0, description="a voiced frame must be this far above the noise floor (None: off)"
+    frame_ms: Literal[10, 20, 30] = Field(
+        10, description="webrtcvad frame length (a pause is seen after one silent frame)"
+    )
+    noise_gate_db: Annotated[float, Field(ge=0.0)] | Literal["auto"] | None = Field(
+        "auto",
+        description="a voiced frame must be this far above the noise floor (None: off; auto: 10, 7.5 or 6 dB for "
+        "10, 20 or 30 ms frames)",
     )
     floor_window_s: float = Field(3.0, gt=0.0, description="the noise floor is the quietest frame of this window")
+
+    @property
+    def gate_db(self) -> float | None:
+        """The noise gate in dB (``auto``: the one measured for ``frame_ms``), or None when it is off."""
+        return _NOISE_GATE_DB[self.frame_ms] if self.noise_gate_db == "auto" else self.noise_gate_db
 
 
 class WebRTCVAD(VADEngine):
@@ -77,8 +95,9 @@ class WebRTCVAD(VADEngine):
         self._levels.append(level)
         pcm16 = (np.clip(frame, -1.0, 1.0) * 32767.0).astype("<i2")
         voiced = self._vad.is_speech(pcm16.tobytes(), SPEECH_SAMPLE_RATE)
-        if voiced and self.config.noise_gate_db is not None:
-            voiced = level >= max(min(self._levels), _SILENT_DB) + self.config.noise_gate_db
+        gate = self.config.gate_db
+        if voiced and gate is not None:
+            voiced = level >= max(min(self._levels), _SILENT_DB) + gate
         return 1.0 if voiced else 0.0
 
     def reset(self) -> None:
