@@ -112,3 +112,26 @@ def test_an_unknown_chat_format_is_a_user_error(real_gguf: Path) -> None:
 
     with pytest.raises(UserError, match="chat_format='llama9'"):
         Qwen35LlamaCppChat.from_pretrained(real_gguf, load=False, chat_format="llama9")
+
+
+def test_the_first_reply_does_not_scan_the_vocabulary(real_gguf: Path, monkeypatch) -> None:  # noqa: ANN001
+    """The end-of-generation tokens are found while loading: the first reply of a fresh model, which the user waits
+    for, asks llama.cpp about no token of the vocabulary (the scan took ~40 ms of its time to first token)."""
+    import llama_cpp
+
+    from voicepipe.llm.llamacpp import Qwen35LlamaCppChat
+
+    chat = Qwen35LlamaCppChat.from_pretrained(real_gguf, n_ctx=1024, progress=False)
+    try:
+        chat.load()
+        scanned: list[int] = []
+        real_is_eog = llama_cpp.llama_vocab_is_eog
+        monkeypatch.setattr(
+            llama_cpp, "llama_vocab_is_eog", lambda vocab, t: scanned.append(t) or real_is_eog(vocab, t)
+        )
+        reply = chat.generate([SYSTEM, ChatMessage("user", "What is the capital of France?")], GREEDY)
+        assert "paris" in reply.lower(), reply
+        assert chat.last_stats.stop_reason == "eos"  # the end of turn was still recognised
+        assert scanned == []
+    finally:
+        chat.close()

@@ -184,6 +184,7 @@ class Qwen35LlamaCppChat(ChatModel):
             ) from exc
         self._nbytes = int(llama_cpp.llama_model_size(self._llm.model))
         self._threads_now = self.n_threads
+        self._extra_stop_ids()  # the vocabulary scan now, not in the first reply's time to first token
 
     def _chat_template(self) -> ChatTemplate:
         metadata = self._llm.metadata
@@ -233,7 +234,8 @@ class Qwen35LlamaCppChat(ChatModel):
 
     def _extra_stop_ids(self) -> set[int]:
         # Every end-of-generation token the GGUF marks (EOS, <|im_end|>, <|eot_id|>, ...): a chat model ends its turn
-        # with one that is not always its EOS. Scanning the vocabulary once takes ~0.1 s; reloads reuse the result.
+        # with one that is not always its EOS. Scanning the vocabulary once takes ~40 ms (151k tokens), so loading
+        # does it (a fresh process's first reply was that much later to its first token); reloads reuse the result.
         if self._eog_ids is None:
             lc = _llama_cpp()
             vocab = lc.llama_model_get_vocab(self._llm.model)
