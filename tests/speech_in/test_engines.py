@@ -195,3 +195,24 @@ def test_whisper_base_from_its_two_pypi_halves(clean_clips: list[np.ndarray]) ->
     result = engine.transcribe(speech.concat(*clean_clips[2:4]))
     assert wer(" ".join(CLEAN_SET[2:4]), result.text) <= 0.1
     assert result.language == "en"
+
+
+@pytest.mark.parametrize("warm_up", [True, False])
+async def test_setup_warms_the_engine_with_silence_once(tiny_dir: str, warm_up: bool) -> None:
+    """``warm_up`` (the default): setup runs the real engine once on a second of silence, so the user's first turn
+    is not its first run."""
+    config = ASRConfig(model=tiny_dir, warm_up=warm_up)
+    engine = config.build_engine()
+    seen: list[np.ndarray] = []
+    real = engine.transcribe
+    engine.transcribe = lambda pcm: seen.append(pcm) or real(pcm)  # counts the calls, the engine does the work
+    stage = ASRStage(config, engine=engine)
+    await stage.setup()
+    try:
+        assert engine.is_loaded
+        assert len(seen) == (1 if warm_up else 0)
+        if warm_up:
+            assert seen[0].shape == (16000,) and not seen[0].any()
+    finally:
+        await stage.cleanup()
+        stage.shutdown_worker()
