@@ -135,3 +135,37 @@ def test_the_first_reply_does_not_scan_the_vocabulary(real_gguf: Path, monkeypat
         assert scanned == []
     finally:
         chat.close()
+
+
+@pytest.mark.parametrize(
+    ("chat_format", "disable_thinking", "passes"),
+    [("gguf", True, 1), ("qwen3.5", True, 2), ("qwen3.5", False, 1)],
+    ids=["chatml", "qwen3.5-no-thinking", "qwen3.5"],
+)
+def test_a_reply_prefills_in_one_pass_where_its_snapshot_serves_the_next_turn(
+    real_gguf: Path, chat_format: str, disable_thinking: bool, passes: int
+) -> None:
+    """Each prefill pass reads every weight, so a reply's new message and header go in one pass, snapshotted whole,
+    where that snapshot is a prefix of the next turn (ChatML; Qwen3.5 with thinking). Qwen3.5 without thinking opens
+    its reply with an empty think block that the next turn's history leaves out: there the message is snapshotted on
+    its own first (two passes). Either way the next turn, after an unload, prefills only what is new."""
+    from voicepipe.llm.llamacpp import Qwen35LlamaCppChat
+
+    chat = Qwen35LlamaCppChat.from_pretrained(real_gguf, n_ctx=2048, chat_format=chat_format, progress=False)
+    sampling = ChatSamplingConfig(temperature=0.0, max_tokens=24, disable_thinking=disable_thinking)
+    events: list[str] = []
+    forward, sample = chat._forward, chat._sample
+    chat._forward = lambda tokens: events.append(f"pass {len(tokens)}") or forward(tokens)
+    chat._sample = lambda: events.append("sample") or sample()
+    try:
+        chat.warm([SYSTEM])
+        events.clear()
+        history = [SYSTEM, ChatMessage("user", "I live in Berlin.")]
+        first_message = len(chat.tokenize(chat.chat_template.render_history(history)))
+        history.append(ChatMessage("assistant", chat.generate(history, sampling)))
+        assert len(events[: events.index("sample")]) == passes, events
+        chat.unload()  # as the memory governor does between turns: only the prompt cache is left
+        chat.generate([*history, ChatMessage("user", "Which country is that in?")], sampling)
+        assert chat.last_stats.cached_tokens >= first_message  # the first turn's message came from the cache
+    finally:
+        chat.close()

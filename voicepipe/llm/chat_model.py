@@ -333,11 +333,15 @@ class ChatModel(ChatEngine):
         assert self._state_tokens is not None  # noqa: S101 - internal invariant, not validation
         self._state_tokens.extend(tokens)
 
-    def _prepare(self, history: list[int], prompt: list[int], stats: GenerationStats) -> None:
+    def _prepare(
+        self, history: list[int], prompt: list[int], stats: GenerationStats, *, one_pass: bool = False
+    ) -> None:
         """Bring the live state to ``prompt`` prefilling as little as possible, snapshotting at ``history``.
 
         Reuse the live state when it is a prefix of the prompt, else the longest snapshot that is one, else start
-        cold. At least one prompt token is always fed, so fresh logits exist.
+        cold. At least one prompt token is always fed, so fresh logits exist. ``one_pass``: feed the rest of the
+        prompt in one pass and snapshot at ``prompt`` instead (:meth:`_reply_header_in_history` says when that
+        snapshot serves the next turn as well).
         """
         limit = len(prompt) - 1 if len(prompt) > len(history) else len(prompt)
         live = self._state_tokens
@@ -352,12 +356,31 @@ class ChatModel(ChatEngine):
         stats.prompt_tokens = len(prompt)
         stats.cached_tokens = len(self._state_tokens)
         stats.prefill_tokens = len(prompt) - stats.cached_tokens
+        if one_pass:
+            self._feed(prompt[len(self._state_tokens) :])
+            if history and prompt not in self.prompt_cache:
+                state = self._save_state()
+                self.prompt_cache.add(prompt, state, self._state_nbytes(state))
+            return
         if history and len(self._state_tokens) < len(history):
             self._feed(history[len(self._state_tokens) :])
         if history and history not in self.prompt_cache and self._state_tokens == history:
             state = self._save_state()
             self.prompt_cache.add(history, state, self._state_nbytes(state))
         self._feed(prompt[len(self._state_tokens) :])
+
+    def _reply_header_in_history(self, disable_thinking: bool) -> bool:
+        """Whether the prompt's opening of the reply is also how the history renders that reply's start (ChatML: yes;
+        Qwen3.5 without thinking: no, its prompt opens with an empty think block that the history leaves out).
+
+        Then a snapshot of the whole prompt is a prefix of the next turn's prompt, and the prompt can be prefilled in
+        one pass: a snapshot at the end of the user's message would need a pass of its own, and on a CPU every pass
+        reads all the weights (Qwen2.5-0.5B on llama.cpp, 2 cores: 61 ms for a 12-token message and its 3-token
+        reply header in one pass, 99 ms in two).
+        """
+        user = [ChatMessage("user", "a")]
+        opened = self.chat_template.render_prompt(user, disable_thinking=disable_thinking)
+        return self.chat_template.render_history([*user, ChatMessage("assistant", "b")]).startswith(opened)
 
     def warm(self, messages: Sequence[ChatMessage]) -> None:
         """Prefill a finished conversation and snapshot it, so the next turn prefills only the new user message.
@@ -490,7 +513,7 @@ class ChatModel(ChatEngine):
         started = False  # answer text has begun
         try:
             history, prompt = self._encode(messages, sampling.disable_thinking)
-            self._prepare(history, prompt, stats)
+            self._prepare(history, prompt, stats, one_pass=self._reply_header_in_history(sampling.disable_thinking))
             stats.prefill_s = time.perf_counter() - stats._start
             think.starts_inside(prompt, self._ids.get(IM_START))
             self._start_sampling(sampling, list(self._state_tokens or []))
