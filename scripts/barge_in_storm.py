@@ -112,6 +112,8 @@ class Log:
             self.speaking.append((time.monotonic(), frame.turn_id, frame.speaking))
         elif isinstance(frame, InterruptionFrame) and frame.turn_only:
             self.resumed.append(frame.turn_id)  # the VAD ended a turn too early and the user went on: no barge-in
+            # its words belong to the turn that goes on: the question is transcribed (and answered) there
+            self.transcripts = [(turn, text) for turn, text in self.transcripts if turn != frame.turn_id]
         elif isinstance(frame, InterruptionFrame):
             self.interruptions.append((time.monotonic(), frame.turn_id))
         elif isinstance(frame, EndOfTurnFrame):
@@ -159,10 +161,16 @@ async def storm(args: argparse.Namespace, room) -> dict[str, Any]:
             if not await wait_for(lambda: len(log.transcripts) >= count, 60):  # noqa: B023
                 stalls.append(f"question {count} was never transcribed")
                 break
-            turn = log.transcripts[-1][0]
-            if not await wait_for(lambda: log.speaking_since(turn) is not None, 120):  # noqa: B023
+
+            # the last transcript's turn, looked up again on each check: a turn ended early and resumed by the user
+            # (the rest of the question after a pause) gives way to the turn that goes on, which gets the reply
+            def replying(count: int = count) -> bool:
+                return len(log.transcripts) >= count and log.speaking_since(log.transcripts[-1][0]) is not None
+
+            if not await wait_for(replying, 120):
                 stalls.append(f"the reply to question {count} never started playing")
                 break
+            turn = log.transcripts[-1][0]
             done = (
                 len(asked) > args.interruptions
                 if args.interruptions

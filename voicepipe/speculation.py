@@ -64,6 +64,7 @@ class SpeculationGate(Stage):
             if self._release is release:
                 self._release = None
         if isinstance(frame, SpeculationStartFrame):
+            log.debug("%s: speculation %d of turn %d starts", self.name, frame.speculation, frame.turn_id)
             self._speculative_turns.add(frame.turn_id)
             if frame.speculation in self._confirmed_early:
                 self._confirmed_early.discard(frame.speculation)
@@ -80,6 +81,7 @@ class SpeculationGate(Stage):
             await self._out(frame)
 
     def _confirm(self, frame: SpeculationConfirmFrame) -> None:
+        log.debug("%s: speculation %d confirmed (holding %s)", self.name, frame.speculation, self._held_id)
         if frame.speculation != self._held_id:
             self._confirmed_early.add(frame.speculation)
             return
@@ -102,6 +104,10 @@ class SpeculationGate(Stage):
         await self.push(frame)
 
     def _drop_all(self) -> None:
+        if self._held_id is not None or self._confirmed_early:
+            log.debug(
+                "%s: interrupted: drops speculation %s, forgets %s", self.name, self._held_id, self._confirmed_early
+            )
         self._held_id, self._held = None, []
         self._confirmed_early.clear()
         if self._release is not None:

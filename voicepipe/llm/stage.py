@@ -323,6 +323,7 @@ class LLMStage(Stage):
         await self._settle_background()
         spec = _Speculation(next(self._speculation_ids), frame.turn_id, frame.text, history)
         await self.push(SpeculationStartFrame(turn_id=spec.turn, speculation=spec.id))
+        log.debug("%s: speculation %d answers turn %d: %r", self.name, spec.id, spec.turn, spec.text)
         spec.task = asyncio.get_running_loop().create_task(self._run_speculation(spec))
         self._speculation = spec
 
@@ -336,6 +337,10 @@ class LLMStage(Stage):
         """The final transcript: if a speculation answered these words, release its reply and adopt it."""
         spec = self._speculation
         if spec is None or spec.turn != frame.turn_id or not _same_words(spec.text, frame.text):
+            if spec is not None:
+                log.debug(
+                    "%s: turn %d ends with %r: speculation %d discarded", self.name, frame.turn_id, frame.text, spec.id
+                )
             await self._discard_speculation()
             return False
         self._speculation = None
