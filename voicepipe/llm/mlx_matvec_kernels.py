@@ -209,7 +209,17 @@ def _rows_per_warp(rows: int) -> int:
     return max(1, min(4, rows // 2048))
 
 
-def _launch(kernel: Any, inputs: list[mx.array], linear: nn.Module, x: mx.array, k: int, extra: list, outputs: int):
+def _launch(
+    kernel: Any,
+    inputs: list[mx.array],
+    linear: nn.Module,
+    x: mx.array,
+    k: int,
+    extra: list[tuple[str, int]],
+    outputs: int,
+) -> list[mx.array]:
+    """Run ``kernel`` on ``inputs`` and ``linear``'s weights: ``outputs`` arrays (``[h,] y``), ``y`` of ``linear``'s
+    rows; ``k`` inputs a row, ``extra`` more template values."""
     rows = linear.weight.shape[0]
     rpw = _rows_per_warp(rows)
     blocks = -(-rows // (_THREADS // 32 * rpw))
